@@ -1,0 +1,393 @@
+//! `proxy.toml`: the typed configuration, its defaults, environment overrides and validation.
+//!
+//! Every key is optional and has a default, so an empty file is a working config. Unknown keys
+//! are rejected (a typo must not silently fall back to a default), and a bad file fails at start
+//! with the key, the line and what is allowed: toml's own errors carry the line, and
+//! [`Config::validate`] names the key for the checks that toml cannot express.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub best_of_n: BestOfNConfig,
+    pub judge: JudgeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; env `BON_LISTEN` overrides.
+    pub listen: String,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Upper bound on one best-of-N request, fan-out and judge included.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests handled at once before new ones get 503; 0 means no limit.
+    pub max_inflight: usize,
+    /// How long shutdown waits for requests in flight to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 32 * 1024 * 1024,
+            request_timeout: Duration::from_secs(600),
+            max_inflight: 4096,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL that `/v1/...` maps onto; env `BON_UPSTREAM_BASE_URL` overrides.
+    pub base_url: String,
+    /// Name of the environment variable holding the upstream API key (never the key itself).
+    pub api_key_env: String,
+    /// Forward the client's own `Authorization` header when it sends one.
+    pub forward_client_auth: bool,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for an upstream answer: the response head for passthrough, the whole
+    /// body for candidate and judge calls.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries of a candidate or judge call after a connection error, 429 or 5xx.
+    pub max_retries: u32,
+    /// Idle keep-alive connections kept per upstream host.
+    pub pool_max_idle_per_host: usize,
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            base_url: "https://api.openai.com/v1".into(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            forward_client_auth: true,
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(600),
+            max_retries: 2,
+            pool_max_idle_per_host: 256,
+            pool_idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BestOfNConfig {
+    /// N used when a chat completion has no `x-best-of-n` header; 0 leaves such requests alone.
+    pub default_n: u32,
+    /// Largest N a client may ask for.
+    pub max_n: u32,
+    /// Deadline of each candidate call.
+    #[serde(with = "humantime_serde")]
+    pub candidate_timeout: Duration,
+    /// Fewest successful candidates that still make an answer.
+    pub min_candidates: u32,
+}
+
+impl Default for BestOfNConfig {
+    fn default() -> Self {
+        BestOfNConfig {
+            default_n: 0,
+            max_n: 16,
+            candidate_timeout: Duration::from_secs(120),
+            min_candidates: 1,
+        }
+    }
+}
+
+/// What chooses when the judge cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// The first successful candidate in generation order.
+    FirstOk,
+    /// A successful candidate at random.
+    Random,
+    /// No answer: the client gets a 502 saying the judge failed.
+    Error,
+}
+
+impl Fallback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::FirstOk => "first_ok",
+            Fallback::Random => "random",
+            Fallback::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// Strategy used when the request does not pick one with `x-best-of-n-judge`.
+    pub strategy: String,
+    /// Judge model; empty means the model of the request being judged.
+    pub model: String,
+    /// Separate endpoint for judge calls; empty means the upstream.
+    pub base_url: String,
+    /// Env variable with the key for `judge.base_url`; empty means the upstream's key.
+    pub api_key_env: String,
+    /// What a good answer is, shown to the judge as a numbered list.
+    pub rubrics: Vec<String>,
+    /// minijinja template of the judge prompt; empty means the built-in one.
+    pub template: String,
+    pub temperature: f64,
+    /// Upper bound on the judge's answer length, sent as `max_tokens`; 0 sends none.
+    pub max_tokens: u32,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub fallback: Fallback,
+    /// Shuffle candidates before the judge sees them, against position bias.
+    pub shuffle: bool,
+}
+
+/// Default helpfulness rubrics, in the spirit of RM-Gallery's listwise helpfulness judge.
+pub const DEFAULT_RUBRICS: [&str; 5] = [
+    "Answers what the user actually asked, directly and completely, covering every part of the request.",
+    "Is factually correct and honest about uncertainty instead of inventing details.",
+    "Is clearly organised and easy to follow, with relevant detail and no padding or repetition.",
+    "Is useful in practice: concrete specifics, examples or next steps where they help.",
+    "Follows the instructions and format the conversation asks for, and stays safe and respectful.",
+];
+
+impl Default for JudgeConfig {
+    fn default() -> Self {
+        JudgeConfig {
+            strategy: "listwise".into(),
+            model: String::new(),
+            base_url: String::new(),
+            api_key_env: String::new(),
+            rubrics: DEFAULT_RUBRICS.iter().map(|r| r.to_string()).collect(),
+            template: String::new(),
+            temperature: 0.0,
+            max_tokens: 0,
+            timeout: Duration::from_secs(120),
+            fallback: Fallback::FirstOk,
+            shuffle: true,
+        }
+    }
+}
+
+/// Judge strategies this build knows.
+pub const JUDGE_STRATEGIES: [&str; 1] = ["listwise"];
+
+/// Why a configuration could not be used; the message names the key and what is allowed.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses, applies environment overrides and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "cannot read config file {}: {e}. Pass --config PATH, or --demo to run without one.",
+                path.display()
+            ))
+        })?;
+        let mut config =
+            Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text, without environment overrides.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies `BON_LISTEN` and `BON_UPSTREAM_BASE_URL`, then validates again.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(listen) = var("BON_LISTEN").filter(|v| !v.is_empty()) {
+            self.server.listen = listen;
+        }
+        if let Some(url) = var("BON_UPSTREAM_BASE_URL").filter(|v| !v.is_empty()) {
+            self.upstream.base_url = url;
+        }
+        self.validate()
+            .map_err(|e| ConfigError(format!("after environment overrides: {}", e.0)))
+    }
+
+    /// Checks what the types cannot: addresses, URLs, ranges and the judge template.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, msg: String| Err(ConfigError(format!("`{key}`: {msg}")));
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return fail(
+                "server.listen",
+                format!(
+                    "`{}` is not an address; use IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\"",
+                    self.server.listen
+                ),
+            );
+        }
+        if self.server.max_body_bytes == 0 {
+            return fail("server.max_body_bytes", "must be at least 1".into());
+        }
+        check_base_url("upstream.base_url", &self.upstream.base_url)?;
+        if !self.judge.base_url.is_empty() {
+            check_base_url("judge.base_url", &self.judge.base_url)?;
+        }
+        let bon = &self.best_of_n;
+        if bon.max_n == 0 || bon.max_n > 128 {
+            return fail(
+                "best_of_n.max_n",
+                format!("is {}; allowed: 1 to 128", bon.max_n),
+            );
+        }
+        if bon.default_n > bon.max_n {
+            return fail(
+                "best_of_n.default_n",
+                format!(
+                    "is {} but best_of_n.max_n is {}; allowed: 0 (off) to max_n",
+                    bon.default_n, bon.max_n
+                ),
+            );
+        }
+        if bon.min_candidates == 0 || bon.min_candidates > bon.max_n {
+            return fail(
+                "best_of_n.min_candidates",
+                format!(
+                    "is {}; allowed: 1 to max_n ({})",
+                    bon.min_candidates, bon.max_n
+                ),
+            );
+        }
+        for (key, value) in [
+            ("server.request_timeout", self.server.request_timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.timeout", self.upstream.timeout),
+            ("best_of_n.candidate_timeout", bon.candidate_timeout),
+            ("judge.timeout", self.judge.timeout),
+        ] {
+            if value.is_zero() {
+                return fail(key, "must be longer than zero, e.g. \"30s\"".into());
+            }
+        }
+        self.validate_judge()
+    }
+
+    fn validate_judge(&self) -> Result<(), ConfigError> {
+        let judge = &self.judge;
+        if !JUDGE_STRATEGIES.contains(&judge.strategy.as_str()) {
+            return Err(ConfigError(format!(
+                "`judge.strategy`: unknown strategy `{}`; allowed: {}",
+                judge.strategy,
+                JUDGE_STRATEGIES.join(", ")
+            )));
+        }
+        if !(0.0..=2.0).contains(&judge.temperature) {
+            return Err(ConfigError(format!(
+                "`judge.temperature`: is {}; allowed: 0.0 to 2.0",
+                judge.temperature
+            )));
+        }
+        crate::judge::protocol::check_template(&judge.template)
+            .map_err(|e| ConfigError(format!("`judge.template`: {e}")))
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        // validate() guarantees this parses; fall back to the default rather than panic.
+        self.server
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+}
+
+fn check_base_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    match url.parse::<http::Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http") | Some("https"))
+                && uri.authority().is_some()
+                && uri.query().is_none() =>
+        {
+            Ok(())
+        }
+        _ => Err(ConfigError(format!(
+            "`{key}`: `{}` is not a usable base URL; use http(s)://HOST[:PORT][/PATH], \
+             e.g. \"https://api.openai.com/v1\"",
+            crate::upstream::redact_url(url)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default_config() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:8080");
+        assert_eq!(config.best_of_n.max_n, 16);
+        assert_eq!(config.judge.fallback, Fallback::FirstOk);
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_the_line() {
+        let err = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n").unwrap_err();
+        assert!(err.0.contains("listn"), "{err}");
+        assert!(err.0.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn range_errors_name_the_key() {
+        let err = Config::parse("[best_of_n]\ndefault_n = 40\n").unwrap_err();
+        assert!(err.0.contains("best_of_n.default_n"), "{err}");
+        let err = Config::parse("[upstream]\nbase_url = \"ftp://x\"\n").unwrap_err();
+        assert!(err.0.contains("upstream.base_url"), "{err}");
+        let err = Config::parse("[judge]\nfallback = \"coin\"\n").unwrap_err();
+        assert!(err.0.contains("first_ok"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let config = Config::parse("[best_of_n]\ncandidate_timeout = \"1500ms\"\n").unwrap();
+        assert_eq!(
+            config.best_of_n.candidate_timeout,
+            Duration::from_millis(1500)
+        );
+    }
+
+    #[test]
+    fn env_overrides_listen_and_base_url() {
+        let mut config = Config::default();
+        config
+            .apply_env(|name| match name {
+                "BON_LISTEN" => Some("0.0.0.0:9000".into()),
+                "BON_UPSTREAM_BASE_URL" => Some("http://127.0.0.1:9/v1".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:9000");
+        assert_eq!(config.upstream.base_url, "http://127.0.0.1:9/v1");
+    }
+}

@@ -1,0 +1,126 @@
+//! Fan-out: N concurrent candidate calls to the upstream, each with its own deadline.
+//!
+//! A failed candidate is recorded, not fatal; the caller decides what to do with however many
+//! succeeded. Dropping the future returned by [`generate`] drops every call still in flight,
+//! which closes their connections: a client that goes away stops spending tokens.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http::{HeaderMap, StatusCode};
+
+use crate::judge::call::snippet;
+use crate::openai::ChatCompletion;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// One candidate call and how it went.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Position in generation order, 0-based.
+    pub index: usize,
+    pub latency: Duration,
+    pub result: Result<Answer, Failure>,
+}
+
+/// A successful candidate: the parsed completion and the upstream's response headers.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub completion: ChatCompletion,
+    pub headers: HeaderMap,
+}
+
+/// Why a candidate produced no answer.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// The upstream answered with an error status; body kept to pass on verbatim.
+    Status {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+    Timeout(Duration),
+    Unreachable(String),
+    /// A 2xx answer that is not a usable chat completion.
+    Invalid(String),
+}
+
+impl Failure {
+    /// A short description for messages and the debug object.
+    pub fn describe(&self) -> String {
+        match self {
+            Failure::Status { status, body, .. } => {
+                format!("upstream status {}: {}", status.as_u16(), snippet(body))
+            }
+            Failure::Timeout(d) => format!("timed out after {d:?}"),
+            Failure::Unreachable(why) => format!("upstream unreachable: {why}"),
+            Failure::Invalid(why) => why.clone(),
+        }
+    }
+
+    /// The outcome label: `timeout` or `error`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Failure::Timeout(_) => "timeout",
+            _ => "error",
+        }
+    }
+}
+
+impl Candidate {
+    pub fn answer(&self) -> Option<&Answer> {
+        self.result.as_ref().ok()
+    }
+}
+
+/// Sends `n` copies of `body` concurrently and waits for all of them.
+pub async fn generate(
+    upstream: &Upstream,
+    path: &str,
+    client_headers: &HeaderMap,
+    body: Bytes,
+    n: usize,
+    timeout: Duration,
+) -> Vec<Candidate> {
+    let calls = (0..n).map(|index| {
+        let body = body.clone();
+        async move {
+            let started = Instant::now();
+            let result = one_candidate(upstream, path, client_headers, body, timeout).await;
+            Candidate {
+                index,
+                latency: started.elapsed(),
+                result,
+            }
+        }
+    });
+    join_all(calls).await
+}
+
+async fn one_candidate(
+    upstream: &Upstream,
+    path: &str,
+    client_headers: &HeaderMap,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Answer, Failure> {
+    let reply = upstream
+        .post_json(path, client_headers, body, timeout)
+        .await
+        .map_err(|e| match e {
+            UpstreamError::Timeout(d) => Failure::Timeout(d),
+            UpstreamError::Unreachable(why) => Failure::Unreachable(why),
+        })?;
+    if !reply.status.is_success() {
+        return Err(Failure::Status {
+            status: reply.status,
+            headers: reply.headers,
+            body: reply.body,
+        });
+    }
+    let completion = ChatCompletion::parse(&reply.body).map_err(Failure::Invalid)?;
+    Ok(Answer {
+        completion,
+        headers: reply.headers,
+    })
+}

@@ -1,0 +1,120 @@
+//! One LLM judge call: build the chat completion, send it, read the text and the usage.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde_json::{json, Value};
+
+use crate::config::JudgeConfig;
+use crate::openai::{ChatCompletion, Usage};
+use crate::upstream::Upstream;
+
+/// How LLM judges reach their model.
+pub struct JudgeCall {
+    endpoint: Upstream,
+    forward_client_headers: bool,
+    model_override: String,
+    temperature: f64,
+    max_tokens: u32,
+    timeout: Duration,
+}
+
+/// A judge call that produced no usable text; `usage` is what it cost anyway.
+#[derive(Debug)]
+pub struct CallFailure {
+    pub why: String,
+    pub usage: Usage,
+}
+
+impl JudgeCall {
+    pub fn new(
+        config: &JudgeConfig,
+        endpoint: Upstream,
+        forward_client_headers: bool,
+    ) -> JudgeCall {
+        JudgeCall {
+            endpoint,
+            forward_client_headers,
+            model_override: config.model.clone(),
+            temperature: config.temperature,
+            max_tokens: config.max_tokens,
+            timeout: config.timeout,
+        }
+    }
+
+    /// The judge model for a request made with `request_model`.
+    pub fn model<'a>(&'a self, request_model: &'a str) -> &'a str {
+        if self.model_override.is_empty() {
+            request_model
+        } else {
+            &self.model_override
+        }
+    }
+
+    /// Sends `prompt` as one user message and returns the answer's text and usage.
+    pub async fn complete(
+        &self,
+        request_model: &str,
+        prompt: String,
+        client_headers: &HeaderMap,
+    ) -> Result<(String, Usage), CallFailure> {
+        let body = self.body(request_model, prompt);
+        let empty = HeaderMap::new();
+        let headers = if self.forward_client_headers {
+            client_headers
+        } else {
+            &empty
+        };
+        let reply = self
+            .endpoint
+            .post_json("/chat/completions", headers, body, self.timeout)
+            .await
+            .map_err(|e| fail(format!("the judge call failed: {e}")))?;
+        if !reply.status.is_success() {
+            return Err(fail(format!(
+                "the judge call got status {}: {}",
+                reply.status.as_u16(),
+                snippet(&reply.body)
+            )));
+        }
+        let completion = ChatCompletion::parse(&reply.body).map_err(fail)?;
+        let usage = completion.usage.clone().unwrap_or_default();
+        match completion.first_choice().and_then(|c| c.content()) {
+            Some(text) => Ok((text.to_string(), usage)),
+            None => Err(CallFailure {
+                why: "the judge's answer has no text content".into(),
+                usage,
+            }),
+        }
+    }
+
+    fn body(&self, request_model: &str, prompt: String) -> Bytes {
+        let mut body = json!({
+            "model": self.model(request_model),
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": self.temperature,
+        });
+        if self.max_tokens > 0 {
+            body["max_tokens"] = Value::from(self.max_tokens);
+        }
+        Bytes::from(body.to_string())
+    }
+}
+
+fn fail(why: String) -> CallFailure {
+    CallFailure {
+        why,
+        usage: Usage::default(),
+    }
+}
+
+/// The start of an upstream body, for error messages: enough to see what went wrong.
+pub fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut end = text.len().min(300);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}

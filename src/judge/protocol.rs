@@ -1,0 +1,351 @@
+//! The judge protocol: the prompt template, the seeded shuffle against position bias, and the
+//! parsing of verdicts out of free model text.
+//!
+//! Models do not answer in a schema, so parsing is forgiving about where the verdict is
+//! (after `<think>` blocks, inside prose, as a JSON object) but strict about what it says: an
+//! id that names no candidate is a failure, never a silent default.
+
+use minijinja::{Environment, UndefinedBehavior};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use serde_json::Value;
+
+/// The built-in listwise prompt. Users replace it with `judge.template`; the context holds
+/// `conversation` (list of `{role, text}`), `rubrics` (list of strings) and `candidates`
+/// (list of `{id, text}`, already shuffled).
+pub const DEFAULT_LISTWISE_TEMPLATE: &str = r#"You are an impartial judge. Several assistants answered the same conversation; decide which answer serves the user best.
+
+<conversation>
+{% for message in conversation %}[{{ message.role }}]
+{{ message.text }}
+{% endfor %}</conversation>
+
+Judge the answers against these rubrics, most important first:
+{% for rubric in rubrics %}{{ loop.index }}. {{ rubric }}
+{% endfor %}
+The {{ candidates | length }} candidate answers:
+{% for candidate in candidates %}
+<candidate id="{{ candidate.id }}">
+{{ candidate.text }}
+</candidate>
+{% endfor %}
+The order in which the candidates are shown means nothing, and neither does length on its own. Think briefly, then give the id of the best candidate as <best>ID</best>, and rank all candidates from best to worst as <ranking>ID,ID,...</ranking>."#;
+
+/// One message of the conversation as the template sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateMessage {
+    pub role: String,
+    pub text: String,
+}
+
+/// One candidate as the template sees it; `id` is its presentation id ("1", "2", … or "A", "B").
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateCandidate {
+    pub id: String,
+    pub text: String,
+}
+
+#[derive(Serialize)]
+struct TemplateContext<'a> {
+    conversation: &'a [TemplateMessage],
+    rubrics: &'a [String],
+    candidates: &'a [TemplateCandidate],
+}
+
+/// A compiled judge prompt template.
+pub struct PromptTemplate {
+    env: Environment<'static>,
+}
+
+const TEMPLATE_NAME: &str = "judge";
+
+impl PromptTemplate {
+    /// Compiles `source`, or the built-in listwise template when `source` is empty.
+    pub fn new(source: &str) -> Result<PromptTemplate, String> {
+        let source = if source.trim().is_empty() {
+            DEFAULT_LISTWISE_TEMPLATE.to_string()
+        } else {
+            source.to_string()
+        };
+        let mut env = Environment::new();
+        // A misspelt variable in a user template must fail loudly, not render as nothing.
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.add_template_owned(TEMPLATE_NAME, source)
+            .map_err(|e| format!("the template does not compile: {e:#}"))?;
+        Ok(PromptTemplate { env })
+    }
+
+    pub fn render(
+        &self,
+        conversation: &[TemplateMessage],
+        rubrics: &[String],
+        candidates: &[TemplateCandidate],
+    ) -> Result<String, String> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| format!("judge template missing: {e}"))?;
+        template
+            .render(TemplateContext {
+                conversation,
+                rubrics,
+                candidates,
+            })
+            .map_err(|e| format!("the judge template failed to render: {e:#}"))
+    }
+}
+
+/// Compiles a template and renders it once with sample data, so that mistakes show at start.
+pub fn check_template(source: &str) -> Result<(), String> {
+    let template = PromptTemplate::new(source)?;
+    let sample = [TemplateCandidate {
+        id: "1".into(),
+        text: "sample".into(),
+    }];
+    let conversation = [TemplateMessage {
+        role: "user".into(),
+        text: "sample".into(),
+    }];
+    template
+        .render(&conversation, &["sample rubric".to_string()], &sample)
+        .map(|_| ())
+}
+
+/// The order in which candidates are shown: `order[k]` is the position (in the input list)
+/// of the candidate shown as id `k + 1`. Seeded, so a verdict can be reproduced from the
+/// seed reported in the debug object.
+pub fn presentation_order(count: usize, seed: u64, shuffle: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..count).collect();
+    if shuffle {
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+    }
+    order
+}
+
+/// Removes reasoning: every `<think>…</think>` block, an unclosed `<think>` to the end, and
+/// everything before a stray `</think>` (some reasoning models omit the opening tag).
+pub fn strip_think(text: &str) -> String {
+    let mut rest = text;
+    if let Some(end) = rest.rfind("</think>") {
+        if !rest[..end].contains("<think>") {
+            rest = &rest[end + "</think>".len()..];
+        }
+    }
+    let mut out = String::with_capacity(rest.len());
+    while let Some(start) = rest.find("<think>") {
+        out.push_str(&rest[..start]);
+        match rest[start..].find("</think>") {
+            Some(end) => rest = &rest[start + end + "</think>".len()..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The text of the last `<tag>…</tag>` in `text`, trimmed.
+pub fn last_tag<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = text.rfind(&open)? + open.len();
+    let len = text[start..].find(&close)?;
+    Some(text[start..start + len].trim())
+}
+
+/// The value of `key` in the first JSON object in `text` that has it.
+pub fn json_field(text: &str, key: &str) -> Option<Value> {
+    text.match_indices('{').find_map(|(at, _)| {
+        let mut values = serde_json::Deserializer::from_str(&text[at..]).into_iter::<Value>();
+        match values.next() {
+            Some(Ok(Value::Object(map))) => map.get(key).cloned(),
+            _ => None,
+        }
+    })
+}
+
+/// A listwise verdict in presentation ids (1-based).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListwiseVerdict {
+    pub best: usize,
+    /// Every shown id, best first, when the judge gave a usable ranking.
+    pub ranking: Option<Vec<usize>>,
+}
+
+/// Parses `<best>K</best>` (or `{"best": K}`) and an optional `<ranking>` for `count` candidates.
+pub fn parse_listwise(text: &str, count: usize) -> Result<ListwiseVerdict, String> {
+    let text = strip_think(text);
+    let best_raw = match last_tag(&text, "best") {
+        Some(tag) => tag.to_string(),
+        None => match json_field(&text, "best") {
+            Some(Value::String(s)) => s,
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err("the judge's answer has no <best> verdict".to_string()),
+        },
+    };
+    let best = parse_id(&best_raw, count).ok_or_else(|| {
+        format!("the judge chose `{best_raw}`, which is not a candidate id 1..={count}")
+    })?;
+    let ranking_raw = last_tag(&text, "ranking").map(str::to_string).or_else(|| {
+        json_field(&text, "ranking").map(|v| match v {
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.to_string().trim_matches('"').to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        })
+    });
+    let ranking = ranking_raw.and_then(|raw| parse_ranking(&raw, best, count));
+    Ok(ListwiseVerdict { best, ranking })
+}
+
+fn parse_id(raw: &str, count: usize) -> Option<usize> {
+    let id: usize = raw
+        .trim()
+        .trim_matches(|c| c == '"' || c == '\'' || c == '[' || c == ']')
+        .parse()
+        .ok()?;
+    (1..=count).contains(&id).then_some(id)
+}
+
+/// A ranking is used only when it names every candidate exactly once; `best` leads it, since
+/// the explicit `<best>` verdict outranks a contradicting list.
+fn parse_ranking(raw: &str, best: usize, count: usize) -> Option<Vec<usize>> {
+    let ids: Vec<usize> = raw
+        .split([',', ' ', '>', '\n'])
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| parse_id(s, count))
+        .collect::<Option<_>>()?;
+    let mut seen = vec![false; count + 1];
+    for &id in &ids {
+        if std::mem::replace(&mut seen[id], true) {
+            return None;
+        }
+    }
+    if ids.len() != count {
+        return None;
+    }
+    let mut ranking = vec![best];
+    ranking.extend(ids.into_iter().filter(|&id| id != best));
+    Some(ranking)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_and_ranking_are_read() {
+        let v =
+            parse_listwise("Reasoning... <best>2</best>\n<ranking>2, 3, 1</ranking>", 3).unwrap();
+        assert_eq!(
+            v,
+            ListwiseVerdict {
+                best: 2,
+                ranking: Some(vec![2, 3, 1])
+            }
+        );
+    }
+
+    #[test]
+    fn think_blocks_are_ignored() {
+        let v = parse_listwise(
+            "<think>maybe <best>1</best></think> final: <best>3</best>",
+            3,
+        )
+        .unwrap();
+        assert_eq!(v.best, 3);
+        let v = parse_listwise("I think <best>1</best> is best</think><best>2</best>", 2).unwrap();
+        assert_eq!(v.best, 2);
+        assert!(parse_listwise("<think>still thinking <best>1</best>", 2).is_err());
+    }
+
+    #[test]
+    fn json_verdicts_are_accepted() {
+        let v = parse_listwise(r#"Here: {"best": "2", "ranking": [2, 1]}"#, 2).unwrap();
+        assert_eq!(
+            v,
+            ListwiseVerdict {
+                best: 2,
+                ranking: Some(vec![2, 1])
+            }
+        );
+        assert_eq!(parse_listwise(r#"{"best": 1}"#, 2).unwrap().best, 1);
+    }
+
+    #[test]
+    fn out_of_range_or_missing_is_a_failure() {
+        assert!(parse_listwise("<best>4</best>", 3).is_err());
+        assert!(parse_listwise("<best>0</best>", 3).is_err());
+        assert!(parse_listwise("the second one", 3).is_err());
+        assert!(parse_listwise("<best>two</best>", 3).is_err());
+    }
+
+    #[test]
+    fn partial_or_duplicate_rankings_are_dropped() {
+        assert_eq!(
+            parse_listwise("<best>1</best><ranking>1,2</ranking>", 3)
+                .unwrap()
+                .ranking,
+            None
+        );
+        assert_eq!(
+            parse_listwise("<best>1</best><ranking>1,1,2</ranking>", 3)
+                .unwrap()
+                .ranking,
+            None
+        );
+        let v = parse_listwise("<best>2</best><ranking>1,2,3</ranking>", 3).unwrap();
+        assert_eq!(v.ranking, Some(vec![2, 1, 3]));
+    }
+
+    #[test]
+    fn shuffle_is_seeded_and_a_permutation() {
+        let a = presentation_order(8, 7, true);
+        assert_eq!(a, presentation_order(8, 7, true));
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..8).collect::<Vec<_>>());
+        assert_eq!(presentation_order(3, 7, false), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn default_template_renders_candidates_in_the_protocol_format() {
+        let template = PromptTemplate::new("").unwrap();
+        let text = template
+            .render(
+                &[TemplateMessage {
+                    role: "user".into(),
+                    text: "Why?".into(),
+                }],
+                &["Be right.".to_string()],
+                &[
+                    TemplateCandidate {
+                        id: "1".into(),
+                        text: "Because.".into(),
+                    },
+                    TemplateCandidate {
+                        id: "2".into(),
+                        text: "- a\n- b".into(),
+                    },
+                ],
+            )
+            .unwrap();
+        assert!(
+            text.contains("<candidate id=\"2\">\n- a\n- b\n</candidate>"),
+            "{text}"
+        );
+        assert!(text.contains("1. Be right."));
+        assert!(text.contains("[user]\nWhy?"));
+        assert!(text.contains("<best>"));
+    }
+
+    #[test]
+    fn template_mistakes_fail_the_check() {
+        assert!(check_template("{{ candidates | nosuchfilter }}").is_err());
+        assert!(check_template("{{ cnadidates }}").is_err());
+        assert!(check_template("{% for c in candidates %}{{ c.text }}{% endfor %} <best>").is_ok());
+    }
+}

@@ -1,0 +1,25 @@
+//! bon-proxy: an OpenAI-compatible reverse proxy that answers one chat completion with the
+//! best of N, chosen by a judge.
+//!
+//! The request path, top to bottom: [`server`] routes, [`plan`] decides, [`fanout`] generates
+//! candidates, [`judge`] picks, [`respond`] answers; [`passthrough`] carries everything else.
+//! `main.rs` is only the command line; tests and benches use this library directly.
+
+pub mod best_of_n;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod fanout;
+pub mod judge;
+pub mod openai;
+pub mod passthrough;
+pub mod plan;
+pub mod respond;
+pub mod server;
+pub mod state;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::Server;
+pub use state::Secrets;

@@ -1,0 +1,221 @@
+//! The command line: `serve` (the default), `check-config` and `demo-upstream`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bon_proxy::demo::{self, DemoOptions};
+use bon_proxy::{Config, Secrets, Server};
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "bon-proxy",
+    version,
+    about = "OpenAI-compatible proxy with best-of-N selection"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default command).
+    Serve(ServeArgs),
+    /// Validate the config file and print the effective configuration, secrets masked.
+    CheckConfig {
+        #[arg(long, default_value = "proxy.toml", env = "BON_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run only the built-in demo upstream, an offline OpenAI-compatible server.
+    DemoUpstream {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: String,
+        /// Delay before every answer, like a real model's latency.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// Config file; may be missing only with --demo.
+    #[arg(long, default_value = "proxy.toml", env = "BON_CONFIG")]
+    config: PathBuf,
+    /// Start the built-in demo upstream in-process and send every upstream call to it.
+    #[arg(long)]
+    demo: bool,
+    /// Latency of the demo upstream, per call.
+    #[arg(long, default_value_t = 0)]
+    demo_latency_ms: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs {
+        config: PathBuf::from("proxy.toml"),
+        ..ServeArgs::default()
+    }));
+    let result = match command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::DemoUpstream {
+            listen,
+            latency_ms,
+            seed,
+        } => runtime.block_on(demo_upstream(&listen, latency_ms, seed)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(message),
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn load_config(path: &Path, demo: bool) -> Result<Config, String> {
+    if demo && !path.exists() {
+        let mut config = Config::default();
+        config
+            .apply_env(|name| std::env::var(name).ok())
+            .map_err(|e| e.to_string())?;
+        return Ok(config);
+    }
+    Config::load(path).map_err(|e| e.to_string())
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = load_config(&args.config, args.demo)?;
+    if args.demo {
+        let addr = start_demo(args.demo_latency_ms).await?;
+        config.upstream.base_url = format!("http://{addr}/v1");
+        config.judge.base_url.clear();
+        tracing::info!(%addr, latency_ms = args.demo_latency_ms, "demo upstream running in-process");
+    }
+    let secrets = Secrets::from_env(&config);
+    let upstream = bon_proxy::upstream::redact_url(&config.upstream.base_url);
+    let server = Server::bind(config, secrets).await?;
+    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, %upstream, "bon-proxy listening");
+    server.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn start_demo(latency_ms: u64) -> Result<std::net::SocketAddr, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot start the demo upstream: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let options = DemoOptions {
+        latency: Duration::from_millis(latency_ms),
+        ..DemoOptions::default()
+    };
+    tokio::spawn(async move {
+        if let Err(e) = demo::serve(listener, options).await {
+            tracing::error!(error = %e, "demo upstream stopped");
+        }
+    });
+    Ok(addr)
+}
+
+async fn demo_upstream(listen: &str, latency_ms: u64, seed: u64) -> Result<(), String> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(%listen, latency_ms, "demo upstream listening");
+    let options = DemoOptions {
+        latency: Duration::from_millis(latency_ms),
+        seed,
+    };
+    tokio::select! {
+        result = demo::serve(listener, options) => result.map_err(|e| e.to_string()),
+        _ = shutdown_signal() => Ok(()),
+    }
+}
+
+fn check_config(path: &Path) -> Result<(), String> {
+    let mut config = Config::load(path).map_err(|e| e.to_string())?;
+    let secrets = Secrets::from_env(&config);
+    config.upstream.base_url = bon_proxy::upstream::redact_url(&config.upstream.base_url);
+    config.judge.base_url = bon_proxy::upstream::redact_url(&config.judge.base_url);
+    let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    println!("# {}: valid", path.display());
+    println!(
+        "{}",
+        key_status(
+            "upstream",
+            &config.upstream.api_key_env,
+            secrets.upstream_key.is_some()
+        )
+    );
+    if !config.judge.api_key_env.is_empty() {
+        println!(
+            "{}",
+            key_status(
+                "judge",
+                &config.judge.api_key_env,
+                secrets.judge_key.is_some()
+            )
+        );
+    }
+    println!("\n{text}");
+    Ok(())
+}
+
+fn key_status(who: &str, env: &str, present: bool) -> String {
+    if present {
+        format!("# {who} API key: set (from ${env}, value masked)")
+    } else {
+        format!(
+            "# {who} API key: not set (${env} is empty); clients must send their own Authorization"
+        )
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

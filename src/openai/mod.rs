@@ -1,0 +1,12 @@
+//! OpenAI wire types for the one endpoint the proxy looks inside: chat completions.
+//!
+//! Only the fields the proxy acts on are typed; everything else is carried in a flattened map,
+//! so a field OpenAI or a vendor adds tomorrow survives the round trip untouched.
+
+pub mod request;
+pub mod response;
+pub mod usage;
+
+pub use request::{ChatRequest, RequestMessage};
+pub use response::{ChatCompletion, Choice};
+pub use usage::Usage;

@@ -1,0 +1,59 @@
+//! Passthrough: everything that is not best-of-N goes to the upstream as it is.
+//!
+//! Bodies stream in both directions without buffering, so an SSE answer reaches the client
+//! chunk by chunk as the upstream produces it. Only hop-by-hop headers are dropped.
+
+use http::{header, Request, Response};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+
+use crate::body::{self, Body};
+use crate::error::ApiError;
+use crate::upstream::{self, Upstream, UpstreamError};
+
+pub async fn forward(
+    upstream: &Upstream,
+    request: Request<Incoming>,
+    max_body: usize,
+) -> Response<Body> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body as u64) {
+        return ApiError::payload_too_large(max_body).into_response();
+    }
+    let (parts, incoming) = request.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let body = body::boxed(Limited::new(incoming, max_body));
+    match upstream
+        .forward(parts.method, path_and_query, &parts.headers, body)
+        .await
+    {
+        Ok(response) => {
+            let (mut head, incoming) = response.into_parts();
+            upstream::strip_hop_by_hop(&mut head.headers);
+            Response::from_parts(head, body::boxed(incoming))
+        }
+        Err(error) => upstream_error(upstream, &error).into_response(),
+    }
+}
+
+/// The client hears what went wrong; the upstream's address goes only to the log.
+fn upstream_error(upstream: &Upstream, error: &UpstreamError) -> ApiError {
+    tracing::warn!(upstream = upstream.redacted_base_url(), %error, "passthrough failed");
+    match error {
+        UpstreamError::Timeout(d) => ApiError::gateway_timeout(format!(
+            "The upstream did not answer within {d:?} (upstream.timeout)."
+        )),
+        UpstreamError::Unreachable(why) => ApiError::bad_gateway(
+            "upstream_unreachable",
+            format!("The upstream could not be reached: {why}."),
+        ),
+    }
+}

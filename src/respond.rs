@@ -1,0 +1,281 @@
+//! Response assembly for best-of-N: the winner as an ordinary `chat.completion`, the usage of
+//! everything spent, the `x-best-of-n-*` headers, the optional debug breakdown, and the
+//! answers for when every candidate failed.
+
+use std::time::Duration;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use crate::best_of_n::Selection;
+use crate::body::{self, Body};
+use crate::error::ApiError;
+use crate::fanout::{Candidate, Failure};
+use crate::openai::{ChatCompletion, Usage};
+use crate::plan::BestOfN;
+use crate::upstream;
+
+/// The winner's completion with summed usage, as JSON, with the best-of-N headers.
+pub fn completion(
+    plan: &BestOfN,
+    candidates: &[Candidate],
+    selection: &Selection,
+) -> Response<Body> {
+    let Some(winner) = candidates.get(selection.winner).and_then(Candidate::answer) else {
+        return ApiError::internal("the selected candidate has no answer").into_response();
+    };
+    let mut completion: ChatCompletion = winner.completion.clone();
+    completion.choices.truncate(1);
+    if let Some(choice) = completion.choices.first_mut() {
+        choice.index = 0;
+    }
+    let (candidate_usage, judge_usage) = spent(candidates, selection);
+    let mut total = candidate_usage.clone();
+    total.add(&judge_usage);
+    completion.usage = Some(total);
+    if plan.debug {
+        let debug = debug_object(plan, candidates, selection, &candidate_usage, &judge_usage);
+        completion.extra.insert("best_of_n".into(), debug);
+    }
+    let body = match serde_json::to_vec(&completion) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return ApiError::internal(format!("cannot encode the answer: {e}")).into_response()
+        }
+    };
+    let mut response = Response::new(body::full(body));
+    let headers = response.headers_mut();
+    copy_upstream_headers(&winner.headers, headers);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    insert_best_of_n_headers(headers, plan, candidates, selection);
+    response
+}
+
+/// Tokens spent: (all candidates, all judge calls).
+fn spent(candidates: &[Candidate], selection: &Selection) -> (Usage, Usage) {
+    let mut candidate_usage = Usage::default();
+    for usage in candidates
+        .iter()
+        .filter_map(|c| c.answer()?.completion.usage.as_ref())
+    {
+        candidate_usage.add(usage);
+    }
+    let judge_usage = selection
+        .verdict
+        .as_ref()
+        .map(|v| v.usage.clone())
+        .unwrap_or_default();
+    (candidate_usage, judge_usage)
+}
+
+/// The winner's upstream headers (rate limits, processing time…) that still describe the
+/// new body; length and encoding do not.
+fn copy_upstream_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in upstream::end_to_end_headers(from).iter() {
+        if name != header::CONTENT_LENGTH && name != header::CONTENT_ENCODING {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+fn insert_best_of_n_headers(
+    headers: &mut HeaderMap,
+    plan: &BestOfN,
+    candidates: &[Candidate],
+    selection: &Selection,
+) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    set("x-best-of-n", plan.n.to_string());
+    set("x-best-of-n-selected", selection.winner.to_string());
+    set("x-best-of-n-scores", scores_header(candidates, selection));
+    set("x-best-of-n-judge", plan.strategy.clone());
+    if let Some(fallback) = &selection.fallback {
+        set("x-best-of-n-fallback", fallback.clone());
+    }
+}
+
+/// One score per candidate in generation order; `-` where there is none (a failed candidate,
+/// or every candidate when the judge failed).
+fn scores_header(candidates: &[Candidate], selection: &Selection) -> String {
+    candidates
+        .iter()
+        .map(|c| match score_of(c, selection) {
+            Some(score) => format_score(score),
+            None => "-".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn score_of(candidate: &Candidate, selection: &Selection) -> Option<f64> {
+    candidate.answer()?;
+    match &selection.verdict {
+        // Nobody judged: the only success wins by default.
+        None => Some(if candidate.index == selection.winner {
+            1.0
+        } else {
+            0.0
+        }),
+        Some(verdict) => verdict
+            .scores
+            .iter()
+            .find(|(index, _)| *index == candidate.index)
+            .map(|(_, score)| *score),
+    }
+}
+
+fn format_score(score: f64) -> String {
+    let text = format!("{score:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text.is_empty() || text == "-" {
+        "0".to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+/// The `best_of_n` object added to the body on `x-best-of-n-debug: 1`.
+fn debug_object(
+    plan: &BestOfN,
+    candidates: &[Candidate],
+    selection: &Selection,
+    candidate_usage: &Usage,
+    judge_usage: &Usage,
+) -> Value {
+    let judge = match &selection.verdict {
+        None => json!({"skipped": "only one candidate succeeded"}),
+        Some(v) => json!({
+            "outcome": v.outcome.as_str(),
+            "presentation_order": v.presentation,
+            "ranking": v.ranking,
+            "fully_ranked": v.fully_ranked,
+            "raw": v.raw,
+            "failure": v.failure,
+            "latency_ms": millis(v.latency),
+            "usage": v.usage,
+        }),
+    };
+    json!({
+        "n": plan.n,
+        "strategy": plan.strategy,
+        "selected": selection.winner,
+        "fallback": selection.fallback,
+        "seed": selection.seed,
+        "candidates": candidates.iter().map(|c| candidate_debug(c, selection)).collect::<Vec<_>>(),
+        "judge": judge,
+        "usage": {"candidates": candidate_usage, "judge": judge_usage},
+    })
+}
+
+fn candidate_debug(candidate: &Candidate, selection: &Selection) -> Value {
+    let mut entry = Map::new();
+    entry.insert("index".into(), json!(candidate.index));
+    entry.insert("latency_ms".into(), json!(millis(candidate.latency)));
+    match &candidate.result {
+        Ok(answer) => {
+            let choice = answer.completion.first_choice();
+            entry.insert("status".into(), json!("ok"));
+            entry.insert("content".into(), json!(choice.and_then(|c| c.content())));
+            if let Some(calls) = choice.and_then(|c| c.tool_calls()) {
+                entry.insert("tool_calls".into(), Value::Array(calls.clone()));
+            }
+            entry.insert(
+                "finish_reason".into(),
+                json!(choice.and_then(|c| c.finish_reason.clone())),
+            );
+            entry.insert("score".into(), json!(score_of(candidate, selection)));
+            entry.insert("usage".into(), json!(answer.completion.usage));
+        }
+        Err(failure) => {
+            entry.insert("status".into(), json!(failure.outcome()));
+            entry.insert("error".into(), json!(failure.describe()));
+        }
+    }
+    Value::Object(entry)
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// When no candidate succeeded: the upstream's own error if every candidate got the same 4xx
+/// (the request itself is wrong, and the client should see exactly why), otherwise 504 when
+/// all timed out, else 502, saying how many failed and why.
+pub fn all_failed(candidates: &[Candidate]) -> Response<Body> {
+    if let Some(response) = common_client_error(candidates) {
+        return response;
+    }
+    let summary = failure_summary(candidates);
+    let all_timed_out = candidates
+        .iter()
+        .all(|c| matches!(c.result, Err(Failure::Timeout(_))));
+    let error = if all_timed_out {
+        ApiError::gateway_timeout(format!("All candidates failed. {summary}"))
+    } else {
+        ApiError::bad_gateway(
+            "all_candidates_failed",
+            format!("All candidates failed. {summary}"),
+        )
+    };
+    error.into_response()
+}
+
+fn common_client_error(candidates: &[Candidate]) -> Option<Response<Body>> {
+    let mut first: Option<(&StatusCode, &HeaderMap, &bytes::Bytes)> = None;
+    for candidate in candidates {
+        let Err(Failure::Status {
+            status,
+            headers,
+            body,
+        }) = &candidate.result
+        else {
+            return None;
+        };
+        if !status.is_client_error() || first.is_some_and(|(s, _, _)| s != status) {
+            return None;
+        }
+        first.get_or_insert((status, headers, body));
+    }
+    let (status, headers, body) = first?;
+    let mut response = Response::new(body::full(body.clone()));
+    *response.status_mut() = *status;
+    copy_upstream_headers(headers, response.headers_mut());
+    Some(response)
+}
+
+/// "3 of 5 candidates failed: #0 timed out after 2s; #3 upstream status 500: …".
+pub fn failure_summary(candidates: &[Candidate]) -> String {
+    let failures: Vec<String> = candidates
+        .iter()
+        .filter_map(|c| match &c.result {
+            Err(failure) => Some(format!("#{} {}", c.index, failure.describe())),
+            Ok(_) => None,
+        })
+        .collect();
+    format!(
+        "{} of {} candidates failed: {}",
+        failures.len(),
+        candidates.len(),
+        failures.join("; ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_are_short() {
+        assert_eq!(format_score(1.0), "1");
+        assert_eq!(format_score(0.8), "0.8");
+        assert_eq!(format_score(1.0 / 3.0), "0.333");
+        assert_eq!(format_score(0.0), "0");
+    }
+}

@@ -1,0 +1,415 @@
+//! The upstream: one pooled hyper client (HTTP and HTTPS via rustls), URL mapping, auth,
+//! header hygiene, timeouts and retries.
+//!
+//! Two kinds of call go through here. Passthrough hands over a streaming request and gets the
+//! streaming response back as soon as its head arrives, so bodies are never buffered. Candidate
+//! and judge calls are small JSON POSTs whose whole answer is needed; they get a deadline for
+//! the complete body and are retried on transient failures.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::body::{self, Body};
+use crate::config::UpstreamConfig;
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// An API key. Its `Debug` never shows the value, so it cannot reach a log line by accident.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Reads the key from the environment variable `name`; an empty value counts as unset.
+    pub fn from_env(name: &str) -> Option<ApiKey> {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| ApiKey(v.trim().to_string()))
+    }
+
+    pub fn new(value: impl Into<String>) -> ApiKey {
+        ApiKey(value.into())
+    }
+
+    fn bearer(&self) -> Option<HeaderValue> {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", self.0)).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKey(***, {} chars)", self.0.len())
+    }
+}
+
+/// Why an upstream call produced no HTTP response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamError {
+    /// No complete answer within the deadline.
+    Timeout(Duration),
+    /// Could not connect, or the connection broke before the answer was complete.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Timeout(d) => write!(f, "no answer within {d:?}"),
+            UpstreamError::Unreachable(why) => write!(f, "unreachable: {why}"),
+        }
+    }
+}
+
+/// A complete upstream answer to a JSON call.
+#[derive(Debug, Clone)]
+pub struct JsonReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// One upstream endpoint: where to send, which key to use, how patient to be.
+#[derive(Clone)]
+pub struct Upstream {
+    client: HttpsClient,
+    base: BaseUrl,
+    key: Option<ApiKey>,
+    forward_client_auth: bool,
+    timeout: Duration,
+    max_retries: u32,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("base_url", &self.base.redacted)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// Builds the pooled HTTP(S) client shared by every upstream endpoint.
+pub fn build_client(config: &UpstreamConfig) -> Result<HttpsClient, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    // The provider is named explicitly: another crate in the build may enable a second one,
+    // and rustls refuses to guess between two.
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .pool_max_idle_per_host(config.pool_max_idle_per_host)
+        .build(https))
+}
+
+impl Upstream {
+    pub fn new(
+        client: HttpsClient,
+        base_url: &str,
+        key: Option<ApiKey>,
+        config: &UpstreamConfig,
+    ) -> Result<Upstream, String> {
+        Ok(Upstream {
+            client,
+            base: BaseUrl::parse(base_url)?,
+            key,
+            forward_client_auth: config.forward_client_auth,
+            timeout: config.timeout,
+            max_retries: config.max_retries,
+        })
+    }
+
+    /// The base URL with any password hidden, for logs and error messages.
+    pub fn redacted_base_url(&self) -> &str {
+        &self.base.redacted
+    }
+
+    /// Sends a streaming request and returns as soon as the response head arrives.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        client_headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = self.base.join(path_and_query)?;
+        *request.headers_mut() = self.outgoing_headers(client_headers);
+        let sent = self.client.request(request);
+        match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(describe(&e))),
+            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+        }
+    }
+
+    /// POSTs a JSON body and reads the whole answer, within `deadline` in all, retrying
+    /// connection errors, 429 and 5xx answers up to `upstream.max_retries` times.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        client_headers: &HeaderMap,
+        json: Bytes,
+        deadline: Duration,
+    ) -> Result<JsonReply, UpstreamError> {
+        let give_up_at = Instant::now() + deadline;
+        let mut attempt = 0;
+        loop {
+            let remaining = give_up_at.saturating_duration_since(Instant::now());
+            let outcome = tokio::time::timeout(
+                remaining,
+                self.post_json_once(path, client_headers, json.clone()),
+            )
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout(deadline)));
+            let retryable = match &outcome {
+                Ok(reply) => is_retryable_status(reply.status),
+                Err(UpstreamError::Unreachable(_)) => true,
+                Err(UpstreamError::Timeout(_)) => false,
+            };
+            let backoff = Duration::from_millis(100 << attempt.min(6));
+            if !retryable || attempt >= self.max_retries || Instant::now() + backoff >= give_up_at {
+                return outcome;
+            }
+            attempt += 1;
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    async fn post_json_once(
+        &self,
+        path: &str,
+        client_headers: &HeaderMap,
+        json: Bytes,
+    ) -> Result<JsonReply, UpstreamError> {
+        let mut request = Request::new(body::full(json));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.base.join(path)?;
+        let mut headers = self.outgoing_headers(client_headers);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        // The proxy must read this body, so it must not arrive compressed.
+        headers.remove(header::ACCEPT_ENCODING);
+        headers.remove(header::CONTENT_LENGTH);
+        *request.headers_mut() = headers;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| UpstreamError::Unreachable(describe(&e)))?;
+        let (parts, incoming) = response.into_parts();
+        let body = incoming
+            .collect()
+            .await
+            .map_err(|e| UpstreamError::Unreachable(format!("answer cut short: {e}")))?
+            .to_bytes();
+        Ok(JsonReply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// The client's end-to-end headers, minus what must not travel on, plus auth.
+    fn outgoing_headers(&self, client_headers: &HeaderMap) -> HeaderMap {
+        let mut headers = end_to_end_headers(client_headers);
+        headers.remove(header::HOST);
+        let keep_client_auth =
+            self.forward_client_auth && headers.contains_key(header::AUTHORIZATION);
+        if !keep_client_auth {
+            headers.remove(header::AUTHORIZATION);
+            if let Some(value) = self.key.as_ref().and_then(ApiKey::bearer) {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+        }
+        headers
+    }
+}
+
+fn is_retryable_status(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || matches!(status.as_u16(), 500 | 502 | 503 | 504 | 529)
+}
+
+/// A hyper-util client error with its cause chain, which holds the useful part
+/// ("connection refused", "dns error").
+fn describe(err: &hyper_util::client::legacy::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Headers defined as hop-by-hop (RFC 9110 §7.6.1), which a proxy must not forward.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Copies `headers` without hop-by-hop headers (including those the `Connection` header
+/// names) and without the proxy's own `x-best-of-n*` controls.
+pub fn end_to_end_headers(headers: &HeaderMap) -> HeaderMap {
+    let named_by_connection: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name_str = name.as_str();
+        if HOP_BY_HOP.contains(&name_str)
+            || name_str.starts_with("x-best-of-n")
+            || named_by_connection.iter().any(|n| n == name_str)
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Drops hop-by-hop headers from an upstream response before it goes to the client.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let cleaned = end_to_end_headers(headers);
+    *headers = cleaned;
+}
+
+/// The parsed `upstream.base_url`.
+#[derive(Clone, Debug)]
+struct BaseUrl {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// Path prefix without a trailing slash, e.g. `/v1`.
+    prefix: String,
+    redacted: String,
+}
+
+impl BaseUrl {
+    fn parse(url: &str) -> Result<BaseUrl, String> {
+        let bad = || format!("`{}` is not a usable base URL", redact_url(url));
+        let uri: Uri = url.parse().map_err(|_| bad())?;
+        let parts = uri.into_parts();
+        Ok(BaseUrl {
+            scheme: parts.scheme.ok_or_else(bad)?,
+            authority: parts.authority.ok_or_else(bad)?,
+            prefix: parts
+                .path_and_query
+                .map(|p| p.path().trim_end_matches('/').to_string())
+                .unwrap_or_default(),
+            redacted: redact_url(url),
+        })
+    }
+
+    /// Maps a client path onto the base URL: `/v1/x?q` and `/x?q` both become `{prefix}/x?q`,
+    /// so SDKs configured with or without `/v1` in their base URL both work.
+    fn join(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        let rest = match path_and_query.strip_prefix("/v1") {
+            Some(rest) if rest.is_empty() || rest.starts_with(['/', '?']) => rest,
+            _ => path_and_query,
+        };
+        let path = format!("{}{}", self.prefix, rest);
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(if path.is_empty() { "/" } else { &path })
+            .build()
+            .map_err(|e| UpstreamError::Unreachable(format!("cannot build upstream URL: {e}")))
+    }
+}
+
+/// `url` with any `user:password@` credentials replaced, safe for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let after = &url[scheme_end + 3..];
+    let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    match after[..authority_end].rfind('@') {
+        Some(at) => format!("{}://***@{}", &url[..scheme_end], &after[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_maps_v1_paths_onto_the_base_prefix() {
+        let base = BaseUrl::parse("https://api.example.com/openai/v1/").unwrap();
+        let join = |p: &str| base.join(p).unwrap().to_string();
+        assert_eq!(
+            join("/v1/models"),
+            "https://api.example.com/openai/v1/models"
+        );
+        assert_eq!(
+            join("/models?x=1"),
+            "https://api.example.com/openai/v1/models?x=1"
+        );
+        assert_eq!(join("/v1?x=1"), "https://api.example.com/openai/v1?x=1");
+        assert_eq!(join("/v10/a"), "https://api.example.com/openai/v1/v10/a");
+    }
+
+    #[test]
+    fn hop_by_hop_and_control_headers_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("x-best-of-n", HeaderValue::from_static("3"));
+        headers.insert("openai-organization", HeaderValue::from_static("org"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        let out = end_to_end_headers(&headers);
+        assert_eq!(out.len(), 1);
+        assert!(out.contains_key("openai-organization"));
+    }
+
+    #[test]
+    fn redaction_hides_credentials() {
+        assert_eq!(
+            redact_url("https://u:secret@h.com/v1"),
+            "https://***@h.com/v1"
+        );
+        assert_eq!(redact_url("http://h.com/a@b"), "http://h.com/a@b");
+    }
+
+    #[test]
+    fn api_key_debug_is_masked() {
+        let key = ApiKey::new("sk-very-secret");
+        assert!(!format!("{key:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,159 @@
+//! Shared test harness: starts the real proxy server in-process on a loopback port, pointed at
+//! a mock upstream, and sends it raw HTTP requests.
+#![allow(dead_code)]
+
+pub mod mock;
+
+use std::net::SocketAddr;
+
+use bon_proxy::upstream::ApiKey;
+use bon_proxy::{Config, Secrets, Server};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use mock::MockUpstream;
+
+/// The upstream key the tests configure; it must never come back to a client.
+pub const UPSTREAM_KEY: &str = "sk-test-UPSTREAM-SECRET-0123456789";
+
+/// A running proxy; stopped when dropped.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Proxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// A config that sends every upstream call to `mock`, with short test timings.
+pub fn config_for(mock: &MockUpstream) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.upstream.base_url = mock.base_url();
+    config.upstream.max_retries = 0;
+    config
+}
+
+pub async fn start_proxy(config: Config) -> Proxy {
+    let secrets = Secrets {
+        upstream_key: Some(ApiKey::new(UPSTREAM_KEY)),
+        judge_key: None,
+    };
+    start_proxy_with(config, secrets).await
+}
+
+pub async fn start_proxy_with(config: Config, secrets: Secrets) -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let server = Server::with_listener(listener, config, secrets).expect("build proxy");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Proxy {
+        addr,
+        stop: Some(stop),
+    }
+}
+
+/// A complete HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an OpenAI-shaped error with `status`, returning the error object.
+    pub fn expect_error(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let body = self.json();
+        let error = body["error"].clone();
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        assert!(error["type"].is_string(), "{body}");
+        assert!(error.get("param").is_some(), "{body}");
+        assert!(error.get("code").is_some(), "{body}");
+        error
+    }
+
+    pub fn content(&self) -> String {
+        self.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(request: Request<Full<Bytes>>) -> Answer {
+    let response = client()
+        .request(request)
+        .await
+        .expect("request to the proxy");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// POSTs `body` to the proxy's chat completions with `headers`.
+pub async fn post_chat(proxy: &Proxy, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
+    let mut builder = Request::builder()
+        .method(Method::POST)
+        .uri(proxy.url("/v1/chat/completions"))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    send(builder.body(Full::new(body.into())).expect("request")).await
+}
+
+pub fn chat_body(question: &str) -> String {
+    serde_json::json!({
+        "model": "gpt-test",
+        "messages": [{"role": "user", "content": question}],
+    })
+    .to_string()
+}
