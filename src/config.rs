@@ -100,6 +100,10 @@ pub struct BestOfNConfig {
     pub candidate_timeout: Duration,
     /// Fewest successful candidates that still make an answer.
     pub min_candidates: u32,
+    /// For streaming clients: when no answer is ready after this long, the proxy commits to
+    /// 200 and sends SSE keep-alive comments at this interval until it is.
+    #[serde(with = "humantime_serde")]
+    pub stream_keepalive: Duration,
 }
 
 impl Default for BestOfNConfig {
@@ -109,6 +113,7 @@ impl Default for BestOfNConfig {
             max_n: 16,
             candidate_timeout: Duration::from_secs(120),
             min_candidates: 1,
+            stream_keepalive: Duration::from_secs(5),
         }
     }
 }
@@ -285,6 +290,7 @@ impl Config {
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.timeout", self.upstream.timeout),
             ("best_of_n.candidate_timeout", bon.candidate_timeout),
+            ("best_of_n.stream_keepalive", bon.stream_keepalive),
             ("judge.timeout", self.judge.timeout),
         ] {
             if value.is_zero() {

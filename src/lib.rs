@@ -17,7 +17,9 @@ pub mod passthrough;
 pub mod plan;
 pub mod respond;
 pub mod server;
+pub mod sse;
 pub mod state;
+pub mod streaming;
 pub mod upstream;
 
 pub use config::Config;

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
@@ -13,22 +14,119 @@ use crate::error::ApiError;
 use crate::fanout::{Candidate, Failure};
 use crate::openai::{ChatCompletion, Usage};
 use crate::plan::BestOfN;
-use crate::upstream;
+use crate::{sse, upstream};
 
-/// The winner's completion with summed usage, as JSON, with the best-of-N headers.
-pub fn completion(
+/// A finished best-of-N answer: the completion to send and the headers that go with it
+/// (the winner's upstream headers and the `x-best-of-n-*` ones). It can go out as JSON or as
+/// an SSE stream, whichever the client asked for.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub completion: ChatCompletion,
+    pub headers: HeaderMap,
+}
+
+impl Ready {
+    pub fn into_json_response(self) -> Response<Body> {
+        let body = match serde_json::to_vec(&self.completion) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return ApiError::internal(format!("cannot encode the answer: {e}")).into_response()
+            }
+        };
+        let mut response = Response::new(body::full(body));
+        *response.headers_mut() = self.headers;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+
+    /// The answer as SSE events, `[DONE]` included.
+    pub fn sse_events(&self, include_usage: bool) -> Vec<Bytes> {
+        sse::encode(&self.completion, include_usage)
+    }
+}
+
+/// Why a best-of-N request produced no answer.
+#[derive(Debug, Clone)]
+pub enum Failed {
+    /// The proxy's own error.
+    Proxy(ApiError),
+    /// An upstream error passed on unchanged (every candidate got this same 4xx).
+    Upstream {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+}
+
+impl From<ApiError> for Failed {
+    fn from(error: ApiError) -> Self {
+        Failed::Proxy(error)
+    }
+}
+
+impl Failed {
+    pub fn into_response(self) -> Response<Body> {
+        match self {
+            Failed::Proxy(error) => error.into_response(),
+            Failed::Upstream {
+                status,
+                headers,
+                body,
+            } => {
+                let mut response = Response::new(body::full(body));
+                *response.status_mut() = status;
+                copy_upstream_headers(&headers, response.headers_mut());
+                response
+            }
+        }
+    }
+
+    /// The error as SSE events, for a stream that has already answered 200.
+    pub fn sse_events(&self) -> Vec<Bytes> {
+        match self {
+            Failed::Proxy(error) => sse::error_events(error),
+            Failed::Upstream { status, body, .. } => {
+                let upstream_error = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v.get("error").cloned());
+                match upstream_error {
+                    Some(error) => sse::error_object_events(&error),
+                    None => sse::error_events(&ApiError::bad_gateway(
+                        "upstream_error",
+                        format!("The upstream answered {}: {}", status.as_u16(), crate::judge::call::snippet(body)),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// The answer: the winner's completion carrying the top `choices` candidates in rank order,
+/// usage summed over everything spent, and the best-of-N headers.
+pub fn build(
     plan: &BestOfN,
     candidates: &[Candidate],
     selection: &Selection,
-) -> Response<Body> {
-    let Some(winner) = candidates.get(selection.winner).and_then(Candidate::answer) else {
-        return ApiError::internal("the selected candidate has no answer").into_response();
-    };
+    choices: usize,
+) -> Result<Ready, Failed> {
+    let answer_of = |index: usize| candidates.get(index).and_then(Candidate::answer);
+    let winner = answer_of(selection.winner())
+        .ok_or_else(|| ApiError::internal("the selected candidate has no answer"))?;
     let mut completion: ChatCompletion = winner.completion.clone();
-    completion.choices.truncate(1);
-    if let Some(choice) = completion.choices.first_mut() {
-        choice.index = 0;
-    }
+    completion.choices = selection
+        .ranking
+        .iter()
+        .take(choices)
+        .filter_map(|&index| answer_of(index)?.completion.first_choice().cloned())
+        .enumerate()
+        .map(|(position, mut choice)| {
+            choice.index = position as u32;
+            choice
+        })
+        .collect();
     let (candidate_usage, judge_usage) = spent(candidates, selection);
     let mut total = candidate_usage.clone();
     total.add(&judge_usage);
@@ -37,21 +135,14 @@ pub fn completion(
         let debug = debug_object(plan, candidates, selection, &candidate_usage, &judge_usage);
         completion.extra.insert("best_of_n".into(), debug);
     }
-    let body = match serde_json::to_vec(&completion) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            return ApiError::internal(format!("cannot encode the answer: {e}")).into_response()
-        }
-    };
-    let mut response = Response::new(body::full(body));
-    let headers = response.headers_mut();
-    copy_upstream_headers(&winner.headers, headers);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    insert_best_of_n_headers(headers, plan, candidates, selection);
-    response
+    let mut headers = HeaderMap::new();
+    copy_upstream_headers(&winner.headers, &mut headers);
+    headers.remove(header::CONTENT_TYPE);
+    insert_best_of_n_headers(&mut headers, plan, candidates, selection);
+    Ok(Ready {
+        completion,
+        headers,
+    })
 }
 
 /// Tokens spent: (all candidates, all judge calls).
@@ -93,11 +184,15 @@ fn insert_best_of_n_headers(
         }
     };
     set("x-best-of-n", plan.n.to_string());
-    set("x-best-of-n-selected", selection.winner.to_string());
+    set("x-best-of-n-selected", selection.winner().to_string());
     set("x-best-of-n-scores", scores_header(candidates, selection));
     set("x-best-of-n-judge", plan.strategy.clone());
     if let Some(fallback) = &selection.fallback {
         set("x-best-of-n-fallback", fallback.clone());
+    }
+    if !selection.disqualified.is_empty() {
+        let list: Vec<String> = selection.disqualified.iter().map(usize::to_string).collect();
+        set("x-best-of-n-disqualified", list.join(","));
     }
 }
 
@@ -116,13 +211,15 @@ fn scores_header(candidates: &[Candidate], selection: &Selection) -> String {
 
 fn score_of(candidate: &Candidate, selection: &Selection) -> Option<f64> {
     candidate.answer()?;
+    if selection.disqualified.contains(&candidate.index) {
+        return None;
+    }
     match &selection.verdict {
-        // Nobody judged: the only success wins by default.
-        None => Some(if candidate.index == selection.winner {
-            1.0
-        } else {
-            0.0
-        }),
+        // Nobody judged: the only eligible candidate wins by default.
+        None if selection.fallback.is_none() => {
+            Some(if candidate.index == selection.winner() { 1.0 } else { 0.0 })
+        }
+        None => None,
         Some(verdict) => verdict
             .scores
             .iter()
@@ -150,7 +247,7 @@ fn debug_object(
     judge_usage: &Usage,
 ) -> Value {
     let judge = match &selection.verdict {
-        None => json!({"skipped": "only one candidate succeeded"}),
+        None => json!({"skipped": "fewer than two eligible candidates"}),
         Some(v) => json!({
             "outcome": v.outcome.as_str(),
             "presentation_order": v.presentation,
@@ -165,7 +262,10 @@ fn debug_object(
     json!({
         "n": plan.n,
         "strategy": plan.strategy,
-        "selected": selection.winner,
+        "selected": selection.winner(),
+        "ranking": selection.ranking,
+        "ranking_source": if selection.fully_ranked { "judge" } else { "best_then_generation_order" },
+        "disqualified": selection.disqualified,
         "fallback": selection.fallback,
         "seed": selection.seed,
         "candidates": candidates.iter().map(|c| candidate_debug(c, selection)).collect::<Vec<_>>(),
@@ -181,7 +281,11 @@ fn candidate_debug(candidate: &Candidate, selection: &Selection) -> Value {
     match &candidate.result {
         Ok(answer) => {
             let choice = answer.completion.first_choice();
-            entry.insert("status".into(), json!("ok"));
+            let disqualified = selection.disqualified.contains(&candidate.index);
+            entry.insert("status".into(), json!(if disqualified { "disqualified" } else { "ok" }));
+            if disqualified {
+                entry.insert("error".into(), json!("content is not valid JSON, as response_format requires"));
+            }
             entry.insert("content".into(), json!(choice.and_then(|c| c.content())));
             if let Some(calls) = choice.and_then(|c| c.tool_calls()) {
                 entry.insert("tool_calls".into(), Value::Array(calls.clone()));
@@ -208,34 +312,25 @@ fn millis(d: Duration) -> f64 {
 /// When no candidate succeeded: the upstream's own error if every candidate got the same 4xx
 /// (the request itself is wrong, and the client should see exactly why), otherwise 504 when
 /// all timed out, else 502, saying how many failed and why.
-pub fn all_failed(candidates: &[Candidate]) -> Response<Body> {
-    if let Some(response) = common_client_error(candidates) {
-        return response;
+pub fn all_failed(candidates: &[Candidate]) -> Failed {
+    if let Some(failed) = common_client_error(candidates) {
+        return failed;
     }
     let summary = failure_summary(candidates);
     let all_timed_out = candidates
         .iter()
         .all(|c| matches!(c.result, Err(Failure::Timeout(_))));
-    let error = if all_timed_out {
+    Failed::Proxy(if all_timed_out {
         ApiError::gateway_timeout(format!("All candidates failed. {summary}"))
     } else {
-        ApiError::bad_gateway(
-            "all_candidates_failed",
-            format!("All candidates failed. {summary}"),
-        )
-    };
-    error.into_response()
+        ApiError::bad_gateway("all_candidates_failed", format!("All candidates failed. {summary}"))
+    })
 }
 
-fn common_client_error(candidates: &[Candidate]) -> Option<Response<Body>> {
-    let mut first: Option<(&StatusCode, &HeaderMap, &bytes::Bytes)> = None;
+fn common_client_error(candidates: &[Candidate]) -> Option<Failed> {
+    let mut first: Option<(&StatusCode, &HeaderMap, &Bytes)> = None;
     for candidate in candidates {
-        let Err(Failure::Status {
-            status,
-            headers,
-            body,
-        }) = &candidate.result
-        else {
+        let Err(Failure::Status { status, headers, body }) = &candidate.result else {
             return None;
         };
         if !status.is_client_error() || first.is_some_and(|(s, _, _)| s != status) {
@@ -244,10 +339,11 @@ fn common_client_error(candidates: &[Candidate]) -> Option<Response<Body>> {
         first.get_or_insert((status, headers, body));
     }
     let (status, headers, body) = first?;
-    let mut response = Response::new(body::full(body.clone()));
-    *response.status_mut() = *status;
-    copy_upstream_headers(headers, response.headers_mut());
-    Some(response)
+    Some(Failed::Upstream {
+        status: *status,
+        headers: headers.clone(),
+        body: body.clone(),
+    })
 }
 
 /// "3 of 5 candidates failed: #0 timed out after 2s; #3 upstream status 500: …".

@@ -169,7 +169,7 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         }
         Ok(Plan::BestOfN(plan)) => {
             let (parts, body) = request.into_parts();
-            best_of_n::handle(state, plan, parts, body).await
+            best_of_n::handle(state.clone(), plan, parts, body).await
         }
     };
     match permit {
@@ -180,7 +180,7 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
                 let _held = &permit;
                 frame
             })
-            .boxed()
+            .boxed_unsync()
         }),
         None => response,
     }

@@ -71,6 +71,20 @@ impl ChatRequest {
         self.stream == Some(true)
     }
 
+    /// `stream_options.include_usage`: the client wants a final usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.get("include_usage"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// How many choices the client asked for (`n`, default 1).
+    pub fn choices_wanted(&self) -> u32 {
+        self.n.unwrap_or(1).max(1)
+    }
+
     /// The body for one candidate call: the client's request, not streamed, one choice.
     pub fn candidate_body(&self) -> ChatRequest {
         let mut candidate = self.clone();

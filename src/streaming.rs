@@ -1,0 +1,95 @@
+//! Streaming a best-of-N answer: wait for the answer, keep the connection alive meanwhile,
+//! then send it as SSE.
+//!
+//! Until `best_of_n.stream_keepalive` has passed the proxy holds its answer back, so an early
+//! failure still gets a proper error status. After that it commits to 200 and
+//! `text/event-stream`, sends `: keep-alive` comments at that interval (load balancers and SDK
+//! read timeouts see traffic), and reports a late failure as an SSE `error` event. The body
+//! owns the computation: when the client disconnects hyper drops the body, which drops the
+//! fan-out and closes every upstream call still running.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{stream, StreamExt};
+use http::{header, HeaderValue, Response};
+use http_body::Frame;
+use http_body_util::StreamBody;
+
+use crate::body::{self, Body, BoxError};
+use crate::respond::{Failed, Ready};
+use crate::sse;
+
+type Work = BoxFuture<'static, Result<Ready, Failed>>;
+
+pub async fn respond(mut work: Work, keepalive: Duration, include_usage: bool) -> Response<Body> {
+    match tokio::time::timeout(keepalive, &mut work).await {
+        Ok(Ok(ready)) => {
+            let events = ready.sse_events(include_usage);
+            sse_response(Some(ready.headers), stream::iter(events).boxed())
+        }
+        Ok(Err(failed)) => failed.into_response(),
+        Err(_) => sse_response(None, committed(work, keepalive, include_usage)),
+    }
+}
+
+/// The events of a stream that already answered 200: a keep-alive comment now and at every
+/// interval until the answer is ready, then the answer's events (or an error event). The
+/// best-of-N headers are too late for the response head, so they come as a comment line.
+fn committed(
+    work: Work,
+    keepalive: Duration,
+    include_usage: bool,
+) -> stream::BoxStream<'static, Bytes> {
+    let ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    let waiting = stream::unfold(Some((work, ticker)), move |state| async move {
+        let (mut work, mut ticker) = state?;
+        tokio::select! {
+            result = &mut work => Some((stream::iter(final_events(result, include_usage)), None)),
+            _ = ticker.tick() => {
+                let keep = vec![Bytes::from_static(sse::KEEPALIVE)];
+                Some((stream::iter(keep), Some((work, ticker))))
+            }
+        }
+    })
+    .flatten();
+    stream::once(async { Bytes::from_static(sse::KEEPALIVE) })
+        .chain(waiting)
+        .boxed()
+}
+
+fn final_events(result: Result<Ready, Failed>, include_usage: bool) -> Vec<Bytes> {
+    match result {
+        Ok(ready) => {
+            let mut events: Vec<Bytes> = ready
+                .headers
+                .iter()
+                .filter(|(name, _)| name.as_str().starts_with("x-best-of-n"))
+                .filter_map(|(name, value)| {
+                    Some(sse::comment(&format!("{}: {}", name, value.to_str().ok()?)))
+                })
+                .collect();
+            events.extend(ready.sse_events(include_usage));
+            events
+        }
+        Err(failed) => failed.sse_events(),
+    }
+}
+
+fn sse_response(
+    headers: Option<http::HeaderMap>,
+    events: stream::BoxStream<'static, Bytes>,
+) -> Response<Body> {
+    let frames = events.map(|bytes| Ok::<_, BoxError>(Frame::data(bytes)));
+    let mut response = Response::new(body::boxed(StreamBody::new(frames)));
+    if let Some(headers) = headers {
+        *response.headers_mut() = headers;
+    }
+    let head = response.headers_mut();
+    head.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    head.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies in front of us not to buffer the stream.
+    head.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
