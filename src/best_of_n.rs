@@ -63,7 +63,13 @@ pub async fn handle(
     let stream = request.is_stream();
     let include_usage = request.include_usage();
     let keepalive = state.config.best_of_n.stream_keepalive;
-    let work = answer(state, plan, parts.headers, parts.uri.path().to_string(), request);
+    let work = answer(
+        state,
+        plan,
+        parts.headers,
+        parts.uri.path().to_string(),
+        request,
+    );
     if stream {
         streaming::respond(work, keepalive, include_usage).await
     } else {
@@ -140,7 +146,12 @@ async fn generate_and_select(
     .await;
     check_enough(state, plan, request, &candidates)?;
     let selection = select(state, plan, request, &candidates, headers).await?;
-    respond::build(plan, &candidates, &selection, request.choices_wanted() as usize)
+    respond::build(
+        plan,
+        &candidates,
+        &selection,
+        request.choices_wanted() as usize,
+    )
 }
 
 /// Enough candidates succeeded: at least one, `best_of_n.min_candidates`, and `n`.
@@ -177,7 +188,12 @@ async fn read_json_body(
 ) -> Result<Bytes, ApiError> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let text = content_type.to_str().unwrap_or("");
-        let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = text
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if essence != "application/json" && !essence.ends_with("+json") {
             return Err(ApiError::unsupported_media_type(text));
         }
@@ -250,7 +266,10 @@ async fn judge(
     seed: u64,
 ) -> Result<Verdict, Failed> {
     let judge = state.judges.get(&plan.strategy).ok_or_else(|| {
-        ApiError::internal(format!("judge strategy `{}` is not configured", plan.strategy))
+        ApiError::internal(format!(
+            "judge strategy `{}` is not configured",
+            plan.strategy
+        ))
     })?;
     Ok(judge
         .judge(JudgeRequest {
@@ -278,7 +297,9 @@ fn eligible_candidates(
         return (succeeded, Vec::new());
     }
     let is_json = |index: usize| {
-        let choice = candidates[index].answer().and_then(|a| a.completion.first_choice());
+        let choice = candidates[index]
+            .answer()
+            .and_then(|a| a.completion.first_choice());
         match choice.and_then(|c| c.content()) {
             Some(text) => serde_json::from_str::<serde_json::Value>(text).is_ok(),
             // A tool call or a refusal has no content to check.
@@ -349,7 +370,11 @@ fn fall_back(
         }
     };
     let mut ranking = vec![pool[first].index];
-    ranking.extend(pool.iter().map(|c| c.index).filter(|&i| i != pool[first].index));
+    ranking.extend(
+        pool.iter()
+            .map(|c| c.index)
+            .filter(|&i| i != pool[first].index),
+    );
     Ok(Selection {
         ranking,
         fully_ranked: false,

@@ -14,7 +14,8 @@ use crate::error::ApiError;
 use crate::fanout::{Candidate, Failure};
 use crate::openai::{ChatCompletion, Usage};
 use crate::plan::BestOfN;
-use crate::{sse, upstream};
+use crate::upstream::{self, JsonReply};
+use crate::sse;
 
 /// A finished best-of-N answer: the completion to send and the headers that go with it
 /// (the winner's upstream headers and the `x-best-of-n-*` ones). It can go out as JSON or as
@@ -54,11 +55,7 @@ pub enum Failed {
     /// The proxy's own error.
     Proxy(ApiError),
     /// An upstream error passed on unchanged (every candidate got this same 4xx).
-    Upstream {
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-    },
+    Upstream(Box<JsonReply>),
 }
 
 impl From<ApiError> for Failed {
@@ -71,14 +68,10 @@ impl Failed {
     pub fn into_response(self) -> Response<Body> {
         match self {
             Failed::Proxy(error) => error.into_response(),
-            Failed::Upstream {
-                status,
-                headers,
-                body,
-            } => {
-                let mut response = Response::new(body::full(body));
-                *response.status_mut() = status;
-                copy_upstream_headers(&headers, response.headers_mut());
+            Failed::Upstream(reply) => {
+                let mut response = Response::new(body::full(reply.body));
+                *response.status_mut() = reply.status;
+                copy_upstream_headers(&reply.headers, response.headers_mut());
                 response
             }
         }
@@ -88,7 +81,8 @@ impl Failed {
     pub fn sse_events(&self) -> Vec<Bytes> {
         match self {
             Failed::Proxy(error) => sse::error_events(error),
-            Failed::Upstream { status, body, .. } => {
+            Failed::Upstream(reply) => {
+                let (status, body) = (reply.status, &reply.body);
                 let upstream_error = serde_json::from_slice::<Value>(body)
                     .ok()
                     .and_then(|v| v.get("error").cloned());
@@ -96,7 +90,11 @@ impl Failed {
                     Some(error) => sse::error_object_events(&error),
                     None => sse::error_events(&ApiError::bad_gateway(
                         "upstream_error",
-                        format!("The upstream answered {}: {}", status.as_u16(), crate::judge::call::snippet(body)),
+                        format!(
+                            "The upstream answered {}: {}",
+                            status.as_u16(),
+                            crate::judge::call::snippet(body)
+                        ),
                     )),
                 }
             }
@@ -191,7 +189,11 @@ fn insert_best_of_n_headers(
         set("x-best-of-n-fallback", fallback.clone());
     }
     if !selection.disqualified.is_empty() {
-        let list: Vec<String> = selection.disqualified.iter().map(usize::to_string).collect();
+        let list: Vec<String> = selection
+            .disqualified
+            .iter()
+            .map(usize::to_string)
+            .collect();
         set("x-best-of-n-disqualified", list.join(","));
     }
 }
@@ -216,9 +218,11 @@ fn score_of(candidate: &Candidate, selection: &Selection) -> Option<f64> {
     }
     match &selection.verdict {
         // Nobody judged: the only eligible candidate wins by default.
-        None if selection.fallback.is_none() => {
-            Some(if candidate.index == selection.winner() { 1.0 } else { 0.0 })
-        }
+        None if selection.fallback.is_none() => Some(if candidate.index == selection.winner() {
+            1.0
+        } else {
+            0.0
+        }),
         None => None,
         Some(verdict) => verdict
             .scores
@@ -282,9 +286,15 @@ fn candidate_debug(candidate: &Candidate, selection: &Selection) -> Value {
         Ok(answer) => {
             let choice = answer.completion.first_choice();
             let disqualified = selection.disqualified.contains(&candidate.index);
-            entry.insert("status".into(), json!(if disqualified { "disqualified" } else { "ok" }));
+            entry.insert(
+                "status".into(),
+                json!(if disqualified { "disqualified" } else { "ok" }),
+            );
             if disqualified {
-                entry.insert("error".into(), json!("content is not valid JSON, as response_format requires"));
+                entry.insert(
+                    "error".into(),
+                    json!("content is not valid JSON, as response_format requires"),
+                );
             }
             entry.insert("content".into(), json!(choice.and_then(|c| c.content())));
             if let Some(calls) = choice.and_then(|c| c.tool_calls()) {
@@ -323,14 +333,22 @@ pub fn all_failed(candidates: &[Candidate]) -> Failed {
     Failed::Proxy(if all_timed_out {
         ApiError::gateway_timeout(format!("All candidates failed. {summary}"))
     } else {
-        ApiError::bad_gateway("all_candidates_failed", format!("All candidates failed. {summary}"))
+        ApiError::bad_gateway(
+            "all_candidates_failed",
+            format!("All candidates failed. {summary}"),
+        )
     })
 }
 
 fn common_client_error(candidates: &[Candidate]) -> Option<Failed> {
     let mut first: Option<(&StatusCode, &HeaderMap, &Bytes)> = None;
     for candidate in candidates {
-        let Err(Failure::Status { status, headers, body }) = &candidate.result else {
+        let Err(Failure::Status {
+            status,
+            headers,
+            body,
+        }) = &candidate.result
+        else {
             return None;
         };
         if !status.is_client_error() || first.is_some_and(|(s, _, _)| s != status) {
@@ -339,11 +357,11 @@ fn common_client_error(candidates: &[Candidate]) -> Option<Failed> {
         first.get_or_insert((status, headers, body));
     }
     let (status, headers, body) = first?;
-    Some(Failed::Upstream {
+    Some(Failed::Upstream(Box::new(JsonReply {
         status: *status,
         headers: headers.clone(),
         body: body.clone(),
-    })
+    })))
 }
 
 /// "3 of 5 candidates failed: #0 timed out after 2s; #3 upstream status 500: …".

@@ -39,7 +39,10 @@ pub fn encode(completion: &ChatCompletion, include_usage: bool) -> Vec<Bytes> {
     if include_usage {
         let mut chunk = template;
         chunk.insert("choices".into(), json!([]));
-        chunk.insert("usage".into(), json!(completion.usage.clone().unwrap_or_default()));
+        chunk.insert(
+            "usage".into(),
+            json!(completion.usage.clone().unwrap_or_default()),
+        );
         events.push(event(&Value::Object(chunk)));
     }
     events.push(Bytes::from_static(DONE));
@@ -90,8 +93,18 @@ fn choice_deltas(choice: &Choice) -> Vec<Delta> {
     let content = choice.content();
     let mut deltas = Vec::new();
     let mut first = Map::new();
-    first.insert("role".into(), message.get("role").cloned().unwrap_or(json!("assistant")));
-    first.insert("content".into(), if content.is_some() { json!("") } else { Value::Null });
+    first.insert(
+        "role".into(),
+        message.get("role").cloned().unwrap_or(json!("assistant")),
+    );
+    first.insert(
+        "content".into(),
+        if content.is_some() {
+            json!("")
+        } else {
+            Value::Null
+        },
+    );
     // Fields the proxy does not know (audio, annotations, vendor data) travel in the first delta.
     for (key, value) in message {
         if !matches!(key.as_str(), "role" | "content" | "refusal" | "tool_calls") {
@@ -121,7 +134,10 @@ fn choice_deltas(choice: &Choice) -> Vec<Delta> {
 /// then the arguments in pieces.
 fn tool_call_deltas(index: usize, call: &Value) -> Vec<Delta> {
     let function = call.get("function").cloned().unwrap_or(json!({}));
-    let arguments = function.get("arguments").and_then(Value::as_str).unwrap_or_default();
+    let arguments = function
+        .get("arguments")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let mut head_function = function.as_object().cloned().unwrap_or_default();
     head_function.insert("arguments".into(), json!(""));
     let mut head = call.as_object().cloned().unwrap_or_default();
@@ -133,7 +149,9 @@ fn tool_call_deltas(index: usize, call: &Value) -> Vec<Delta> {
     };
     let mut deltas = vec![wrap(Value::Object(head))];
     for piece in split_text(arguments) {
-        deltas.push(wrap(json!({"index": index, "function": {"arguments": piece}})));
+        deltas.push(wrap(
+            json!({"index": index, "function": {"arguments": piece}}),
+        ));
     }
     deltas
 }
@@ -184,25 +202,40 @@ mod tests {
 
     #[test]
     fn content_streams_in_several_deltas_and_reassembles() {
-        let text = "Balanced diets matter because the body needs many different nutrients to work well.";
-        let events = encode(&completion(json!({"role": "assistant", "content": text}), "stop"), true);
+        let text =
+            "Balanced diets matter because the body needs many different nutrients to work well.";
+        let events = encode(
+            &completion(json!({"role": "assistant", "content": text}), "stop"),
+            true,
+        );
         assert_eq!(events.last().unwrap().as_ref(), DONE);
         let chunks = parse(&events);
-        assert!(chunks.iter().all(|c| c["id"] == "c1" && c["created"] == 7 && c["system_fingerprint"] == "fp"));
+        assert!(chunks
+            .iter()
+            .all(|c| c["id"] == "c1" && c["created"] == 7 && c["system_fingerprint"] == "fp"));
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
         let content: String = chunks
             .iter()
             .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
             .collect();
         assert_eq!(content, text);
-        let content_chunks = chunks.iter().filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty())).count();
+        let content_chunks = chunks
+            .iter()
+            .filter(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty())
+            })
+            .count();
         assert!(content_chunks >= 3, "{content_chunks}");
         let last_choice = &chunks[chunks.len() - 2]["choices"][0];
         assert_eq!(last_choice["finish_reason"], "stop");
         let usage = chunks.last().unwrap();
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["total_tokens"], 3);
-        assert!(chunks[..chunks.len() - 1].iter().all(|c| c["usage"].is_null()));
+        assert!(chunks[..chunks.len() - 1]
+            .iter()
+            .all(|c| c["usage"].is_null()));
     }
 
     #[test]
@@ -219,17 +252,30 @@ mod tests {
         assert_eq!(calls[0][0]["id"], "call_1");
         assert_eq!(calls[0][0]["index"], 0);
         assert_eq!(calls[0][0]["function"]["name"], "get_weather");
-        let args: String = calls.iter().filter_map(|c| c[0]["function"]["arguments"].as_str()).collect();
+        let args: String = calls
+            .iter()
+            .filter_map(|c| c[0]["function"]["arguments"].as_str())
+            .collect();
         assert!(calls.len() > 2);
-        assert_eq!(args, "{\"location\": \"Paris, France\", \"unit\": \"celsius\", \"days\": 3}");
-        assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            args,
+            "{\"location\": \"Paris, France\", \"unit\": \"celsius\", \"days\": 3}"
+        );
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
     }
 
     #[test]
     fn refusal_is_streamed_as_refusal_deltas() {
-        let message = json!({"role": "assistant", "content": null, "refusal": "I can't help with that."});
+        let message =
+            json!({"role": "assistant", "content": null, "refusal": "I can't help with that."});
         let chunks = parse(&encode(&completion(message, "stop"), false));
-        let refusal: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["refusal"].as_str()).collect();
+        let refusal: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["refusal"].as_str())
+            .collect();
         assert_eq!(refusal, "I can't help with that.");
     }
 

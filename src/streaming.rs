@@ -87,7 +87,10 @@ fn sse_response(
         *response.headers_mut() = headers;
     }
     let head = response.headers_mut();
-    head.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    head.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     head.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx-style proxies in front of us not to buffer the stream.
     head.insert("x-accel-buffering", HeaderValue::from_static("no"));

@@ -20,12 +20,11 @@ pub struct ChatRequest {
     pub extra: Map<String, Value>,
 }
 
-/// One message of the conversation; only `role` and `content` are read.
+/// One message of the conversation; only `role` is typed. `content` stays in `extra` so that
+/// `"content": null` and a missing `content` each go upstream exactly as the client sent them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RequestMessage {
     pub role: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<Value>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -108,7 +107,7 @@ impl RequestMessage {
     /// The message as plain text for the judge: text parts joined, other parts named by a
     /// placeholder, tool calls as JSON.
     pub fn text_for_judge(&self) -> String {
-        let mut text = match &self.content {
+        let mut text = match self.extra.get("content") {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Array(parts)) => parts
                 .iter()
