@@ -329,8 +329,20 @@ impl Config {
 }
 
 fn check_base_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    match url.parse::<http::Uri>() {
-        Ok(uri)
+    let uri = url.parse::<http::Uri>().ok();
+    let authority = uri.as_ref().and_then(|u| u.authority());
+    if authority.is_some_and(|a| a.as_str().contains('@')) {
+        // The pooled client would carry them into connection keys and trace logs, and never
+        // send them as auth: refuse rather than leak or ignore them.
+        return Err(ConfigError(format!(
+            "`{key}`: `{}` has credentials in it; they are not supported. Remove the \
+             `user:password@` part and put the API key in the environment variable named by \
+             `api_key_env`.",
+            crate::upstream::redact_url(url)
+        )));
+    }
+    match uri {
+        Some(uri)
             if matches!(uri.scheme_str(), Some("http") | Some("https"))
                 && uri.authority().is_some()
                 && uri.query().is_none() =>
@@ -370,6 +382,11 @@ mod tests {
         assert!(err.0.contains("best_of_n.default_n"), "{err}");
         let err = Config::parse("[upstream]\nbase_url = \"ftp://x\"\n").unwrap_err();
         assert!(err.0.contains("upstream.base_url"), "{err}");
+        let err = Config::parse("[upstream]\nbase_url = \"http://u:pw@h/v1\"\n").unwrap_err();
+        assert!(
+            err.0.contains("api_key_env") && !err.0.contains("pw"),
+            "{err}"
+        );
         let err = Config::parse("[judge]\nfallback = \"coin\"\n").unwrap_err();
         assert!(err.0.contains("first_ok"), "{err}");
     }

@@ -14,8 +14,8 @@ use crate::error::ApiError;
 use crate::fanout::{Candidate, Failure};
 use crate::openai::{ChatCompletion, Usage};
 use crate::plan::BestOfN;
-use crate::upstream::{self, JsonReply};
 use crate::sse;
+use crate::upstream::{self, JsonReply};
 
 /// A finished best-of-N answer: the completion to send and the headers that go with it
 /// (the winner's upstream headers and the `x-best-of-n-*` ones). It can go out as JSON or as

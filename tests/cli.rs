@@ -1,0 +1,587 @@
+//! The `bon-proxy` binary as a user runs it: `check-config`, `serve` (with `--demo` and against
+//! a mock upstream) and `demo-upstream`, started as real processes.
+//!
+//! Every child gets its stdout and stderr redirected to files (no pipe can fill up, however
+//! much `RUST_LOG=trace` writes), runs without the environment variables the binary reads
+//! unless a test sets them, and is killed and reaped by [`Proc`]'s `Drop` even when an
+//! assertion fails. Every wait is a bounded poll.
+
+mod common;
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::mock::{default_handler, Call, MockUpstream, Reply};
+use common::{client, Answer};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bon-proxy");
+
+/// Upper bound on every wait: process start, readiness, exit, one HTTP exchange.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Variables the binary reads; removed from every child so the caller's shell cannot skew a
+/// test (a test sets the ones it needs).
+const BINARY_ENV: [&str; 5] = [
+    "BON_CONFIG",
+    "BON_LISTEN",
+    "BON_UPSTREAM_BASE_URL",
+    "OPENAI_API_KEY",
+    "RUST_LOG",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Process helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A command for the binary with `args`, run in `cwd`, without [`BINARY_ENV`].
+fn bon(cwd: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(cwd).stdin(Stdio::null());
+    for name in BINARY_ENV {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
+/// A running child whose stdout and stderr go to files; killed and reaped when dropped.
+struct Proc {
+    child: Child,
+    /// Holds `stdout` and `stderr`; separate from the child's working directory.
+    logs: TempDir,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let logs = tempfile::tempdir().expect("temp dir for child output");
+        let out = File::create(logs.path().join("stdout")).expect("stdout file");
+        let err = File::create(logs.path().join("stderr")).expect("stderr file");
+        let child = cmd
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        Proc { child, logs }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stdout")).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// Some(status) once the child has exited.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait on child")
+    }
+
+    /// Polls until the child exits; panics (and `Drop` kills it) after `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child still running after {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM, as Kubernetes or systemd would, and waits for the exit.
+    fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        self.wait_exit(WAIT)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a finished short-lived command left behind.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Finished {
+    fn all_output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` to completion (bounded by [`WAIT`]).
+fn run(cmd: Command) -> Finished {
+    let started = Instant::now();
+    let mut proc = Proc::spawn(cmd);
+    let status = proc.wait_exit(WAIT);
+    Finished {
+        status,
+        stdout: proc.stdout(),
+        stderr: proc.stderr(),
+        took: started.elapsed(),
+    }
+}
+
+/// `bon-proxy check-config --config <file>` where the file holds `toml`.
+fn check_config(toml: &str, env: &[(&str, &str)]) -> Finished {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_config(&dir, toml);
+    let mut cmd = bon(dir.path(), &["check-config", "--config", path_str(&path)]);
+    cmd.envs(env.iter().copied());
+    run(cmd)
+}
+
+fn write_config(dir: &TempDir, toml: &str) -> PathBuf {
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// A loopback address that was free a moment ago (bound on port 0, then released).
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr")
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP helpers
+// ---------------------------------------------------------------------------------------------
+
+/// One request with a bounded wait; Err when the connection or the exchange fails.
+async fn try_send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Answer, String> {
+    let mut builder = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let exchange = async {
+        let response = client().request(request).await.map_err(|e| e.to_string())?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(WAIT, exchange)
+        .await
+        .map_err(|_| format!("no answer from {url} within {WAIT:?}"))?
+}
+
+async fn get(url: &str) -> Answer {
+    try_send(Method::GET, url, &[], Bytes::new())
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+async fn post_json(url: &str, headers: &[(&str, &str)], body: &Value) -> Answer {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    try_send(Method::POST, url, &all, Bytes::from(body.to_string()))
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
+
+/// Polls `GET url` until it answers 200; panics with the child's stderr when the child exits
+/// first or [`WAIT`] passes.
+async fn wait_ready(proc: &mut Proc, url: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = proc.exited() {
+            panic!(
+                "child exited ({status}) before {url} answered; stderr:\n{}",
+                proc.stderr()
+            );
+        }
+        let last = match try_send(Method::GET, url, &[], Bytes::new()).await {
+            Ok(answer) if answer.status == StatusCode::OK => return,
+            Ok(answer) => format!("status {}", answer.status),
+            Err(e) => e,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{url} not ready within {WAIT:?} (last: {last}); stderr:\n{}",
+            proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Everything a client receives: headers and body.
+fn shown_to_client(answer: &Answer) -> String {
+    let body = String::from_utf8_lossy(&answer.body);
+    format!("{:?}\n{body}", answer.headers)
+}
+
+/// Runs a blocking wait on a multi-threaded test runtime without stalling its other tasks
+/// (the in-process mock upstream).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn quick_start_body() -> Value {
+    json!({
+        "model": "demo",
+        "messages": [{"role": "user", "content": "Why is a balanced diet important?"}]
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// check-config
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn check_config_prints_effective_settings_and_masks_the_key() {
+    const KEY: &str = "sk-live-SHOULD-NOT-PRINT-123";
+    let out = check_config(
+        "[best_of_n]\nmax_n = 7\n\n[judge]\nfallback = \"random\"\n",
+        &[("OPENAI_API_KEY", KEY), ("BON_LISTEN", "127.0.0.1:9321")],
+    );
+    assert!(
+        out.status.success(),
+        "status {}; stderr:\n{}",
+        out.status,
+        out.stderr
+    );
+    assert!(out.stdout.contains(": valid"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("upstream API key: set (from $OPENAI_API_KEY, value masked)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.all_output().contains(KEY),
+        "key printed:\n{}",
+        out.all_output()
+    );
+    assert!(!out.all_output().contains("SHOULD-NOT-PRINT"));
+
+    // The printed TOML is the effective configuration: file values, environment overrides and
+    // defaults for everything else, and it parses back as TOML.
+    let toml_start = out.stdout.find("\n[").expect("a TOML table in stdout");
+    let printed: toml::Table = out.stdout[toml_start..]
+        .parse()
+        .unwrap_or_else(|e| panic!("printed config is not TOML ({e}):\n{}", out.stdout));
+    assert_eq!(printed["best_of_n"]["max_n"].as_integer(), Some(7));
+    assert_eq!(printed["best_of_n"]["default_n"].as_integer(), Some(0));
+    assert_eq!(printed["judge"]["fallback"].as_str(), Some("random"));
+    assert_eq!(printed["server"]["listen"].as_str(), Some("127.0.0.1:9321"));
+    assert_eq!(
+        printed["upstream"]["base_url"].as_str(),
+        Some("https://api.openai.com/v1")
+    );
+}
+
+#[test]
+fn check_config_without_a_key_says_clients_must_authenticate() {
+    let out = check_config("", &[]);
+    assert!(out.status.success(), "stderr:\n{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("upstream API key: not set ($OPENAI_API_KEY is empty)"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn check_config_rejects_an_unknown_key_with_its_line_and_the_allowed_keys() {
+    let out = check_config(
+        "[server]\nlisten = \"127.0.0.1:8080\"\nlistn = \"127.0.0.1:9000\"\n",
+        &[],
+    );
+    assert!(!out.status.success(), "stdout:\n{}", out.stdout);
+    assert!(!out.stdout.contains("valid"), "{}", out.stdout);
+    for needle in [
+        "listn",
+        "line 3",
+        "listen",
+        "max_body_bytes",
+        "shutdown_grace",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "no `{needle}` in:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn check_config_rejects_an_out_of_range_value_naming_the_key() {
+    let out = check_config("[best_of_n]\ndefault_n = 40\n", &[]);
+    assert!(!out.status.success(), "stdout:\n{}", out.stdout);
+    assert!(out.stderr.contains("best_of_n.default_n"), "{}", out.stderr);
+    assert!(out.stderr.contains("40"), "{}", out.stderr);
+    assert!(out.stderr.contains("allowed"), "{}", out.stderr);
+}
+
+#[test]
+fn base_url_credentials_are_refused_without_printing_them() {
+    for toml in [
+        "[upstream]\nbase_url = \"http://user:pw-secret@127.0.0.1:1/v1\"\n",
+        "[judge]\nbase_url = \"https://judge:pw-secret@127.0.0.1:2/v1\"\n",
+        "[upstream]\nbase_url = \"ftp://user:pw-secret@host/v1\"\n",
+    ] {
+        let out = check_config(toml, &[]);
+        assert!(!out.status.success(), "stdout:\n{}", out.stdout);
+        assert!(out.stderr.contains("base_url"), "{}", out.stderr);
+        assert!(
+            !out.all_output().contains("pw-secret"),
+            "{}",
+            out.all_output()
+        );
+    }
+    let out = check_config(
+        "[upstream]\nbase_url = \"http://user:pw-secret@127.0.0.1:1/v1\"\n",
+        &[],
+    );
+    assert!(
+        out.stderr.contains("api_key_env"),
+        "says what to do instead: {}",
+        out.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// serve
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn serve_without_a_config_file_or_demo_fails_fast_and_says_what_to_do() {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let out = run(bon(cwd.path(), &["serve"]));
+    assert!(!out.status.success(), "stderr:\n{}", out.stderr);
+    assert!(out.took < Duration::from_secs(5), "took {:?}", out.took);
+    assert!(out.stderr.contains("proxy.toml"), "{}", out.stderr);
+    assert!(out.stderr.contains("--demo"), "{}", out.stderr);
+
+    // No subcommand means `serve`, with the same advice.
+    let out = run(bon(cwd.path(), &[]));
+    assert!(!out.status.success(), "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("--demo"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_demo_answers_the_quick_start_and_stops_gracefully_on_sigterm() {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let addr = free_port();
+    let mut cmd = bon(cwd.path(), &["serve", "--demo"]);
+    cmd.env("BON_LISTEN", addr.to_string());
+    let mut proxy = Proc::spawn(cmd);
+    let base = format!("http://{addr}");
+    wait_ready(&mut proxy, &format!("{base}/healthz")).await;
+
+    let answer = post_json(
+        &format!("{base}/v1/chat/completions"),
+        &[("x-best-of-n", "5")],
+        &quick_start_body(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let body = answer.json();
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    assert!(!answer.content().trim().is_empty(), "{body}");
+    assert!(
+        body["usage"]["total_tokens"].as_u64().unwrap_or(0) > 0,
+        "{body}"
+    );
+    assert_eq!(answer.header("x-best-of-n"), Some("5"));
+    assert_eq!(answer.header("x-best-of-n-judge"), Some("listwise"));
+    let selected: usize = answer
+        .header("x-best-of-n-selected")
+        .and_then(|s| s.parse().ok())
+        .expect("x-best-of-n-selected is a number");
+    assert!(selected < 5, "selected {selected}");
+    let scores = answer.header("x-best-of-n-scores").expect("scores header");
+    assert_eq!(scores.split(',').count(), 5, "scores: {scores}");
+
+    let models = get(&format!("{base}/v1/models")).await;
+    assert_eq!(models.status, StatusCode::OK);
+    assert_eq!(models.json()["object"], "list");
+    assert!(models.json()["data"]
+        .as_array()
+        .is_some_and(|d| !d.is_empty()));
+
+    let status = blocking(|| proxy.terminate());
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}; stderr:\n{}",
+        proxy.stderr()
+    );
+    assert!(proxy.stderr().contains("shutdown signal received"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_never_logs_or_returns_the_upstream_key() {
+    const KEY: &str = "sk-live-LOGCHECK-987";
+    // Every other candidate fails with a 500, so error and retry paths are logged too.
+    let mock = MockUpstream::with_handler(|call: &Call| {
+        let candidate = call.path().ends_with("/chat/completions") && !call.is_judge();
+        if candidate && call.seq % 2 == 1 {
+            return Reply::error(500, "mock: overloaded", "server_error");
+        }
+        default_handler(call)
+    })
+    .await;
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let addr = free_port();
+    let config = write_config(
+        &cwd,
+        &format!(
+            "[server]\nlisten = \"{addr}\"\n\n[upstream]\nbase_url = \"{}\"\nmax_retries = 1\n",
+            mock.base_url()
+        ),
+    );
+    let mut cmd = bon(cwd.path(), &["serve", "--config", path_str(&config)]);
+    cmd.env("OPENAI_API_KEY", KEY).env("RUST_LOG", "trace");
+    let mut proxy = Proc::spawn(cmd);
+    let base = format!("http://{addr}");
+    wait_ready(&mut proxy, &format!("{base}/healthz")).await;
+
+    let chat = format!("{base}/v1/chat/completions");
+    let body = quick_start_body();
+    let answers = vec![
+        get(&format!("{base}/v1/models")).await,
+        post_json(&chat, &[("x-best-of-n", "3")], &body).await,
+        post_json(
+            &chat,
+            &[("x-best-of-n", "3"), ("x-best-of-n-debug", "1")],
+            &body,
+        )
+        .await,
+        post_json(&chat, &[], &body).await,
+        post_json(&chat, &[("x-best-of-n", "lots")], &body).await,
+        get(&format!("{base}/v1/no-such-route")).await,
+    ];
+    assert_eq!(answers[0].status, StatusCode::OK);
+    assert_eq!(answers[1].status, StatusCode::OK, "{:?}", answers[1].body);
+    assert_eq!(answers[4].status, StatusCode::BAD_REQUEST);
+    for answer in &answers {
+        let seen = shown_to_client(answer);
+        assert!(!seen.contains("LOGCHECK"), "key sent to a client: {seen}");
+    }
+
+    // The key really was used: the upstream saw it on every call.
+    let calls = mock.calls();
+    assert!(calls.len() >= 6, "only {} upstream calls", calls.len());
+    for call in &calls {
+        let auth = call
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(
+            auth,
+            Some("Bearer sk-live-LOGCHECK-987"),
+            "{} {}",
+            call.method,
+            call.path_and_query
+        );
+    }
+
+    let status = blocking(|| proxy.terminate());
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    let logs = format!("{}{}", proxy.stdout(), proxy.stderr());
+    // The check means something only if trace logging really was on.
+    assert!(logs.contains("bon-proxy listening"), "logs:\n{logs}");
+    assert!(logs.contains("TRACE"), "no trace lines in:\n{logs}");
+    assert!(!logs.contains(KEY), "key logged:\n{logs}");
+    assert!(!logs.contains("LOGCHECK"), "key logged:\n{logs}");
+}
+
+#[test]
+fn serve_refuses_credentials_in_the_base_url_without_logging_them() {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let config = write_config(
+        &cwd,
+        "[upstream]\nbase_url = \"http://user:pw-secret@127.0.0.1:1/v1\"\n",
+    );
+    let mut cmd = bon(cwd.path(), &["serve", "--config", path_str(&config)]);
+    cmd.env("RUST_LOG", "trace");
+    let out = run(cmd);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("upstream.base_url"), "{}", out.stderr);
+    assert!(
+        !out.all_output().contains("pw-secret"),
+        "{}",
+        out.all_output()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// demo-upstream
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_upstream_serves_models_and_chat_completions() {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let addr = free_port();
+    let listen = addr.to_string();
+    let mut demo = Proc::spawn(bon(cwd.path(), &["demo-upstream", "--listen", &listen]));
+    let base = format!("http://{addr}");
+    wait_ready(&mut demo, &format!("{base}/v1/models")).await;
+
+    let models = get(&format!("{base}/v1/models")).await.json();
+    assert_eq!(models["object"], "list", "{models}");
+    let ids: Vec<_> = models["data"]
+        .as_array()
+        .expect("data is a list")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"demo"), "{models}");
+
+    let answer = post_json(
+        &format!("{base}/v1/chat/completions"),
+        &[],
+        &quick_start_body(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let body = answer.json();
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    assert!(!answer.content().trim().is_empty(), "{body}");
+    assert!(
+        body["usage"]["total_tokens"].as_u64().unwrap_or(0) > 0,
+        "{body}"
+    );
+
+    let status = blocking(|| demo.terminate());
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}
