@@ -4,7 +4,9 @@
 //! happens when a step comes back empty-handed (no candidate succeeded, none is eligible, the
 //! judge could not choose).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -14,6 +16,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use crate::body::Body;
+use crate::cache::{self, KeyBuilder};
 use crate::config::Fallback;
 use crate::error::ApiError;
 use crate::fanout::{self, Candidate};
@@ -39,8 +42,6 @@ pub struct Selection {
     pub fallback: Option<String>,
     /// Successful candidates excluded before judging (content not valid JSON in JSON mode).
     pub disqualified: Vec<usize>,
-    /// Seed of the presentation shuffle.
-    pub seed: u64,
 }
 
 impl Selection {
@@ -56,25 +57,25 @@ pub async fn handle(
     parts: http::request::Parts,
     body: Incoming,
 ) -> Response<Body> {
+    let started = Instant::now();
     let request = match read_request(&state, &plan, &parts.headers, body).await {
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
     let stream = request.is_stream();
     let include_usage = request.include_usage();
+    let debug = plan.debug;
     let keepalive = state.config.best_of_n.stream_keepalive;
-    let work = answer(
-        state,
-        plan,
-        parts.headers,
-        parts.uri.path().to_string(),
-        request,
-    );
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    let work = answer(state, plan, parts.headers, target, request, started);
     if stream {
         streaming::respond(work, keepalive, include_usage).await
     } else {
         match work.await {
-            Ok(ready) => ready.into_json_response(),
+            Ok(ready) => ready.with_debug(debug).into_json_response(),
             Err(failed) => failed.into_response(),
         }
     }
@@ -87,7 +88,12 @@ async fn read_request(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<ChatRequest, ApiError> {
-    let body = read_json_body(headers, body, state.config.server.max_body_bytes).await?;
+    let limit = state.config.server.max_body_bytes;
+    let deadline = state.config.server.request_timeout;
+    // A client that sends its body a byte a minute must not hold a slot forever.
+    let body = tokio::time::timeout(deadline, read_json_body(headers, body, limit))
+        .await
+        .map_err(|_| ApiError::request_timeout(deadline))??;
     let request = ChatRequest::parse(&body)?;
     if request.choices_wanted() > plan.n {
         return Err(ApiError::invalid_request(
@@ -103,49 +109,126 @@ async fn read_request(
     Ok(request)
 }
 
+/// Time spent waiting on upstream calls on the critical path, so the proxy's own share
+/// (`bon_overhead_seconds`) can be told apart.
+#[derive(Default)]
+struct Timing {
+    waited_nanos: AtomicU64,
+    computed: AtomicBool,
+}
+
+impl Timing {
+    fn waited(&self, since: Instant) {
+        let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.waited_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn overhead(&self, started: Instant) -> Duration {
+        let waited = Duration::from_nanos(self.waited_nanos.load(Ordering::Relaxed));
+        started.elapsed().saturating_sub(waited)
+    }
+}
+
 /// The whole computation, owned, so a streaming response can hold it (and drop it, cancelling
-/// every upstream call, when the client goes away). Bounded by `server.request_timeout`.
+/// every upstream call, when the client goes away): cache, then fan-out and judge.
 fn answer(
     state: Arc<AppState>,
     plan: BestOfN,
     headers: HeaderMap,
-    path: String,
+    target: String,
     request: ChatRequest,
+    started: Instant,
 ) -> BoxFuture<'static, Result<Ready, Failed>> {
-    let deadline = state.config.server.request_timeout;
     async move {
-        let work = generate_and_select(&state, &plan, &headers, &path, &request);
-        match tokio::time::timeout(deadline, work).await {
-            Ok(result) => result,
-            Err(_) => Err(Failed::Proxy(ApiError::gateway_timeout(format!(
-                "The best-of-{} request took longer than server.request_timeout ({deadline:?}).",
-                plan.n
-            )))),
+        let timing = Timing::default();
+        let compute = compute(&state, &plan, &headers, &target, &request, &timing);
+        let (result, outcome) = match &state.cache {
+            None => (compute.await, None),
+            Some(cache) => {
+                let key = cache_key(&state, &plan, &target, &request, &headers);
+                let (result, outcome) = cache.get_or_compute(key, plan.cache, compute).await;
+                (result, Some(outcome))
+            }
+        };
+        if timing.computed.load(Ordering::Relaxed) || outcome == Some(cache::Outcome::Hit) {
+            state
+                .metrics
+                .overhead("best_of_n", timing.overhead(started));
         }
+        result.map(|mut ready| {
+            if let Some(outcome) = outcome {
+                cache::set_outcome_header(&mut ready.headers, outcome);
+            }
+            ready
+        })
     }
     .boxed()
+}
+
+/// The key of this request's answer: the request itself, the plan, and the tenant.
+fn cache_key(
+    state: &AppState,
+    plan: &BestOfN,
+    target: &str,
+    request: &ChatRequest,
+    headers: &HeaderMap,
+) -> cache::CacheKey {
+    let scope = format!(
+        "best_of_n|{}|{}|{}|{}",
+        plan.n, plan.strategy, state.judge_fingerprint, target
+    );
+    let body = serde_json::to_value(request).unwrap_or_default();
+    KeyBuilder::new(scope.as_bytes())
+        .request(&body)
+        .tenant(headers)
+        .finish()
+}
+
+/// Fan-out, judge and answer, bounded by `server.request_timeout`.
+async fn compute(
+    state: &AppState,
+    plan: &BestOfN,
+    headers: &HeaderMap,
+    target: &str,
+    request: &ChatRequest,
+    timing: &Timing,
+) -> Result<Ready, Failed> {
+    timing.computed.store(true, Ordering::Relaxed);
+    let deadline = state.config.server.request_timeout;
+    let work = generate_and_select(state, plan, headers, target, request, timing);
+    match tokio::time::timeout(deadline, work).await {
+        Ok(result) => result,
+        Err(_) => Err(Failed::Proxy(ApiError::gateway_timeout(format!(
+            "The best-of-{} request took longer than server.request_timeout ({deadline:?}).",
+            plan.n
+        )))),
+    }
 }
 
 async fn generate_and_select(
     state: &AppState,
     plan: &BestOfN,
     headers: &HeaderMap,
-    path: &str,
+    target: &str,
     request: &ChatRequest,
+    timing: &Timing,
 ) -> Result<Ready, Failed> {
     let candidate_body = serde_json::to_vec(&request.candidate_body())
         .map_err(|e| ApiError::internal(format!("cannot encode the candidate request: {e}")))?;
+    let fan_out_started = Instant::now();
     let candidates = fanout::generate(
         &state.upstream,
-        path,
+        &state.metrics,
+        target,
         headers,
         Bytes::from(candidate_body),
         plan.n as usize,
         state.config.best_of_n.candidate_timeout,
     )
     .await;
+    timing.waited(fan_out_started);
     check_enough(state, plan, request, &candidates)?;
-    let selection = select(state, plan, request, &candidates, headers).await?;
+    let selection = select(state, plan, request, &candidates, headers, timing).await?;
     respond::build(
         plan,
         &candidates,
@@ -165,7 +248,10 @@ fn check_enough(
     if succeeded == 0 {
         return Err(respond::all_failed(candidates));
     }
-    let needed = (state.config.best_of_n.min_candidates).max(request.choices_wanted()) as usize;
+    // min_candidates cannot ask for more than this request generates.
+    let needed = (state.config.best_of_n.min_candidates)
+        .min(plan.n)
+        .max(request.choices_wanted()) as usize;
     if succeeded < needed {
         return Err(Failed::Proxy(ApiError::bad_gateway(
             "too_few_candidates",
@@ -218,43 +304,76 @@ async fn read_json_body(
 }
 
 /// Orders the candidates: the only eligible one, the judge's ranking, or the fallback's pick.
+/// Disqualified answers rank last: they only fill `n` choices when nothing better is left.
 async fn select(
     state: &AppState,
     plan: &BestOfN,
     request: &ChatRequest,
     candidates: &[Candidate],
     client_headers: &HeaderMap,
+    timing: &Timing,
 ) -> Result<Selection, Failed> {
     let (eligible, disqualified) = eligible_candidates(request, candidates);
-    let seed: u64 = rand::random();
-    let fallback = state.config.judge.fallback;
-    if eligible.is_empty() {
+    let mut selection = if eligible.is_empty() {
         // JSON mode and no candidate produced JSON: the fallback picks among all successes.
+        state.metrics.judged(&plan.strategy, "fallback");
         let succeeded = succeeded_candidates(candidates);
-        let mut selection = fall_back(fallback, &succeeded, None, "no_valid_json", seed)?;
-        selection.disqualified = disqualified;
-        return Ok(selection);
-    }
-    if let [only] = eligible.as_slice() {
+        fall_back(
+            state.config.judge.fallback,
+            &succeeded,
+            None,
+            "no_valid_json",
+        )?
+    } else {
+        choose(state, plan, request, &eligible, client_headers, timing).await?
+    };
+    let unranked: Vec<usize> = disqualified
+        .iter()
+        .copied()
+        .filter(|i| !selection.ranking.contains(i))
+        .collect();
+    selection.ranking.extend(unranked);
+    selection.disqualified = disqualified;
+    Ok(selection)
+}
+
+/// Picks among eligible candidates: the only one, or the judge's verdict, or the fallback.
+async fn choose(
+    state: &AppState,
+    plan: &BestOfN,
+    request: &ChatRequest,
+    eligible: &[JudgedCandidate],
+    client_headers: &HeaderMap,
+    timing: &Timing,
+) -> Result<Selection, Failed> {
+    if let [only] = eligible {
         return Ok(Selection {
             ranking: vec![only.index],
             fully_ranked: true,
             verdict: None,
             fallback: None,
-            disqualified,
-            seed,
+            disqualified: Vec::new(),
         });
     }
-    let verdict = judge(state, plan, request, &eligible, client_headers, seed).await?;
-    let mut selection = match verdict.winner() {
-        Some(_) => ranked_by(verdict, &eligible, seed),
-        None => {
-            let why = verdict.outcome.as_str();
-            fall_back(fallback, &eligible, Some(verdict), why, seed)?
+    let judge_started = Instant::now();
+    let verdict = judge(state, plan, request, eligible, client_headers).await?;
+    timing.waited(judge_started);
+    state
+        .metrics
+        .judged(&plan.strategy, verdict.outcome.as_str());
+    match verdict.winner() {
+        Some(winner) => {
+            if let Some(position) = verdict.presentation.iter().position(|&i| i == winner) {
+                state.metrics.selected_position(position);
+            }
+            Ok(ranked_by(verdict, eligible))
         }
-    };
-    selection.disqualified = disqualified;
-    Ok(selection)
+        None => {
+            state.metrics.judged(&plan.strategy, "fallback");
+            let why = verdict.outcome.as_str();
+            fall_back(state.config.judge.fallback, eligible, Some(verdict), why)
+        }
+    }
 }
 
 async fn judge(
@@ -263,7 +382,6 @@ async fn judge(
     request: &ChatRequest,
     eligible: &[JudgedCandidate],
     client_headers: &HeaderMap,
-    seed: u64,
 ) -> Result<Verdict, Failed> {
     let judge = state.judges.get(&plan.strategy).ok_or_else(|| {
         ApiError::internal(format!(
@@ -277,7 +395,7 @@ async fn judge(
             candidates: eligible,
             request_model: &request.model,
             client_headers,
-            seed,
+            seed: rand::random(),
         })
         .await)
 }
@@ -326,7 +444,7 @@ fn succeeded_candidates(candidates: &[Candidate]) -> Vec<JudgedCandidate> {
 }
 
 /// The judge's ranking, completed with the unranked eligible candidates in generation order.
-fn ranked_by(verdict: Verdict, eligible: &[JudgedCandidate], seed: u64) -> Selection {
+fn ranked_by(verdict: Verdict, eligible: &[JudgedCandidate]) -> Selection {
     let mut ranking = verdict.ranking.clone();
     ranking.extend(
         eligible
@@ -340,7 +458,6 @@ fn ranked_by(verdict: Verdict, eligible: &[JudgedCandidate], seed: u64) -> Selec
         verdict: Some(verdict),
         fallback: None,
         disqualified: Vec::new(),
-        seed,
     }
 }
 
@@ -349,7 +466,6 @@ fn fall_back(
     pool: &[JudgedCandidate],
     verdict: Option<Verdict>,
     why: &str,
-    seed: u64,
 ) -> Result<Selection, Failed> {
     let detail = verdict
         .as_ref()
@@ -358,7 +474,7 @@ fn fall_back(
     tracing::warn!(%why, %detail, "judge could not choose; falling back");
     let first = match fallback {
         Fallback::FirstOk => 0,
-        Fallback::Random => (seed % pool.len() as u64) as usize,
+        Fallback::Random => rand::random_range(0..pool.len()),
         Fallback::Error => {
             return Err(Failed::Proxy(ApiError::bad_gateway(
                 "judge_failed",
@@ -381,6 +497,5 @@ fn fall_back(
         verdict,
         fallback: Some(format!("{} ({why})", fallback.as_str())),
         disqualified: Vec::new(),
-        seed,
     })
 }

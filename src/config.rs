@@ -19,6 +19,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub best_of_n: BestOfNConfig,
     pub judge: JudgeConfig,
+    pub cache: CacheConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -192,6 +194,48 @@ impl Default for JudgeConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Cache best-of-N answers.
+    pub enabled: bool,
+    /// Upper bound on what the cached answers weigh, in bytes.
+    pub max_bytes: u64,
+    /// How long an answer stays servable.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Also cache plain (not best-of-N, not streamed) chat completions.
+    pub passthrough: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_bytes: 256 * 1024 * 1024,
+            ttl: Duration::from_secs(3600),
+            passthrough: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Where Prometheus scrapes.
+    pub path: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            path: "/metrics".into(),
+        }
+    }
+}
+
 /// Judge strategies this build knows.
 pub const JUDGE_STRATEGIES: [&str; 1] = ["listwise"];
 
@@ -292,10 +336,20 @@ impl Config {
             ("best_of_n.candidate_timeout", bon.candidate_timeout),
             ("best_of_n.stream_keepalive", bon.stream_keepalive),
             ("judge.timeout", self.judge.timeout),
+            ("cache.ttl", self.cache.ttl),
         ] {
             if value.is_zero() {
                 return fail(key, "must be longer than zero, e.g. \"30s\"".into());
             }
+        }
+        if !self.metrics.path.starts_with('/') || self.metrics.path.starts_with("/v1/") {
+            return fail(
+                "metrics.path",
+                format!(
+                    "`{}` must start with `/` and must not shadow an API path under /v1/",
+                    self.metrics.path
+                ),
+            );
         }
         self.validate_judge()
     }

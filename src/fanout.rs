@@ -10,7 +10,8 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{HeaderMap, StatusCode};
 
-use crate::judge::call::snippet;
+use crate::judge::call::{call_status, snippet};
+use crate::metrics::Metrics;
 use crate::openai::ChatCompletion;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -76,6 +77,7 @@ impl Candidate {
 /// Sends `n` copies of `body` concurrently and waits for all of them.
 pub async fn generate(
     upstream: &Upstream,
+    metrics: &Metrics,
     path: &str,
     client_headers: &HeaderMap,
     body: Bytes,
@@ -86,7 +88,19 @@ pub async fn generate(
         let body = body.clone();
         async move {
             let started = Instant::now();
-            let result = one_candidate(upstream, path, client_headers, body, timeout).await;
+            let result =
+                one_candidate(upstream, metrics, path, client_headers, body, timeout).await;
+            metrics.candidate(match &result {
+                Ok(_) => "ok",
+                Err(failure) => failure.outcome(),
+            });
+            if let Some(usage) = result
+                .as_ref()
+                .ok()
+                .and_then(|a| a.completion.usage.as_ref())
+            {
+                metrics.tokens("candidate", usage.prompt_tokens, usage.completion_tokens);
+            }
             Candidate {
                 index,
                 latency: started.elapsed(),
@@ -94,23 +108,27 @@ pub async fn generate(
             }
         }
     });
+    metrics.fan_out(n);
     join_all(calls).await
 }
 
 async fn one_candidate(
     upstream: &Upstream,
+    metrics: &Metrics,
     path: &str,
     client_headers: &HeaderMap,
     body: Bytes,
     timeout: Duration,
 ) -> Result<Answer, Failure> {
-    let reply = upstream
+    let started = Instant::now();
+    let sent = upstream
         .post_json(path, client_headers, body, timeout)
-        .await
-        .map_err(|e| match e {
-            UpstreamError::Timeout(d) => Failure::Timeout(d),
-            UpstreamError::Unreachable(why) => Failure::Unreachable(why),
-        })?;
+        .await;
+    metrics.upstream_call("candidate", &call_status(&sent), started.elapsed());
+    let reply = sent.map_err(|e| match e {
+        UpstreamError::Timeout(d) => Failure::Timeout(d),
+        UpstreamError::Unreachable(why) => Failure::Unreachable(why),
+    })?;
     if !reply.status.is_success() {
         return Err(Failure::Status {
             status: reply.status,

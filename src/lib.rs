@@ -7,11 +7,13 @@
 
 pub mod best_of_n;
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fanout;
 pub mod judge;
+pub mod metrics;
 pub mod openai;
 pub mod passthrough;
 pub mod plan;

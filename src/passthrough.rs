@@ -3,19 +3,24 @@
 //! Bodies stream in both directions without buffering, so an SSE answer reaches the client
 //! chunk by chunk as the upstream produces it. Only hop-by-hop headers are dropped.
 
+use std::time::Instant;
+
 use http::{header, Request, Response};
 use http_body_util::Limited;
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::upstream::{self, Upstream, UpstreamError};
 
 pub async fn forward(
     upstream: &Upstream,
+    metrics: &Metrics,
     request: Request<Incoming>,
     max_body: usize,
 ) -> Response<Body> {
+    let started = Instant::now();
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -31,17 +36,29 @@ pub async fn forward(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let body = body::boxed(Limited::new(incoming, max_body));
-    match upstream
+    let sent = Instant::now();
+    let result = upstream
         .forward(parts.method, path_and_query, &parts.headers, body)
-        .await
-    {
+        .await;
+    let waited = sent.elapsed();
+    let response = match result {
         Ok(response) => {
+            metrics.upstream_call("passthrough", response.status().as_str(), waited);
             let (mut head, incoming) = response.into_parts();
             upstream::strip_hop_by_hop(&mut head.headers);
             Response::from_parts(head, body::boxed(incoming))
         }
-        Err(error) => upstream_error(upstream, &error).into_response(),
-    }
+        Err(error) => {
+            let status = match error {
+                UpstreamError::Timeout(_) => "timeout",
+                _ => "error",
+            };
+            metrics.upstream_call("passthrough", status, waited);
+            upstream_error(upstream, &error).into_response()
+        }
+    };
+    metrics.overhead("passthrough", started.elapsed().saturating_sub(waited));
+    response
 }
 
 /// The client hears what went wrong; the upstream's address goes only to the log.

@@ -5,6 +5,7 @@
 
 use http::{HeaderMap, Method};
 
+use crate::cache::Policy;
 use crate::config::{Config, JUDGE_STRATEGIES};
 use crate::error::ApiError;
 
@@ -28,6 +29,8 @@ pub struct BestOfN {
     pub strategy: String,
     /// Add the `best_of_n` breakdown to the response body.
     pub debug: bool,
+    /// What `Cache-Control` allows the answer cache to do.
+    pub cache: Policy,
 }
 
 /// True for the one route best-of-N applies to, with or without the `/v1` prefix.
@@ -68,6 +71,7 @@ pub fn plan(
         n,
         strategy: judge_strategy(headers, config)?,
         debug: debug_requested(headers),
+        cache: Policy::from_headers(headers),
     }))
 }
 

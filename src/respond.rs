@@ -24,9 +24,20 @@ use crate::upstream::{self, JsonReply};
 pub struct Ready {
     pub completion: ChatCompletion,
     pub headers: HeaderMap,
+    /// The `best_of_n` breakdown, kept aside so a cached answer can serve clients that ask
+    /// for it and clients that do not.
+    pub debug: Option<Value>,
 }
 
 impl Ready {
+    /// Puts the debug object into the body when `wanted`, drops it otherwise.
+    pub fn with_debug(mut self, wanted: bool) -> Ready {
+        if let Some(debug) = self.debug.take().filter(|_| wanted) {
+            self.completion.extra.insert("best_of_n".into(), debug);
+        }
+        self
+    }
+
     pub fn into_json_response(self) -> Response<Body> {
         let body = match serde_json::to_vec(&self.completion) {
             Ok(bytes) => bytes,
@@ -129,10 +140,7 @@ pub fn build(
     let mut total = candidate_usage.clone();
     total.add(&judge_usage);
     completion.usage = Some(total);
-    if plan.debug {
-        let debug = debug_object(plan, candidates, selection, &candidate_usage, &judge_usage);
-        completion.extra.insert("best_of_n".into(), debug);
-    }
+    let debug = debug_object(plan, candidates, selection, &candidate_usage, &judge_usage);
     let mut headers = HeaderMap::new();
     copy_upstream_headers(&winner.headers, &mut headers);
     headers.remove(header::CONTENT_TYPE);
@@ -140,6 +148,7 @@ pub fn build(
     Ok(Ready {
         completion,
         headers,
+        debug: Some(debug),
     })
 }
 
@@ -271,7 +280,7 @@ fn debug_object(
         "ranking_source": if selection.fully_ranked { "judge" } else { "best_then_generation_order" },
         "disqualified": selection.disqualified,
         "fallback": selection.fallback,
-        "seed": selection.seed,
+        "seed": selection.verdict.as_ref().map(|v| v.seed),
         "candidates": candidates.iter().map(|c| candidate_debug(c, selection)).collect::<Vec<_>>(),
         "judge": judge,
         "usage": {"candidates": candidate_usage, "judge": judge_usage},

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -26,9 +26,10 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::plan::{self, Plan};
 use crate::state::{AppState, Secrets};
-use crate::{best_of_n, passthrough};
+use crate::{best_of_n, metrics, passthrough};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
 
 /// A bound, not yet running, proxy.
 pub struct Server {
@@ -125,7 +126,14 @@ impl Server {
 async fn handle(shared: &Shared, mut request: Request<Incoming>) -> Response<Body> {
     let request_id = ensure_request_id(&mut request);
     let mut response = route(shared, request).await;
-    response.headers_mut().insert(X_REQUEST_ID, request_id);
+    let headers = response.headers_mut();
+    // The upstream's own id (the one its support desk asks for) stays available beside ours.
+    if let Some(upstream_id) = headers.remove(X_REQUEST_ID) {
+        if upstream_id != request_id {
+            headers.insert(X_UPSTREAM_REQUEST_ID, upstream_id);
+        }
+    }
+    headers.insert(X_REQUEST_ID, request_id);
     response
 }
 
@@ -144,9 +152,15 @@ fn ensure_request_id(request: &mut Request<Incoming>) -> HeaderValue {
 }
 
 async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
+    let state = &shared.state;
     match (request.method(), request.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => return json_status(StatusCode::OK, "ok"),
         (&Method::GET | &Method::HEAD, "/readyz") => return readiness(shared),
+        (&Method::GET, path)
+            if state.config.metrics.enabled && path == state.config.metrics.path =>
+        {
+            return metrics_response(state).await
+        }
         _ => {}
     }
     let permit = match &shared.inflight {
@@ -156,34 +170,55 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             Err(_) => return overloaded(),
         },
     };
-    let state = &shared.state;
-    let response = match plan::plan(
+    let started = Instant::now();
+    let inflight = state.metrics.inflight();
+    let route = metrics::route_label(request.uri().path());
+    let planned = plan::plan(
         request.method(),
         request.uri().path(),
         request.headers(),
         &state.config,
-    ) {
-        Err(error) => error.into_response(),
+    );
+    let (mode, response) = match planned {
+        Err(error) => ("rejected", error.into_response()),
         Ok(Plan::Passthrough) => {
-            passthrough::forward(&state.upstream, request, state.config.server.max_body_bytes).await
+            let max_body = state.config.server.max_body_bytes;
+            let response =
+                passthrough::forward(&state.upstream, &state.metrics, request, max_body).await;
+            ("passthrough", response)
         }
         Ok(Plan::BestOfN(plan)) => {
             let (parts, body) = request.into_parts();
-            best_of_n::handle(state.clone(), plan, parts, body).await
+            (
+                "best_of_n",
+                best_of_n::handle(state.clone(), plan, parts, body).await,
+            )
         }
     };
-    match permit {
-        // The permit is released when the body has been sent, not when its head is ready,
-        // so a long stream still counts as in flight.
-        Some(permit) => response.map(|body| {
-            body.map_frame(move |frame| {
-                let _held = &permit;
-                frame
-            })
-            .boxed_unsync()
-        }),
-        None => response,
+    state
+        .metrics
+        .request_done(route, mode, response.status().as_u16(), started.elapsed());
+    // The guards are released when the body has been sent, not when its head is ready, so a
+    // long stream still counts as in flight.
+    response.map(|body| {
+        body.map_frame(move |frame| {
+            let _held = (&permit, &inflight);
+            frame
+        })
+        .boxed_unsync()
+    })
+}
+
+async fn metrics_response(state: &AppState) -> Response<Body> {
+    if let Some(cache) = &state.cache {
+        cache.report_size().await;
     }
+    let mut response = Response::new(body::full(state.metrics.render()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 fn readiness(shared: &Shared) -> Response<Body> {

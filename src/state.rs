@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use crate::cache::AnswerCache;
 use crate::config::Config;
 use crate::judge::Judges;
+use crate::metrics::Metrics;
 use crate::upstream::{self, ApiKey, Upstream};
 
 /// Keys read from the environment at start; kept apart from [`Config`] so that the config can
@@ -31,6 +33,11 @@ pub struct AppState {
     pub config: Config,
     pub upstream: Upstream,
     pub judges: Judges,
+    pub metrics: Metrics,
+    /// `None` when `cache.enabled` is false.
+    pub cache: Option<AnswerCache>,
+    /// Hash of every judge setting that can change a verdict, part of every cache key.
+    pub judge_fingerprint: String,
 }
 
 impl AppState {
@@ -53,11 +60,38 @@ impl AppState {
             let endpoint = Upstream::new(client, &config.judge.base_url, key, &judge_upstream)?;
             (endpoint, false)
         };
-        let judges = Judges::from_config(&config, judge_endpoint, forward_client_headers)?;
+        let metrics = Metrics::new();
+        let judges =
+            Judges::from_config(&config, judge_endpoint, forward_client_headers, &metrics)?;
+        let cache = config
+            .cache
+            .enabled
+            .then(|| AnswerCache::new(&config.cache, metrics.clone()));
         Ok(Arc::new(AppState {
+            judge_fingerprint: judge_fingerprint(&config),
             config,
             upstream: main,
             judges,
+            metrics,
+            cache,
         }))
     }
+}
+
+/// Every judge setting that can change which answer wins, hashed: a cached answer is only
+/// reused under the judge configuration that chose it.
+fn judge_fingerprint(config: &Config) -> String {
+    let judge = &config.judge;
+    let text = serde_json::json!([
+        judge.model,
+        judge.base_url,
+        judge.rubrics,
+        judge.template,
+        judge.temperature,
+        judge.max_tokens,
+        judge.fallback.as_str(),
+        judge.shuffle,
+    ])
+    .to_string();
+    blake3::hash(text.as_bytes()).to_hex().to_string()
 }

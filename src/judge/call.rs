@@ -1,18 +1,20 @@
 //! One LLM judge call: build the chat completion, send it, read the text and the usage.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::{json, Value};
 
 use crate::config::JudgeConfig;
+use crate::metrics::Metrics;
 use crate::openai::{ChatCompletion, Usage};
-use crate::upstream::Upstream;
+use crate::upstream::{JsonReply, Upstream, UpstreamError};
 
 /// How LLM judges reach their model.
 pub struct JudgeCall {
     endpoint: Upstream,
+    metrics: Metrics,
     forward_client_headers: bool,
     model_override: String,
     temperature: f64,
@@ -32,9 +34,11 @@ impl JudgeCall {
         config: &JudgeConfig,
         endpoint: Upstream,
         forward_client_headers: bool,
+        metrics: Metrics,
     ) -> JudgeCall {
         JudgeCall {
             endpoint,
+            metrics,
             forward_client_headers,
             model_override: config.model.clone(),
             temperature: config.temperature,
@@ -66,11 +70,14 @@ impl JudgeCall {
         } else {
             &empty
         };
-        let reply = self
+        let started = Instant::now();
+        let sent = self
             .endpoint
             .post_json("/chat/completions", headers, body, self.timeout)
-            .await
-            .map_err(|e| fail(format!("the judge call failed: {e}")))?;
+            .await;
+        self.metrics
+            .upstream_call("judge", &call_status(&sent), started.elapsed());
+        let reply = sent.map_err(|e| fail(format!("the judge call failed: {e}")))?;
         if !reply.status.is_success() {
             return Err(fail(format!(
                 "the judge call got status {}: {}",
@@ -80,6 +87,8 @@ impl JudgeCall {
         }
         let completion = ChatCompletion::parse(&reply.body).map_err(fail)?;
         let usage = completion.usage.clone().unwrap_or_default();
+        self.metrics
+            .tokens("judge", usage.prompt_tokens, usage.completion_tokens);
         match completion.first_choice().and_then(|c| c.content()) {
             Some(text) => Ok((text.to_string(), usage)),
             None => Err(CallFailure {
@@ -117,4 +126,13 @@ pub fn snippet(body: &[u8]) -> String {
         end -= 1;
     }
     text[..end].to_string()
+}
+
+/// The `status` label of an upstream call: the HTTP status, or `timeout` / `error`.
+pub fn call_status(result: &Result<JsonReply, UpstreamError>) -> String {
+    match result {
+        Ok(reply) => reply.status.as_str().to_string(),
+        Err(UpstreamError::Timeout(_)) => "timeout".to_string(),
+        Err(UpstreamError::Unreachable(_)) => "error".to_string(),
+    }
 }

@@ -40,6 +40,7 @@ impl Listwise {
         let mut verdict = self.ask(&request, &order).await;
         verdict.presentation = presentation;
         verdict.latency = started.elapsed();
+        verdict.seed = request.seed;
         verdict
     }
 

@@ -15,6 +15,7 @@ use futures_util::future::BoxFuture;
 use http::HeaderMap;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::openai::{RequestMessage, Usage};
 use crate::upstream::Upstream;
 
@@ -77,6 +78,8 @@ pub struct Verdict {
     /// Why the judge failed, when it did.
     pub failure: Option<String>,
     pub latency: Duration,
+    /// Seed of the presentation shuffle, to reproduce the verdict.
+    pub seed: u64,
 }
 
 impl Verdict {
@@ -96,6 +99,7 @@ impl Verdict {
             presentation: Vec::new(),
             failure: Some(why),
             latency: Duration::ZERO,
+            seed: 0,
         }
     }
 }
@@ -117,8 +121,14 @@ impl Judges {
         config: &Config,
         endpoint: Upstream,
         forward_client_headers: bool,
+        metrics: &Metrics,
     ) -> Result<Judges, String> {
-        let call = call::JudgeCall::new(&config.judge, endpoint, forward_client_headers);
+        let call = call::JudgeCall::new(
+            &config.judge,
+            endpoint,
+            forward_client_headers,
+            metrics.clone(),
+        );
         let listwise = listwise::Listwise::new(&config.judge, call)?;
         Ok(Judges {
             by_name: vec![("listwise", Arc::new(listwise) as Arc<dyn Judge>)],
