@@ -12,10 +12,9 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use http::{header, HeaderMap, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
-use crate::body::Body;
+use crate::body::{self, Body};
 use crate::cache::{self, KeyBuilder};
 use crate::config::Fallback;
 use crate::error::ApiError;
@@ -284,23 +283,7 @@ async fn read_json_body(
             return Err(ApiError::unsupported_media_type(text));
         }
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::payload_too_large(limit));
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::payload_too_large(limit))
-        }
-        Err(e) => Err(ApiError::invalid_request(
-            "body",
-            format!("The request body could not be read: {e}."),
-        )),
-    }
+    body::read_to_limit(headers, body, limit).await
 }
 
 /// Orders the candidates: the only eligible one, the judge's ranking, or the fallback's pick.

@@ -4,7 +4,9 @@
 //! are in-memory bytes; boxing both into one type keeps every handler's signature the same.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
+
+use crate::error::ApiError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,4 +32,30 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// Reads a whole request body of at most `limit` bytes: 413 beyond it (told by
+/// `Content-Length` up front, or found while reading), 400 when the body breaks off.
+pub async fn read_to_limit(
+    headers: &http::HeaderMap,
+    body: hyper::body::Incoming,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(e) => Err(ApiError::invalid_request(
+            "body",
+            format!("The request body could not be read: {e}."),
+        )),
+    }
 }

@@ -112,6 +112,19 @@ impl AnswerCache {
         }
     }
 
+    /// A stored answer, as a hit, when `policy` allows reading; counts the lookup. For
+    /// requests that cannot wait on a computation (a live stream on a miss).
+    pub async fn lookup(&self, key: CacheKey, policy: Policy) -> Option<Ready> {
+        if policy != Policy::Use {
+            self.metrics.cache_lookup("bypass");
+            return None;
+        }
+        let found = self.entries.get(&key).await;
+        self.metrics
+            .cache_lookup(if found.is_some() { "hit" } else { "miss" });
+        found.map(|stored| as_hit(&stored))
+    }
+
     async fn shared<F>(&self, key: CacheKey, compute: F) -> (Result<Ready, Failed>, Outcome)
     where
         F: std::future::Future<Output = Result<Ready, Failed>> + Send,

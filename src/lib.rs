@@ -16,6 +16,7 @@ pub mod judge;
 pub mod metrics;
 pub mod openai;
 pub mod passthrough;
+pub mod plain_cache;
 pub mod plan;
 pub mod respond;
 pub mod server;

@@ -30,12 +30,23 @@ pub async fn forward(
         return ApiError::payload_too_large(max_body).into_response();
     }
     let (parts, incoming) = request.into_parts();
+    let body = body::boxed(Limited::new(incoming, max_body));
+    forward_parts(upstream, metrics, parts, body, started).await
+}
+
+/// Forwards a request whose body is already prepared; `started` is when it arrived.
+pub async fn forward_parts(
+    upstream: &Upstream,
+    metrics: &Metrics,
+    parts: http::request::Parts,
+    body: Body,
+    started: Instant,
+) -> Response<Body> {
     let path_and_query = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let body = body::boxed(Limited::new(incoming, max_body));
     let sent = Instant::now();
     let result = upstream
         .forward(parts.method, path_and_query, &parts.headers, body)

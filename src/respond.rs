@@ -171,7 +171,7 @@ fn spent(candidates: &[Candidate], selection: &Selection) -> (Usage, Usage) {
 
 /// The winner's upstream headers (rate limits, processing time…) that still describe the
 /// new body; length and encoding do not.
-fn copy_upstream_headers(from: &HeaderMap, to: &mut HeaderMap) {
+pub fn copy_upstream_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in upstream::end_to_end_headers(from).iter() {
         if name != header::CONTENT_LENGTH && name != header::CONTENT_ENCODING {
             to.append(name.clone(), value.clone());

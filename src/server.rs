@@ -22,11 +22,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::body::{self, Body};
+use crate::cache::AnswerCache;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::plan::{self, Plan};
 use crate::state::{AppState, Secrets};
-use crate::{best_of_n, metrics, passthrough};
+use crate::{best_of_n, metrics, passthrough, plain_cache};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
@@ -181,12 +182,19 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     );
     let (mode, response) = match planned {
         Err(error) => ("rejected", error.into_response()),
-        Ok(Plan::Passthrough) => {
-            let max_body = state.config.server.max_body_bytes;
-            let response =
-                passthrough::forward(&state.upstream, &state.metrics, request, max_body).await;
-            ("passthrough", response)
-        }
+        Ok(Plan::Passthrough) => match plain_cache_for(state, &request) {
+            Some(cache) => {
+                let (parts, body) = request.into_parts();
+                let response = plain_cache::handle(state.clone(), cache, parts, body).await;
+                ("passthrough", response)
+            }
+            None => {
+                let max_body = state.config.server.max_body_bytes;
+                let response =
+                    passthrough::forward(&state.upstream, &state.metrics, request, max_body).await;
+                ("passthrough", response)
+            }
+        },
         Ok(Plan::BestOfN(plan)) => {
             let (parts, body) = request.into_parts();
             (
@@ -207,6 +215,17 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         })
         .boxed_unsync()
     })
+}
+
+/// Plain chat completions go through the cache only when `cache.passthrough` says so.
+fn plain_cache_for<'a>(
+    state: &'a AppState,
+    request: &Request<Incoming>,
+) -> Option<&'a AnswerCache> {
+    let cacheable = state.config.cache.passthrough
+        && request.method() == Method::POST
+        && plan::is_chat_completions(request.uri().path());
+    state.cache.as_ref().filter(|_| cacheable)
 }
 
 async fn metrics_response(state: &AppState) -> Response<Body> {

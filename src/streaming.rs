@@ -27,7 +27,7 @@ pub async fn respond(mut work: Work, keepalive: Duration, include_usage: bool) -
     match tokio::time::timeout(keepalive, &mut work).await {
         Ok(Ok(ready)) => {
             let events = ready.sse_events(include_usage);
-            sse_response(Some(ready.headers), stream::iter(events).boxed())
+            events_response(ready.headers, events)
         }
         Ok(Err(failed)) => failed.into_response(),
         Err(_) => sse_response(None, committed(work, keepalive, include_usage)),
@@ -75,6 +75,11 @@ fn final_events(result: Result<Ready, Failed>, include_usage: bool) -> Vec<Bytes
         }
         Err(failed) => failed.sse_events(),
     }
+}
+
+/// A complete answer as an SSE response.
+pub fn events_response(headers: http::HeaderMap, events: Vec<Bytes>) -> Response<Body> {
+    sse_response(Some(headers), stream::iter(events).boxed())
 }
 
 fn sse_response(

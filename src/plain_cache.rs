@@ -1,0 +1,142 @@
+//! Caching plain chat completions, when `cache.passthrough = true`.
+//!
+//! A plain (not best-of-N) chat completion is read whole, answered from the cache when it can
+//! be, and stored when the upstream answered it with a chat completion. A streamed request is
+//! served from the cache on a hit, as SSE; on a miss it passes through as a live stream and is
+//! not stored, since storing it would mean holding the stream back.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::body::{self, Body};
+use crate::cache::{self, AnswerCache, KeyBuilder, Outcome, Policy};
+use crate::error::ApiError;
+use crate::openai::ChatCompletion;
+use crate::respond::{self, Failed, Ready};
+use crate::state::AppState;
+use crate::upstream::UpstreamError;
+use crate::{passthrough, streaming};
+
+pub async fn handle(
+    state: Arc<AppState>,
+    cache: &AnswerCache,
+    parts: http::request::Parts,
+    incoming: Incoming,
+) -> Response<Body> {
+    let started = Instant::now();
+    let limit = state.config.server.max_body_bytes;
+    let deadline = state.config.server.request_timeout;
+    let bytes = match tokio::time::timeout(
+        deadline,
+        body::read_to_limit(&parts.headers, incoming, limit),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(error)) => return error.into_response(),
+        Err(_) => return ApiError::request_timeout(deadline).into_response(),
+    };
+    // Not a JSON object: the upstream's business, not the cache's.
+    let Ok(request @ Value::Object(_)) = serde_json::from_slice::<Value>(&bytes) else {
+        return passthrough::forward_parts(
+            &state.upstream,
+            &state.metrics,
+            parts,
+            body::full(bytes),
+            started,
+        )
+        .await;
+    };
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let key = KeyBuilder::new(format!("plain|{target}").as_bytes())
+        .request(&request)
+        .tenant(&parts.headers)
+        .finish();
+    let policy = Policy::from_headers(&parts.headers);
+    if request.get("stream") == Some(&Value::Bool(true)) {
+        let include_usage =
+            request.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
+        if let Some(hit) = cache.lookup(key, policy).await {
+            let mut response =
+                streaming::events_response(hit.headers.clone(), hit.sse_events(include_usage));
+            cache::set_outcome_header(response.headers_mut(), Outcome::Hit);
+            return response;
+        }
+        let outcome = if policy == Policy::Use {
+            Outcome::Miss
+        } else {
+            Outcome::Bypass
+        };
+        let mut response = passthrough::forward_parts(
+            &state.upstream,
+            &state.metrics,
+            parts,
+            body::full(bytes),
+            started,
+        )
+        .await;
+        cache::set_outcome_header(response.headers_mut(), outcome);
+        return response;
+    }
+    let compute = fetch(&state, &target, &parts.headers, bytes);
+    let (result, outcome) = cache.get_or_compute(key, policy, compute).await;
+    match result {
+        Ok(mut ready) => {
+            cache::set_outcome_header(&mut ready.headers, outcome);
+            ready.into_json_response()
+        }
+        Err(failed) => failed.into_response(),
+    }
+}
+
+/// One upstream call; anything but a chat completion goes back to the client as it came.
+async fn fetch(
+    state: &AppState,
+    target: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Ready, Failed> {
+    let started = Instant::now();
+    let sent = state
+        .upstream
+        .post_json(target, headers, body, state.config.upstream.timeout)
+        .await;
+    state.metrics.upstream_call(
+        "passthrough",
+        &crate::judge::call::call_status(&sent),
+        started.elapsed(),
+    );
+    let reply = sent.map_err(|error| match error {
+        UpstreamError::Timeout(d) => {
+            ApiError::gateway_timeout(format!("The upstream did not answer within {d:?}."))
+        }
+        UpstreamError::Unreachable(why) => ApiError::bad_gateway(
+            "upstream_unreachable",
+            format!("The upstream could not be reached: {why}."),
+        ),
+    })?;
+    let completion = match reply.status.is_success() {
+        true => ChatCompletion::parse(&reply.body).ok(),
+        false => None,
+    };
+    let Some(completion) = completion else {
+        return Err(Failed::Upstream(Box::new(reply)));
+    };
+    let mut ready_headers = HeaderMap::new();
+    respond::copy_upstream_headers(&reply.headers, &mut ready_headers);
+    ready_headers.remove(http::header::CONTENT_TYPE);
+    Ok(Ready {
+        completion,
+        headers: ready_headers,
+        debug: None,
+    })
+}
