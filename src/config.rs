@@ -151,7 +151,8 @@ pub struct JudgeConfig {
     pub model: String,
     /// Separate endpoint for judge calls; empty means the upstream.
     pub base_url: String,
-    /// Env variable with the key for `judge.base_url`; empty means the upstream's key.
+    /// Env variable with the key for `judge.base_url`; empty means no key is sent there (the
+    /// upstream key never is).
     pub api_key_env: String,
     /// What a good answer is, shown to the judge as a numbered list.
     pub rubrics: Vec<String>,
@@ -238,6 +239,9 @@ impl Default for MetricsConfig {
 
 /// Judge strategies this build knows.
 pub const JUDGE_STRATEGIES: [&str; 1] = ["listwise"];
+
+/// Longest duration any setting accepts; beyond it, deadlines stop being meaningful.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Why a configuration could not be used; the message names the key and what is allowed.
 #[derive(Debug)]
@@ -335,11 +339,19 @@ impl Config {
             ("upstream.timeout", self.upstream.timeout),
             ("best_of_n.candidate_timeout", bon.candidate_timeout),
             ("best_of_n.stream_keepalive", bon.stream_keepalive),
+            ("server.shutdown_grace", self.server.shutdown_grace),
+            (
+                "upstream.pool_idle_timeout",
+                self.upstream.pool_idle_timeout,
+            ),
             ("judge.timeout", self.judge.timeout),
             ("cache.ttl", self.cache.ttl),
         ] {
             if value.is_zero() {
                 return fail(key, "must be longer than zero, e.g. \"30s\"".into());
+            }
+            if value > MAX_DURATION {
+                return fail(key, "must be at most 7 days".into());
             }
         }
         if !self.metrics.path.starts_with('/') || self.metrics.path.starts_with("/v1/") {

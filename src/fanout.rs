@@ -41,7 +41,8 @@ pub enum Failure {
         body: Bytes,
     },
     Timeout(Duration),
-    Unreachable(String),
+    /// The call broke: no connection, or the answer was cut short.
+    Transport(String),
     /// A 2xx answer that is not a usable chat completion.
     Invalid(String),
 }
@@ -54,7 +55,7 @@ impl Failure {
                 format!("upstream status {}: {}", status.as_u16(), snippet(body))
             }
             Failure::Timeout(d) => format!("timed out after {d:?}"),
-            Failure::Unreachable(why) => format!("upstream unreachable: {why}"),
+            Failure::Transport(why) => format!("upstream {why}"),
             Failure::Invalid(why) => why.clone(),
         }
     }
@@ -127,7 +128,7 @@ async fn one_candidate(
     metrics.upstream_call("candidate", &call_status(&sent), started.elapsed());
     let reply = sent.map_err(|e| match e {
         UpstreamError::Timeout(d) => Failure::Timeout(d),
-        UpstreamError::Unreachable(why) => Failure::Unreachable(why),
+        other => Failure::Transport(other.to_string()),
     })?;
     if !reply.status.is_success() {
         return Err(Failure::Status {

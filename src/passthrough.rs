@@ -75,13 +75,5 @@ pub async fn forward_parts(
 /// The client hears what went wrong; the upstream's address goes only to the log.
 fn upstream_error(upstream: &Upstream, error: &UpstreamError) -> ApiError {
     tracing::warn!(upstream = upstream.redacted_base_url(), %error, "passthrough failed");
-    match error {
-        UpstreamError::Timeout(d) => ApiError::gateway_timeout(format!(
-            "The upstream did not answer within {d:?} (upstream.timeout)."
-        )),
-        UpstreamError::Unreachable(why) => ApiError::bad_gateway(
-            "upstream_unreachable",
-            format!("The upstream could not be reached: {why}."),
-        ),
-    }
+    error.to_api_error()
 }

@@ -19,7 +19,6 @@ use crate::error::ApiError;
 use crate::openai::ChatCompletion;
 use crate::respond::{self, Failed, Ready};
 use crate::state::AppState;
-use crate::upstream::UpstreamError;
 use crate::{passthrough, streaming};
 
 pub async fn handle(
@@ -115,15 +114,7 @@ async fn fetch(
         &crate::judge::call::call_status(&sent),
         started.elapsed(),
     );
-    let reply = sent.map_err(|error| match error {
-        UpstreamError::Timeout(d) => {
-            ApiError::gateway_timeout(format!("The upstream did not answer within {d:?}."))
-        }
-        UpstreamError::Unreachable(why) => ApiError::bad_gateway(
-            "upstream_unreachable",
-            format!("The upstream could not be reached: {why}."),
-        ),
-    })?;
+    let reply = sent.map_err(|error| Failed::Proxy(error.to_api_error()))?;
     let completion = match reply.status.is_success() {
         true => ChatCompletion::parse(&reply.body).ok(),
         false => None,

@@ -25,10 +25,19 @@ pub fn encode(completion: &ChatCompletion, include_usage: bool) -> Vec<Bytes> {
     let template = chunk_template(completion, include_usage);
     let mut events = Vec::new();
     for choice in &completion.choices {
-        for (delta, finish_reason, logprobs) in choice_deltas(choice) {
+        for (position, (delta, finish_reason, logprobs)) in
+            choice_deltas(choice).into_iter().enumerate()
+        {
             let mut chunk = template.clone();
             let mut entry = Map::new();
             entry.insert("index".into(), json!(choice.index));
+            if position == 0 {
+                // Choice-level fields the proxy does not know (e.g. content filter results)
+                // ride on the choice's first chunk.
+                for (key, value) in choice.extra.iter().filter(|(k, _)| *k != "logprobs") {
+                    entry.insert(key.clone(), value.clone());
+                }
+            }
             entry.insert("delta".into(), Value::Object(delta));
             entry.insert("logprobs".into(), logprobs);
             entry.insert("finish_reason".into(), finish_reason);

@@ -55,6 +55,12 @@ impl AppState {
             (main.clone(), true)
         } else {
             let key = secrets.judge_key.clone();
+            if key.is_none() {
+                tracing::warn!(
+                    judge = %upstream::redact_url(&config.judge.base_url),
+                    "judge.base_url is set but judge.api_key_env names no key: judge calls go unauthenticated"
+                );
+            }
             let mut judge_upstream = config.upstream.clone();
             judge_upstream.forward_client_auth = false;
             let endpoint = Upstream::new(client, &config.judge.base_url, key, &judge_upstream)?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -19,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::body::{self, Body};
 use crate::config::UpstreamConfig;
+use crate::error::ApiError;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
@@ -57,8 +58,10 @@ impl std::fmt::Debug for ApiKey {
 pub enum UpstreamError {
     /// No complete answer within the deadline.
     Timeout(Duration),
-    /// Could not connect, or the connection broke before the answer was complete.
+    /// Could not connect, or the connection broke before the response head.
     Unreachable(String),
+    /// The answer began but did not complete (or exceeded the size bound).
+    Interrupted(String),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -66,6 +69,26 @@ impl std::fmt::Display for UpstreamError {
         match self {
             UpstreamError::Timeout(d) => write!(f, "no answer within {d:?}"),
             UpstreamError::Unreachable(why) => write!(f, "unreachable: {why}"),
+            UpstreamError::Interrupted(why) => write!(f, "interrupted: {why}"),
+        }
+    }
+}
+
+impl UpstreamError {
+    /// The error as the client hears it: 504 for a timeout, 502 otherwise.
+    pub fn to_api_error(&self) -> ApiError {
+        match self {
+            UpstreamError::Timeout(d) => ApiError::gateway_timeout(format!(
+                "The upstream did not answer within {d:?} (upstream.timeout)."
+            )),
+            UpstreamError::Unreachable(why) => ApiError::bad_gateway(
+                "upstream_unreachable",
+                format!("The upstream could not be reached: {why}."),
+            ),
+            UpstreamError::Interrupted(why) => ApiError::bad_gateway(
+                "upstream_interrupted",
+                format!("The upstream's answer broke off: {why}."),
+            ),
         }
     }
 }
@@ -170,7 +193,8 @@ impl Upstream {
         json: Bytes,
         deadline: Duration,
     ) -> Result<JsonReply, UpstreamError> {
-        let give_up_at = Instant::now() + deadline;
+        let now = Instant::now();
+        let give_up_at = now.checked_add(deadline).unwrap_or(now + MAX_DEADLINE);
         let mut attempt = 0;
         loop {
             let remaining = give_up_at.saturating_duration_since(Instant::now());
@@ -183,10 +207,15 @@ impl Upstream {
             let retryable = match &outcome {
                 Ok(reply) => is_retryable_status(reply.status),
                 Err(UpstreamError::Unreachable(_)) => true,
-                Err(UpstreamError::Timeout(_)) => false,
+                // The upstream may have done (and billed) the work: do not ask twice.
+                Err(UpstreamError::Interrupted(_)) | Err(UpstreamError::Timeout(_)) => false,
             };
-            let backoff = Duration::from_millis(100 << attempt.min(6));
-            if !retryable || attempt >= self.max_retries || Instant::now() + backoff >= give_up_at {
+            let mut backoff = Duration::from_millis(100 << attempt.min(6));
+            if let Ok(reply) = &outcome {
+                backoff = backoff.max(retry_after(&reply.headers).unwrap_or_default());
+            }
+            let too_late = backoff >= give_up_at.saturating_duration_since(Instant::now());
+            if !retryable || attempt >= self.max_retries || too_late {
                 return outcome;
             }
             attempt += 1;
@@ -218,10 +247,10 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError::Unreachable(describe(&e)))?;
         let (parts, incoming) = response.into_parts();
-        let body = incoming
+        let body = Limited::new(incoming, MAX_JSON_ANSWER_BYTES)
             .collect()
             .await
-            .map_err(|e| UpstreamError::Unreachable(format!("answer cut short: {e}")))?
+            .map_err(|e| UpstreamError::Interrupted(format!("answer cut short: {e}")))?
             .to_bytes();
         Ok(JsonReply {
             status: parts.status,
@@ -244,6 +273,25 @@ impl Upstream {
         }
         headers
     }
+}
+
+/// Largest candidate or judge answer read into memory: far above any real completion, low
+/// enough that a misbehaving upstream cannot exhaust memory.
+const MAX_JSON_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bound for deadlines too large to add to `Instant::now()`.
+const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `Retry-After` in seconds, as rate-limited upstreams send it.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: f64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(600.0)))
 }
 
 fn is_retryable_status(status: StatusCode) -> bool {

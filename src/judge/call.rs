@@ -63,21 +63,25 @@ impl JudgeCall {
         prompt: String,
         client_headers: &HeaderMap,
     ) -> Result<(String, Usage), CallFailure> {
-        let body = self.body(request_model, prompt);
         let empty = HeaderMap::new();
         let headers = if self.forward_client_headers {
             client_headers
         } else {
             &empty
         };
-        let started = Instant::now();
-        let sent = self
-            .endpoint
-            .post_json("/chat/completions", headers, body, self.timeout)
-            .await;
-        self.metrics
-            .upstream_call("judge", &call_status(&sent), started.elapsed());
-        let reply = sent.map_err(|e| fail(format!("the judge call failed: {e}")))?;
+        let mut reply = self
+            .send(
+                self.body(request_model, &prompt, Sampling::Configured),
+                headers,
+            )
+            .await?;
+        if rejects_sampling(&reply) {
+            // Reasoning models refuse `temperature` and `max_tokens`: ask again with the
+            // model's own defaults rather than let every verdict fall back.
+            tracing::debug!("judge model rejected sampling parameters; retrying without them");
+            let body = self.body(request_model, &prompt, Sampling::ModelDefaults);
+            reply = self.send(body, headers).await?;
+        }
         if !reply.status.is_success() {
             return Err(fail(format!(
                 "the judge call got status {}: {}",
@@ -98,17 +102,54 @@ impl JudgeCall {
         }
     }
 
-    fn body(&self, request_model: &str, prompt: String) -> Bytes {
+    async fn send(&self, body: Bytes, headers: &HeaderMap) -> Result<JsonReply, CallFailure> {
+        let started = Instant::now();
+        let sent = self
+            .endpoint
+            .post_json("/chat/completions", headers, body, self.timeout)
+            .await;
+        self.metrics
+            .upstream_call("judge", &call_status(&sent), started.elapsed());
+        sent.map_err(|e| fail(format!("the judge call failed: {e}")))
+    }
+
+    fn body(&self, request_model: &str, prompt: &str, sampling: Sampling) -> Bytes {
         let mut body = json!({
             "model": self.model(request_model),
             "messages": [{"role": "user", "content": prompt}],
-            "temperature": self.temperature,
         });
-        if self.max_tokens > 0 {
-            body["max_tokens"] = Value::from(self.max_tokens);
+        match sampling {
+            Sampling::Configured => {
+                body["temperature"] = Value::from(self.temperature);
+                if self.max_tokens > 0 {
+                    body["max_tokens"] = Value::from(self.max_tokens);
+                }
+            }
+            Sampling::ModelDefaults if self.max_tokens > 0 => {
+                body["max_completion_tokens"] = Value::from(self.max_tokens);
+            }
+            Sampling::ModelDefaults => {}
         }
         Bytes::from(body.to_string())
     }
+}
+
+/// Which sampling parameters a judge call carries.
+#[derive(Clone, Copy)]
+enum Sampling {
+    /// `judge.temperature` and `judge.max_tokens`.
+    Configured,
+    /// None but a length bound as `max_completion_tokens`, for models that take no others.
+    ModelDefaults,
+}
+
+/// A 400 that names `temperature` or `max_tokens`: the model does not take them.
+fn rejects_sampling(reply: &JsonReply) -> bool {
+    if reply.status != http::StatusCode::BAD_REQUEST {
+        return false;
+    }
+    let text = String::from_utf8_lossy(&reply.body);
+    text.contains("temperature") || text.contains("max_tokens")
 }
 
 fn fail(why: String) -> CallFailure {
@@ -133,6 +174,6 @@ pub fn call_status(result: &Result<JsonReply, UpstreamError>) -> String {
     match result {
         Ok(reply) => reply.status.as_str().to_string(),
         Err(UpstreamError::Timeout(_)) => "timeout".to_string(),
-        Err(UpstreamError::Unreachable(_)) => "error".to_string(),
+        Err(_) => "error".to_string(),
     }
 }

@@ -50,7 +50,7 @@ impl Listwise {
             .enumerate()
             .map(|(k, &p)| TemplateCandidate {
                 id: (k + 1).to_string(),
-                text: request.candidates[p].text.clone(),
+                text: protocol::neutralize_tags(&request.candidates[p].text),
             })
             .collect();
         let conversation = conversation_for_judge(request.conversation);

@@ -20,9 +20,12 @@ pub struct Usage {
 impl Usage {
     /// Adds `other` into `self`, summing numbers found at the same place in nested objects.
     pub fn add(&mut self, other: &Usage) {
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.total_tokens += other.total_tokens;
+        // Saturating: an upstream reporting absurd counts must not crash the proxy.
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+        self.total_tokens = self.total_tokens.saturating_add(other.total_tokens);
         add_numbers(&mut self.extra, &other.extra);
     }
 
@@ -43,7 +46,7 @@ fn add_numbers(into: &mut Map<String, Value>, from: &Map<String, Value>) {
             (Some(Value::Object(a)), Value::Object(b)) => add_numbers(a, b),
             (Some(Value::Number(a)), Value::Number(b)) => {
                 if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
-                    *a = (x + y).into();
+                    *a = x.saturating_add(y).into();
                 } else if let Some(sum) = a
                     .as_f64()
                     .zip(b.as_f64())
