@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::cache::{self, KeyBuilder};
-use crate::config::Fallback;
+use crate::config::{Diversity, Fallback};
 use crate::error::ApiError;
 use crate::fanout::{self, Candidate};
 use crate::judge::{JudgeRequest, JudgedCandidate, Verdict};
@@ -212,16 +212,14 @@ async fn generate_and_select(
     request: &ChatRequest,
     timing: &Timing,
 ) -> Result<Ready, Failed> {
-    let candidate_body = serde_json::to_vec(&request.candidate_body())
-        .map_err(|e| ApiError::internal(format!("cannot encode the candidate request: {e}")))?;
+    let bodies = candidate_bodies(request, plan.n, state.config.best_of_n.diversity)?;
     let fan_out_started = Instant::now();
     let candidates = fanout::generate(
         &state.upstream,
         &state.metrics,
         target,
         headers,
-        Bytes::from(candidate_body),
-        plan.n as usize,
+        bodies,
         state.config.best_of_n.candidate_timeout,
     )
     .await;
@@ -234,6 +232,38 @@ async fn generate_and_select(
         &selection,
         request.choices_wanted() as usize,
     )
+}
+
+/// The N candidate request bodies. A client that fixes `seed` would get N identical answers
+/// from a deterministic upstream; with `diversity = "seed"` candidate k asks with `seed + k`.
+fn candidate_bodies(
+    request: &ChatRequest,
+    n: u32,
+    diversity: Diversity,
+) -> Result<Vec<Bytes>, Failed> {
+    let encode = |body: &ChatRequest| {
+        serde_json::to_vec(body).map(Bytes::from).map_err(|e| {
+            Failed::Proxy(ApiError::internal(format!(
+                "cannot encode the candidate request: {e}"
+            )))
+        })
+    };
+    let base = request.candidate_body();
+    let seed = base.extra.get("seed").and_then(serde_json::Value::as_i64);
+    match (diversity, seed) {
+        (Diversity::Seed, Some(seed)) => (0..n)
+            .map(|k| {
+                let mut body = base.clone();
+                body.extra
+                    .insert("seed".into(), seed.wrapping_add(i64::from(k)).into());
+                encode(&body)
+            })
+            .collect(),
+        _ => {
+            let shared = encode(&base)?;
+            Ok(vec![shared; n as usize])
+        }
+    }
 }
 
 /// Enough candidates succeeded: at least one, `best_of_n.min_candidates`, and `n`.

@@ -106,6 +106,18 @@ pub struct BestOfNConfig {
     /// 200 and sends SSE keep-alive comments at this interval until it is.
     #[serde(with = "humantime_serde")]
     pub stream_keepalive: Duration,
+    /// How candidates are made to differ from each other.
+    pub diversity: Diversity,
+}
+
+/// How the N candidate requests differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Diversity {
+    /// Identical requests; variety comes from the model's own sampling.
+    None,
+    /// When the request fixes `seed`, candidate k uses `seed + k`.
+    Seed,
 }
 
 impl Default for BestOfNConfig {
@@ -116,6 +128,7 @@ impl Default for BestOfNConfig {
             candidate_timeout: Duration::from_secs(120),
             min_candidates: 1,
             stream_keepalive: Duration::from_secs(5),
+            diversity: Diversity::Seed,
         }
     }
 }

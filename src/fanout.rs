@@ -75,19 +75,20 @@ impl Candidate {
     }
 }
 
-/// Sends `n` copies of `body` concurrently and waits for all of them.
+/// Sends every body in `bodies` (one per candidate) concurrently and waits for all of them.
 pub async fn generate(
     upstream: &Upstream,
     metrics: &Metrics,
     path: &str,
     client_headers: &HeaderMap,
-    body: Bytes,
-    n: usize,
+    bodies: Vec<Bytes>,
     timeout: Duration,
 ) -> Vec<Candidate> {
-    let calls = (0..n).map(|index| {
-        let body = body.clone();
-        async move {
+    let n = bodies.len();
+    let calls = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(index, body)| async move {
             let started = Instant::now();
             let result =
                 one_candidate(upstream, metrics, path, client_headers, body, timeout).await;
@@ -107,8 +108,7 @@ pub async fn generate(
                 latency: started.elapsed(),
                 result,
             }
-        }
-    });
+        });
     metrics.fan_out(n);
     join_all(calls).await
 }

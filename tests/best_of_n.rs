@@ -722,3 +722,28 @@ async fn a_candidate_cannot_forge_protocol_tags() {
         "exactly the real candidates are shown"
     );
 }
+
+#[tokio::test]
+async fn a_fixed_seed_is_spread_across_candidates_unless_diversity_is_off() {
+    let body = json!({"model": "m", "seed": 42, "messages": [{"role": "user", "content": "Hi"}]});
+    for (diversity, expected) in [
+        (bon_proxy::config::Diversity::Seed, vec![42, 43, 44]),
+        (bon_proxy::config::Diversity::None, vec![42, 42, 42]),
+    ] {
+        let mock = MockUpstream::start().await;
+        let mut config = config_for(&mock);
+        config.best_of_n.diversity = diversity;
+        let proxy = start_proxy(config).await;
+        let answer = post_chat(&proxy, &[("x-best-of-n", "3")], body.to_string()).await;
+        assert_eq!(answer.status, 200);
+        let mut seeds: Vec<i64> = mock
+            .wait_for_calls(4, WAIT)
+            .await
+            .iter()
+            .filter(|c| !c.is_judge())
+            .map(|c| c.json.as_ref().unwrap()["seed"].as_i64().unwrap())
+            .collect();
+        seeds.sort();
+        assert_eq!(seeds, expected, "{diversity:?}");
+    }
+}
