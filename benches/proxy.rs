@@ -68,15 +68,22 @@ fn main() {
     let services = Services::start(&mut fleet, &load, &settings);
     let mut report = Report::new(&settings);
     report.add("startup", startup(&services));
-    report.add(
-        "passthrough",
-        scenario_passthrough(&load, &services, &settings),
-    );
-    report.add("streaming", scenario_streaming(&load, &services, &settings));
-    report.add("best_of_n", scenario_best_of_n(&load, &services, &settings));
-    report.add("cache", scenario_cache(&load, &services, &settings));
-    report.add("memory", scenario_memory(&load, &services, &settings));
-    report.add("cpu", scenario_cpu(&load, &services, &settings));
+    type Scenario = fn(&Load, &Services, &Settings) -> Value;
+    let scenarios: [(&str, Scenario); 6] = [
+        ("passthrough", scenario_passthrough),
+        ("streaming", scenario_streaming),
+        ("best_of_n", scenario_best_of_n),
+        ("cache", scenario_cache),
+        ("memory", scenario_memory),
+        ("cpu", scenario_cpu),
+    ];
+    // BON_BENCH_ONLY=cache,cpu runs a subset, for iterating on one figure.
+    let only = std::env::var("BON_BENCH_ONLY").unwrap_or_default();
+    for (name, scenario) in scenarios {
+        if only.is_empty() || only.split(',').any(|o| o.trim() == name) {
+            report.add(name, scenario(&load, &services, &settings));
+        }
+    }
     report.add("child_logs", fleet.log_summary());
     report.finish(started.elapsed());
     drop(fleet);
@@ -232,8 +239,10 @@ impl Fleet {
     fn proxy(&mut self, load: &Load, name: &str, upstream: &Service) -> Service {
         let addr = free_addr();
         let config = self.config_dir.path().join(format!("{name}.toml"));
+        // BON_BENCH_PROXY_THREADS sets the proxy's worker threads, for comparing runtimes.
+        let threads = std::env::var("BON_BENCH_PROXY_THREADS").unwrap_or_else(|_| "0".into());
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\nmax_inflight = 1000000\n\n\
+            "[server]\nlisten = \"{addr}\"\nmax_inflight = 1000000\nworker_threads = {threads}\n\n\
              [upstream]\nbase_url = \"http://{}/v1\"\nmax_retries = 0\n\
              pool_max_idle_per_host = 4096\n",
             upstream.addr

@@ -49,6 +49,18 @@ impl Selection {
     }
 }
 
+/// One best-of-N request, read and checked.
+struct Job {
+    plan: BestOfN,
+    headers: HeaderMap,
+    /// Path and query the candidates are sent to.
+    target: String,
+    request: ChatRequest,
+    /// `None` when the cache is off.
+    key: Option<cache::CacheKey>,
+    started: Instant,
+}
+
 /// Answers one best-of-N chat completion, as JSON or as an SSE stream.
 pub async fn handle(
     state: Arc<AppState>,
@@ -57,19 +69,19 @@ pub async fn handle(
     body: Incoming,
 ) -> Response<Body> {
     let started = Instant::now();
-    let request = match read_request(&state, &plan, &parts.headers, body).await {
-        Ok(request) => request,
-        Err(error) => return error.into_response(),
-    };
-    let stream = request.is_stream();
-    let include_usage = request.include_usage();
-    let debug = plan.debug;
-    let keepalive = state.config.best_of_n.stream_keepalive;
     let target = parts
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
-    let work = answer(state, plan, parts.headers, target, request, started);
+    let job = match read_request(&state, plan, parts.headers, target, body, started).await {
+        Ok(job) => job,
+        Err(error) => return error.into_response(),
+    };
+    let stream = job.request.is_stream();
+    let include_usage = job.request.include_usage();
+    let debug = job.plan.debug;
+    let keepalive = state.config.best_of_n.stream_keepalive;
+    let work = answer(state, job);
     if stream {
         streaming::respond(work, keepalive, include_usage).await
     } else {
@@ -80,20 +92,28 @@ pub async fn handle(
     }
 }
 
-/// Reads and checks the body: everything that can be refused before spending a token.
+/// Reads and checks the body: everything that can be refused before spending a token. The
+/// cache key is taken from the parsed JSON before it becomes a typed request.
 async fn read_request(
     state: &AppState,
-    plan: &BestOfN,
-    headers: &HeaderMap,
+    plan: BestOfN,
+    headers: HeaderMap,
+    target: String,
     body: Incoming,
-) -> Result<ChatRequest, ApiError> {
+    started: Instant,
+) -> Result<Job, ApiError> {
     let limit = state.config.server.max_body_bytes;
     let deadline = state.config.server.request_timeout;
     // A client that sends its body a byte a minute must not hold a slot forever.
-    let body = tokio::time::timeout(deadline, read_json_body(headers, body, limit))
+    let body = tokio::time::timeout(deadline, read_json_body(&headers, body, limit))
         .await
         .map_err(|_| ApiError::request_timeout(deadline))??;
-    let request = ChatRequest::parse(&body)?;
+    let value = ChatRequest::parse_object(&body)?;
+    let key = state
+        .cache
+        .as_ref()
+        .map(|_| cache_key(state, &plan, &target, &value, &headers));
+    let request = ChatRequest::from_value(value)?;
     if request.choices_wanted() > plan.n {
         return Err(ApiError::invalid_request(
             "n",
@@ -105,7 +125,14 @@ async fn read_request(
             ),
         ));
     }
-    Ok(request)
+    Ok(Job {
+        plan,
+        headers,
+        target,
+        request,
+        key,
+        started,
+    })
 }
 
 /// Time spent waiting on upstream calls on the critical path, so the proxy's own share
@@ -130,29 +157,21 @@ impl Timing {
 
 /// The whole computation, owned, so a streaming response can hold it (and drop it, cancelling
 /// every upstream call, when the client goes away): cache, then fan-out and judge.
-fn answer(
-    state: Arc<AppState>,
-    plan: BestOfN,
-    headers: HeaderMap,
-    target: String,
-    request: ChatRequest,
-    started: Instant,
-) -> BoxFuture<'static, Result<Ready, Failed>> {
+fn answer(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Ready, Failed>> {
     async move {
         let timing = Timing::default();
-        let compute = compute(&state, &plan, &headers, &target, &request, &timing);
-        let (result, outcome) = match &state.cache {
-            None => (compute.await, None),
-            Some(cache) => {
-                let key = cache_key(&state, &plan, &target, &request, &headers);
-                let (result, outcome) = cache.get_or_compute(key, plan.cache, compute).await;
+        let compute = compute(&state, &job, &timing);
+        let (result, outcome) = match (&state.cache, job.key) {
+            (Some(cache), Some(key)) => {
+                let (result, outcome) = cache.get_or_compute(key, job.plan.cache, compute).await;
                 (result, Some(outcome))
             }
+            _ => (compute.await, None),
         };
         if timing.computed.load(Ordering::Relaxed) || outcome == Some(cache::Outcome::Hit) {
             state
                 .metrics
-                .overhead("best_of_n", timing.overhead(started));
+                .overhead("best_of_n", timing.overhead(job.started));
         }
         result.map(|mut ready| {
             if let Some(outcome) = outcome {
@@ -169,32 +188,25 @@ fn cache_key(
     state: &AppState,
     plan: &BestOfN,
     target: &str,
-    request: &ChatRequest,
+    request: &serde_json::Value,
     headers: &HeaderMap,
 ) -> cache::CacheKey {
     let scope = format!(
         "best_of_n|{}|{}|{}|{}",
         plan.n, plan.strategy, state.judge_fingerprint, target
     );
-    let body = serde_json::to_value(request).unwrap_or_default();
     KeyBuilder::new(scope.as_bytes())
-        .request(&body)
+        .request(request)
         .tenant(headers)
         .finish()
 }
 
 /// Fan-out, judge and answer, bounded by `server.request_timeout`.
-async fn compute(
-    state: &AppState,
-    plan: &BestOfN,
-    headers: &HeaderMap,
-    target: &str,
-    request: &ChatRequest,
-    timing: &Timing,
-) -> Result<Ready, Failed> {
+async fn compute(state: &AppState, job: &Job, timing: &Timing) -> Result<Ready, Failed> {
     timing.computed.store(true, Ordering::Relaxed);
     let deadline = state.config.server.request_timeout;
-    let work = generate_and_select(state, plan, headers, target, request, timing);
+    let plan = &job.plan;
+    let work = generate_and_select(state, plan, &job.headers, &job.target, &job.request, timing);
     match tokio::time::timeout(deadline, work).await {
         Ok(result) => result,
         Err(_) => Err(Failed::Proxy(ApiError::gateway_timeout(format!(

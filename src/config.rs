@@ -38,6 +38,8 @@ pub struct ServerConfig {
     /// How long shutdown waits for requests in flight to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Runtime worker threads; 0 means one per CPU core.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +50,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(600),
             max_inflight: 4096,
             shutdown_grace: Duration::from_secs(30),
+            worker_threads: 0,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! everything spent, the `x-best-of-n-*` headers, the optional debug breakdown, and the
 //! answers for when every candidate failed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,13 +27,14 @@ pub struct Ready {
     pub headers: HeaderMap,
     /// The `best_of_n` breakdown, kept aside so a cached answer can serve clients that ask
     /// for it and clients that do not.
-    pub debug: Option<Value>,
+    pub debug: Option<Arc<Value>>,
 }
 
 impl Ready {
     /// Puts the debug object into the body when `wanted`, drops it otherwise.
     pub fn with_debug(mut self, wanted: bool) -> Ready {
         if let Some(debug) = self.debug.take().filter(|_| wanted) {
+            let debug = Arc::try_unwrap(debug).unwrap_or_else(|shared| shared.as_ref().clone());
             self.completion.extra.insert("best_of_n".into(), debug);
         }
         self
@@ -148,7 +150,7 @@ pub fn build(
     Ok(Ready {
         completion,
         headers,
-        debug: Some(debug),
+        debug: Some(Arc::new(debug)),
     })
 }
 

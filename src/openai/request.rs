@@ -33,6 +33,12 @@ impl ChatRequest {
     /// Parses a request body, with errors that name the offending field
     /// (`messages[2].role`) so the client knows what to fix.
     pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
+        Self::from_value(Self::parse_object(body)?)
+    }
+
+    /// First step of [`ChatRequest::parse`]: the body as a JSON object, so that callers can
+    /// hash it (the cache key) before it is taken apart.
+    pub fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::invalid_request(
                 "body",
@@ -48,6 +54,11 @@ impl ChatRequest {
                 "The request body must be a JSON object with `model` and `messages`.",
             ));
         }
+        Ok(value)
+    }
+
+    /// Second step of [`ChatRequest::parse`]: the typed request, with errors naming the field.
+    pub fn from_value(value: Value) -> Result<ChatRequest, ApiError> {
         let request: ChatRequest = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let param = if path == "." {
