@@ -202,20 +202,22 @@ pub fn set_outcome_header(headers: &mut HeaderMap, outcome: Outcome) {
     headers.insert("x-cache", HeaderValue::from_static(outcome.as_str()));
 }
 
-/// Builds cache keys; one per request.
-pub struct KeyBuilder(blake3::Hasher);
+/// Builds cache keys; one per request. The canonical text is written into one buffer and
+/// hashed once: many tiny hasher updates cost more than the hashing itself.
+pub struct KeyBuilder(Vec<u8>);
 
 impl KeyBuilder {
     /// `scope` separates kinds of answers (best-of-N with its plan, plain completions).
     pub fn new(scope: &[u8]) -> KeyBuilder {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&(scope.len() as u64).to_le_bytes());
-        hasher.update(scope);
-        KeyBuilder(hasher)
+        let mut text = Vec::with_capacity(scope.len() + 1024);
+        text.extend_from_slice(&(scope.len() as u64).to_le_bytes());
+        text.extend_from_slice(scope);
+        KeyBuilder(text)
     }
 
     /// Adds the request body in canonical form, without `stream` and `stream_options`.
     pub fn request(mut self, body: &Value) -> KeyBuilder {
+        self.0.push(0);
         match body {
             Value::Object(map) => write_object(&mut self.0, map, &["stream", "stream_options"]),
             other => write_canonical(&mut self.0, other),
@@ -225,52 +227,56 @@ impl KeyBuilder {
 
     /// Adds the tenant: the client's credential, so answers never cross between clients.
     pub fn tenant(mut self, headers: &HeaderMap) -> KeyBuilder {
+        self.0.push(0);
         for name in ["authorization", "api-key", "x-api-key"] {
-            self.0.update(name.as_bytes());
-            self.0.update(b"=");
+            self.0.extend_from_slice(name.as_bytes());
+            self.0.push(b'=');
             for value in headers.get_all(name) {
-                self.0.update(value.as_bytes());
-                self.0.update(b";");
+                self.0
+                    .extend_from_slice(&(value.len() as u64).to_le_bytes());
+                self.0.extend_from_slice(value.as_bytes());
             }
+            self.0.push(b';');
         }
         self
     }
 
     pub fn finish(self) -> CacheKey {
-        CacheKey(*self.0.finalize().as_bytes())
+        CacheKey(*blake3::hash(&self.0).as_bytes())
     }
 }
 
 /// JSON with object keys sorted at every level; strings and numbers as serde writes them.
-fn write_canonical(hasher: &mut blake3::Hasher, value: &Value) {
+fn write_canonical(out: &mut Vec<u8>, value: &Value) {
     match value {
-        Value::Object(map) => write_object(hasher, map, &[]),
+        Value::Object(map) => write_object(out, map, &[]),
         Value::Array(items) => {
-            hasher.update(b"[");
+            out.push(b'[');
             for item in items {
-                write_canonical(hasher, item);
-                hasher.update(b",");
+                write_canonical(out, item);
+                out.push(b',');
             }
-            hasher.update(b"]");
+            out.push(b']');
         }
         scalar => {
-            hasher.update(scalar.to_string().as_bytes());
+            // Writing a scalar into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, scalar);
         }
     }
 }
 
 /// An object with its keys sorted, leaving out `skip`.
-fn write_object(hasher: &mut blake3::Hasher, map: &serde_json::Map<String, Value>, skip: &[&str]) {
+fn write_object(out: &mut Vec<u8>, map: &serde_json::Map<String, Value>, skip: &[&str]) {
     let mut keys: Vec<&String> = map.keys().filter(|k| !skip.contains(&k.as_str())).collect();
-    keys.sort();
-    hasher.update(b"{");
+    keys.sort_unstable();
+    out.push(b'{');
     for key in keys {
-        write_canonical(hasher, &Value::String(key.clone()));
-        hasher.update(b":");
-        write_canonical(hasher, &map[key]);
-        hasher.update(b",");
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        write_canonical(out, &map[key]);
+        out.push(b',');
     }
-    hasher.update(b"}");
+    out.push(b'}');
 }
 
 #[cfg(test)]
