@@ -550,6 +550,7 @@ impl Target {
 }
 
 /// What became of one request.
+#[derive(Debug)]
 enum Outcome {
     Done {
         status: StatusCode,
@@ -810,6 +811,41 @@ impl Load {
             .pool_max_idle_per_host(usize::MAX)
             .build(connector);
         Load { runtime, client }
+    }
+
+    /// Closed loop: `count` requests per target, one at a time, in `blocks` alternating
+    /// blocks; each latency runs from send to last byte. Failed requests are left out and
+    /// reported on stderr.
+    fn sequential(
+        &self,
+        targets: &[Arc<Target>],
+        count: usize,
+        blocks: usize,
+    ) -> Vec<Histogram<u64>> {
+        let mut histograms: Vec<Histogram<u64>> = targets
+            .iter()
+            .map(|_| Histogram::new(3).expect("valid histogram"))
+            .collect();
+        self.runtime.block_on(async {
+            for _ in 0..blocks {
+                for (target, histogram) in targets.iter().zip(histograms.iter_mut()) {
+                    for _ in 0..count / blocks {
+                        let sent = Instant::now();
+                        match exchange(&self.client, target).await {
+                            Outcome::Done {
+                                status, checked, ..
+                            } if status.is_success() && checked => {
+                                let _ = histogram.record(micros(sent.elapsed()));
+                            }
+                            other => {
+                                eprintln!("{}: sequential request failed: {other:?}", target.label)
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        histograms
     }
 
     /// Status of a GET, or `None` when it could not be sent within 2 s.
@@ -1355,7 +1391,33 @@ fn scenario_cache(load: &Load, services: &Services, settings: &Settings) -> Valu
         recs[1].check_failed, recs[1].ok
     );
     print_errors("cache hit", &recs[1]);
+    let count = if settings.quick { 400 } else { 3000 };
+    let sequential = load.sequential(&targets, count, 10);
+    let seq_rows: Vec<Vec<String>> = ["direct", "hit"]
+        .iter()
+        .zip(&sequential)
+        .map(|(label, h)| {
+            let p = |q: f64| ms(h.value_at_quantile(q));
+            vec![
+                label.to_string(),
+                h.len().to_string(),
+                p(0.5),
+                p(0.99),
+                p(0.999),
+            ]
+        })
+        .collect();
+    print_table(
+        "4b. The same, one request at a time on a warm connection (no pacing or task hand-off)",
+        &["path", "n", "p50 ms", "p99 ms", "p99.9 ms"],
+        &seq_rows,
+    );
+    let quantiles = |h: &Histogram<u64>| {
+        json!({"n": h.len(), "p50_us": h.value_at_quantile(0.5),
+               "p99_us": h.value_at_quantile(0.99), "p999_us": h.value_at_quantile(0.999)})
+    };
     json!({
+        "sequential": {"direct": quantiles(&sequential[0]), "cache_hit": quantiles(&sequential[1])},
         "rate": settings.cache_rate,
         "warm_response": warm_cache,
         "direct": recs[0].to_json(),
