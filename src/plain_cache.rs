@@ -42,14 +42,7 @@ pub async fn handle(
     };
     // Not a JSON object: the upstream's business, not the cache's.
     let Ok(request @ Value::Object(_)) = serde_json::from_slice::<Value>(&bytes) else {
-        return passthrough::forward_parts(
-            &state.upstream,
-            &state.metrics,
-            parts,
-            body::full(bytes),
-            started,
-        )
-        .await;
+        return forward(&state, parts, bytes, started).await;
     };
     let target = parts
         .uri
@@ -75,14 +68,7 @@ pub async fn handle(
         } else {
             Outcome::Bypass
         };
-        let mut response = passthrough::forward_parts(
-            &state.upstream,
-            &state.metrics,
-            parts,
-            body::full(bytes),
-            started,
-        )
-        .await;
+        let mut response = forward(&state, parts, bytes, started).await;
         cache::set_outcome_header(response.headers_mut(), outcome);
         return response;
     }
@@ -95,6 +81,23 @@ pub async fn handle(
         }
         Err(failed) => failed.into_response(),
     }
+}
+
+/// Passes the already read request on, as passthrough would have.
+async fn forward(
+    state: &AppState,
+    parts: http::request::Parts,
+    bytes: Bytes,
+    started: Instant,
+) -> Response<Body> {
+    passthrough::forward_parts(
+        &state.upstream,
+        &state.metrics,
+        parts,
+        body::full(bytes),
+        started,
+    )
+    .await
 }
 
 /// One upstream call; anything but a chat completion goes back to the client as it came.

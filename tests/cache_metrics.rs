@@ -10,7 +10,7 @@ use common::*;
 use futures_util::future::join_all;
 use http::{Method, Request};
 use http_body_util::Full;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Every generation answers differently, so a served answer shows where it came from.
 fn numbered(call: &Call) -> Reply {
@@ -128,13 +128,7 @@ async fn a_hit_is_served_as_a_stream_when_asked() {
     let hit = bon(&proxy, &[], &streamed.to_string()).await;
     assert_eq!(hit.header("x-cache"), Some("hit"));
     assert_eq!(hit.header("content-type"), Some("text/event-stream"));
-    let text = String::from_utf8(hit.body.to_vec()).unwrap();
-    let chunks: Vec<Value> = text
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter(|e| *e != "[DONE]")
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = hit.sse_chunks();
     let content: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())

@@ -125,12 +125,7 @@ async fn raw_stream_is_spec_shaped_without_usage_unless_asked() {
     assert_eq!(answer.header("x-best-of-n"), Some("2"));
     let text = String::from_utf8(answer.body.to_vec()).unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    let chunks: Vec<Value> = text
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter(|e| *e != "[DONE]")
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = answer.sse_chunks();
     assert!(chunks
         .iter()
         .all(|c| c["object"] == "chat.completion.chunk" && c.get("usage").is_none()));

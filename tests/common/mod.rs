@@ -112,6 +112,16 @@ impl Answer {
         error
     }
 
+    /// The JSON events of an SSE body, `[DONE]` left out.
+    pub fn sse_chunks(&self) -> Vec<Value> {
+        String::from_utf8_lossy(&self.body)
+            .split("\n\n")
+            .filter_map(|event| event.strip_prefix("data: "))
+            .filter(|event| *event != "[DONE]")
+            .map(|event| serde_json::from_str(event).expect("each SSE event is JSON"))
+            .collect()
+    }
+
     pub fn content(&self) -> String {
         self.json()["choices"][0]["message"]["content"]
             .as_str()
