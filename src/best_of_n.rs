@@ -4,7 +4,7 @@
 //! happens when a step comes back empty-handed (no candidate succeeded, none is eligible, the
 //! judge could not choose).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,12 +68,11 @@ pub async fn handle(
     parts: http::request::Parts,
     body: Incoming,
 ) -> Response<Body> {
-    let started = Instant::now();
     let target = parts
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
-    let job = match read_request(&state, plan, parts.headers, target, body, started).await {
+    let job = match read_request(&state, plan, parts.headers, target, body).await {
         Ok(job) => job,
         Err(error) => return error.into_response(),
     };
@@ -100,7 +99,6 @@ async fn read_request(
     headers: HeaderMap,
     target: String,
     body: Incoming,
-    started: Instant,
 ) -> Result<Job, ApiError> {
     let limit = state.config.server.max_body_bytes;
     let deadline = state.config.server.request_timeout;
@@ -108,6 +106,8 @@ async fn read_request(
     let body = tokio::time::timeout(deadline, read_json_body(&headers, body, limit))
         .await
         .map_err(|_| ApiError::request_timeout(deadline))??;
+    // The proxy's own time starts once the body is in: a slow upload is not overhead.
+    let started = Instant::now();
     let value = ChatRequest::parse_object(&body)?;
     let key = state
         .cache
@@ -140,7 +140,6 @@ async fn read_request(
 #[derive(Default)]
 struct Timing {
     waited_nanos: AtomicU64,
-    computed: AtomicBool,
 }
 
 impl Timing {
@@ -155,12 +154,12 @@ impl Timing {
     }
 }
 
-/// The whole computation, owned, so a streaming response can hold it (and drop it, cancelling
+/// The whole answer, owned, so a streaming response can hold it (and drop it, cancelling
 /// every upstream call, when the client goes away): cache, then fan-out and judge.
 fn answer(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Ready, Failed>> {
     async move {
-        let timing = Timing::default();
-        let compute = compute(&state, &job, &timing);
+        let job = Arc::new(job);
+        let compute = compute(state.clone(), job.clone());
         let (result, outcome) = match (&state.cache, job.key) {
             (Some(cache), Some(key)) => {
                 let (result, outcome) = cache.get_or_compute(key, job.plan.cache, compute).await;
@@ -168,10 +167,9 @@ fn answer(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Ready, Fa
             }
             _ => (compute.await, None),
         };
-        if timing.computed.load(Ordering::Relaxed) || outcome == Some(cache::Outcome::Hit) {
-            state
-                .metrics
-                .overhead("best_of_n", timing.overhead(job.started));
+        if outcome == Some(cache::Outcome::Hit) {
+            // A pure hit waited on nothing: all of its time is the proxy's.
+            state.metrics.overhead("best_of_n", job.started.elapsed());
         }
         result.map(|mut ready| {
             if let Some(outcome) = outcome {
@@ -201,19 +199,34 @@ fn cache_key(
         .finish()
 }
 
-/// Fan-out, judge and answer, bounded by `server.request_timeout`.
-async fn compute(state: &AppState, job: &Job, timing: &Timing) -> Result<Ready, Failed> {
-    timing.computed.store(true, Ordering::Relaxed);
-    let deadline = state.config.server.request_timeout;
-    let plan = &job.plan;
-    let work = generate_and_select(state, plan, &job.headers, &job.target, &job.request, timing);
-    match tokio::time::timeout(deadline, work).await {
-        Ok(result) => result,
-        Err(_) => Err(Failed::Proxy(ApiError::gateway_timeout(format!(
-            "The best-of-{} request took longer than server.request_timeout ({deadline:?}).",
-            plan.n
-        )))),
+/// Fan-out, judge and answer, bounded by `server.request_timeout`. Owned (`'static`) so
+/// that it can run as the shared computation of identical requests.
+fn compute(state: Arc<AppState>, job: Arc<Job>) -> BoxFuture<'static, Result<Ready, Failed>> {
+    async move {
+        let timing = Timing::default();
+        let deadline = state.config.server.request_timeout;
+        let plan = &job.plan;
+        let work = generate_and_select(
+            &state,
+            plan,
+            &job.headers,
+            &job.target,
+            &job.request,
+            &timing,
+        );
+        let result = match tokio::time::timeout(deadline, work).await {
+            Ok(result) => result,
+            Err(_) => Err(Failed::Proxy(ApiError::gateway_timeout(format!(
+                "The best-of-{} request took longer than server.request_timeout ({deadline:?}).",
+                plan.n
+            )))),
+        };
+        state
+            .metrics
+            .overhead("best_of_n", timing.overhead(job.started));
+        result
     }
+    .boxed()
 }
 
 async fn generate_and_select(

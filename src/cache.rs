@@ -3,18 +3,22 @@
 //! The key is a BLAKE3 hash of the request in canonical form (object keys sorted, so key order
 //! and whitespace do not matter; `stream` and `stream_options` left out, since a hit can be
 //! served either way), of the plan (N, judge strategy and judge settings), and of the tenant
-//! (the client's credential), so one client never reads another's answers. Concurrent identical
-//! requests share one computation (`try_get_with`); errors are never stored, and every waiter
-//! on a failed computation gets the error.
+//! (the client's credential and organisation), so one client never reads another's answers.
+//! Concurrent identical requests share one computation (see `single_flight`); errors are never
+//! stored, every waiter on a failed computation gets the error, and degraded answers (a
+//! fallback chose, or some candidates failed) are shared with the requests in flight but not
+//! stored.
 
 use http::{header, HeaderMap, HeaderValue};
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
 use std::sync::Arc;
 
 use crate::config::CacheConfig;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::respond::{Failed, Ready};
+use crate::single_flight::{Role, SingleFlight};
 
 /// A cache key: 32 bytes of BLAKE3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,6 +59,8 @@ impl Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Hit,
+    /// Waited on an identical request in flight: a hit to the client, nothing spent.
+    Coalesced,
     Miss,
     Bypass,
 }
@@ -62,7 +68,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Hit => "hit",
+            Outcome::Hit | Outcome::Coalesced => "hit",
             Outcome::Miss => "miss",
             Outcome::Bypass => "bypass",
         }
@@ -71,6 +77,7 @@ impl Outcome {
 
 pub struct AnswerCache {
     entries: moka::future::Cache<CacheKey, Arc<Ready>>,
+    in_flight: SingleFlight<CacheKey, Result<Arc<Ready>, Arc<Failed>>>,
     metrics: Metrics,
 }
 
@@ -81,7 +88,11 @@ impl AnswerCache {
             .weigher(|_key, ready: &Arc<Ready>| weight(ready))
             .time_to_live(config.ttl)
             .build();
-        AnswerCache { entries, metrics }
+        AnswerCache {
+            entries,
+            in_flight: SingleFlight::default(),
+            metrics,
+        }
     }
 
     /// The answer for `key`: from the cache, from an identical computation in flight, or from
@@ -93,7 +104,7 @@ impl AnswerCache {
         compute: F,
     ) -> (Result<Ready, Failed>, Outcome)
     where
-        F: std::future::Future<Output = Result<Ready, Failed>> + Send,
+        F: Future<Output = Result<Ready, Failed>> + Send + 'static,
     {
         match policy {
             Policy::Bypass => {
@@ -103,13 +114,52 @@ impl AnswerCache {
             Policy::Refresh => {
                 self.metrics.cache_lookup("bypass");
                 let result = compute.await;
-                if let Ok(ready) = &result {
+                if let Some(ready) = result.as_ref().ok().filter(|r| r.cacheable) {
                     self.entries.insert(key, Arc::new(ready.clone())).await;
                 }
                 (result, Outcome::Bypass)
             }
             Policy::Use => self.shared(key, compute).await,
         }
+    }
+
+    async fn shared<F>(&self, key: CacheKey, compute: F) -> (Result<Ready, Failed>, Outcome)
+    where
+        F: Future<Output = Result<Ready, Failed>> + Send + 'static,
+    {
+        if let Some(hit) = self.entries.get(&key).await {
+            self.metrics.cache_lookup("hit");
+            return (Ok(as_hit(&hit)), Outcome::Hit);
+        }
+        let entries = self.entries.clone();
+        let store_and_share = async move {
+            let result = compute.await;
+            if let Some(ready) = result.as_ref().ok().filter(|r| r.cacheable) {
+                entries.insert(key, Arc::new(ready.clone())).await;
+            }
+            result.map(Arc::new).map_err(Arc::new)
+        };
+        let (shared, role) = self.in_flight.run(key, store_and_share).await;
+        let outcome = match role {
+            Role::Leader => {
+                self.metrics.cache_lookup("miss");
+                Outcome::Miss
+            }
+            Role::Follower => {
+                self.metrics.cache_lookup("hit");
+                self.metrics.coalesced();
+                Outcome::Coalesced
+            }
+        };
+        let result = match shared {
+            Some(Ok(ready)) if role == Role::Leader => Ok(ready.as_ref().clone()),
+            Some(Ok(ready)) => Ok(as_hit(&ready)),
+            Some(Err(failed)) => Err(failed.as_ref().clone()),
+            None => Err(Failed::Proxy(ApiError::internal(
+                "the shared computation of this answer stopped unexpectedly",
+            ))),
+        };
+        (result, outcome)
     }
 
     /// A stored answer, as a hit, when `policy` allows reading; counts the lookup. For
@@ -123,35 +173,6 @@ impl AnswerCache {
         self.metrics
             .cache_lookup(if found.is_some() { "hit" } else { "miss" });
         found.map(|stored| as_hit(&stored))
-    }
-
-    async fn shared<F>(&self, key: CacheKey, compute: F) -> (Result<Ready, Failed>, Outcome)
-    where
-        F: std::future::Future<Output = Result<Ready, Failed>> + Send,
-    {
-        if let Some(hit) = self.entries.get(&key).await {
-            self.metrics.cache_lookup("hit");
-            return (Ok(as_hit(&hit)), Outcome::Hit);
-        }
-        let computed_here = AtomicBool::new(false);
-        let init = async {
-            computed_here.store(true, Ordering::Relaxed);
-            compute.await.map(Arc::new)
-        };
-        let result = self.entries.try_get_with(key, init).await;
-        let leader = computed_here.load(Ordering::Relaxed);
-        if leader {
-            self.metrics.cache_lookup("miss");
-        } else {
-            // Waited on an identical request in flight: served like a hit, spent nothing.
-            self.metrics.cache_lookup("hit");
-            self.metrics.coalesced();
-        }
-        match result {
-            Ok(ready) if leader => (Ok(ready.as_ref().clone()), Outcome::Miss),
-            Ok(ready) => (Ok(as_hit(&ready)), Outcome::Hit),
-            Err(failed) => (Err(failed.as_ref().clone()), Outcome::Miss),
-        }
     }
 
     /// Refreshes the entry and byte gauges; called when `/metrics` is scraped.
@@ -225,10 +246,18 @@ impl KeyBuilder {
         self
     }
 
-    /// Adds the tenant: the client's credential, so answers never cross between clients.
+    /// Adds the tenant: the client's credential, organisation and project, so answers never
+    /// cross between clients.
     pub fn tenant(mut self, headers: &HeaderMap) -> KeyBuilder {
         self.0.push(0);
-        for name in ["authorization", "api-key", "x-api-key"] {
+        let names = [
+            "authorization",
+            "api-key",
+            "x-api-key",
+            "openai-organization",
+            "openai-project",
+        ];
+        for name in names {
             self.0.extend_from_slice(name.as_bytes());
             self.0.push(b'=');
             for value in headers.get_all(name) {

@@ -20,6 +20,7 @@ pub mod plain_cache;
 pub mod plan;
 pub mod respond;
 pub mod server;
+pub mod single_flight;
 pub mod sse;
 pub mod state;
 pub mod streaming;

@@ -72,7 +72,7 @@ pub async fn handle(
         cache::set_outcome_header(response.headers_mut(), outcome);
         return response;
     }
-    let compute = fetch(&state, &target, &parts.headers, bytes);
+    let compute = fetch(state.clone(), target, parts.headers, bytes);
     let (result, outcome) = cache.get_or_compute(key, policy, compute).await;
     match result {
         Ok(mut ready) => {
@@ -102,15 +102,15 @@ async fn forward(
 
 /// One upstream call; anything but a chat completion goes back to the client as it came.
 async fn fetch(
-    state: &AppState,
-    target: &str,
-    headers: &HeaderMap,
+    state: Arc<AppState>,
+    target: String,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Ready, Failed> {
     let started = Instant::now();
     let sent = state
         .upstream
-        .post_json(target, headers, body, state.config.upstream.timeout)
+        .post_json(&target, &headers, body, state.config.upstream.timeout)
         .await;
     state.metrics.upstream_call(
         "passthrough",
@@ -132,5 +132,6 @@ async fn fetch(
         completion,
         headers: ready_headers,
         debug: None,
+        cacheable: true,
     })
 }

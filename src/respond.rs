@@ -28,6 +28,9 @@ pub struct Ready {
     /// The `best_of_n` breakdown, kept aside so a cached answer can serve clients that ask
     /// for it and clients that do not.
     pub debug: Option<Arc<Value>>,
+    /// False for a degraded answer (a fallback chose, or candidates failed): it is shared
+    /// with identical requests in flight, but not stored for later ones.
+    pub cacheable: bool,
 }
 
 impl Ready {
@@ -151,6 +154,7 @@ pub fn build(
         completion,
         headers,
         debug: Some(Arc::new(debug)),
+        cacheable: selection.fallback.is_none() && candidates.iter().all(|c| c.answer().is_some()),
     })
 }
 

@@ -65,7 +65,9 @@ fn final_events(result: Result<Ready, Failed>, include_usage: bool) -> Vec<Bytes
             let mut events: Vec<Bytes> = ready
                 .headers
                 .iter()
-                .filter(|(name, _)| name.as_str().starts_with("x-best-of-n"))
+                .filter(|(name, _)| {
+                    name.as_str().starts_with("x-best-of-n") || name.as_str() == "x-cache"
+                })
                 .filter_map(|(name, value)| {
                     Some(sse::comment(&format!("{}: {}", name, value.to_str().ok()?)))
                 })

@@ -210,7 +210,9 @@ impl Upstream {
                 // The upstream may have done (and billed) the work: do not ask twice.
                 Err(UpstreamError::Interrupted(_)) | Err(UpstreamError::Timeout(_)) => false,
             };
-            let mut backoff = Duration::from_millis(100 << attempt.min(6));
+            // Full jitter: N candidates rate-limited together must not retry in lockstep.
+            let ceiling = 100u64 << attempt.min(6);
+            let mut backoff = Duration::from_millis(rand::random_range(ceiling / 2..=ceiling));
             if let Ok(reply) = &outcome {
                 backoff = backoff.max(retry_after(&reply.headers).unwrap_or_default());
             }

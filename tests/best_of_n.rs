@@ -669,6 +669,22 @@ async fn reasoning_judges_are_asked_again_without_sampling_parameters() {
     assert_eq!(judges[1].get("temperature"), None);
     assert_eq!(judges[1].get("max_tokens"), None);
     assert_eq!(judges[1]["max_completion_tokens"], 300);
+    // The proxy remembers: the next judge call for this model asks once, without them.
+    post_chat(
+        &proxy,
+        &[("x-best-of-n", "2")],
+        chat_body("Another question"),
+    )
+    .await;
+    let judges: Vec<Value> = mock
+        .wait_for_calls(7, WAIT)
+        .await
+        .into_iter()
+        .filter(Call::is_judge)
+        .map(|c| c.json.unwrap())
+        .collect();
+    assert_eq!(judges.len(), 3, "no second failing round trip");
+    assert_eq!(judges[2].get("temperature"), None);
 }
 
 #[tokio::test]

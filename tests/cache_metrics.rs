@@ -298,9 +298,14 @@ fn value_of(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str
 
 #[tokio::test]
 async fn metrics_move_as_requests_are_made() {
+    // "question-alpha": a candidate fails and the judge gives no verdict (degraded, never stored);
+    // "question-beta": all is well (stored, then hit).
     let mock = MockUpstream::with_handler(|call| {
-        if call.is_judge() {
+        if call.is_judge() && call.prompt_text().contains("question-alpha") {
             return Reply::completion("no verdict here");
+        }
+        if call.is_judge() {
+            return Reply::judge_best("1", &[]);
         }
         match call.seq {
             0 => Reply::error(500, "x", "x"),
@@ -322,109 +327,98 @@ async fn metrics_move_as_requests_are_made() {
         );
     }
 
-    bon(&proxy, &[], &chat_body("one")).await; // 1 failed + 2 ok candidates, judge falls back
-    bon(&proxy, &[], &chat_body("one")).await; // hit
-    post_chat(&proxy, &[], chat_body("plain")).await; // passthrough
-    post_chat(&proxy, &[("x-best-of-n", "nope")], chat_body("x")).await; // rejected
+    let first = bon(&proxy, &[], &chat_body("question-alpha")).await;
+    let again = bon(&proxy, &[], &chat_body("question-alpha")).await;
+    assert_eq!(first.header("x-cache"), Some("miss"));
+    assert_eq!(
+        again.header("x-cache"),
+        Some("miss"),
+        "a degraded answer is not stored"
+    );
+    assert_eq!(
+        bon(&proxy, &[], &chat_body("question-beta"))
+            .await
+            .header("x-cache"),
+        Some("miss")
+    );
+    assert_eq!(
+        bon(&proxy, &[], &chat_body("question-beta"))
+            .await
+            .header("x-cache"),
+        Some("hit")
+    );
+    post_chat(&proxy, &[], chat_body("plain")).await;
+    post_chat(&proxy, &[("x-best-of-n", "nope")], chat_body("x")).await;
 
     let after = scrape(&proxy).await;
+    let count = |name: &str, labels: &[(&str, &str)]| value_of(&after, name, labels);
     let bon_ok = [
         ("route", "chat_completions"),
         ("mode", "best_of_n"),
         ("status", "200"),
     ];
-    assert_eq!(value_of(&after, "bon_requests_total", &bon_ok), 2.0);
+    assert_eq!(count("bon_requests_total", &bon_ok), 4.0);
+    assert_eq!(count("bon_requests_total", &[("mode", "passthrough")]), 1.0);
     assert_eq!(
-        value_of(&after, "bon_requests_total", &[("mode", "passthrough")]),
-        1.0
-    );
-    assert_eq!(
-        value_of(
-            &after,
+        count(
             "bon_requests_total",
             &[("mode", "rejected"), ("status", "400")]
         ),
         1.0
     );
+    assert_eq!(count("bon_candidates_total", &[("outcome", "ok")]), 8.0);
+    assert_eq!(count("bon_candidates_total", &[("outcome", "error")]), 1.0);
+    assert_eq!(count("bon_candidates_per_request", &[]), 3.0);
     assert_eq!(
-        value_of(&after, "bon_candidates_total", &[("outcome", "ok")]),
-        2.0
-    );
-    assert_eq!(
-        value_of(&after, "bon_candidates_total", &[("outcome", "error")]),
-        1.0
-    );
-    assert_eq!(value_of(&after, "bon_candidates_per_request", &[]), 1.0);
-    assert_eq!(
-        value_of(
-            &after,
+        count(
             "bon_judge_total",
             &[("strategy", "listwise"), ("outcome", "parse_error")]
         ),
-        1.0
+        2.0
+    );
+    assert_eq!(count("bon_judge_total", &[("outcome", "ok")]), 1.0);
+    assert_eq!(count("bon_judge_total", &[("outcome", "fallback")]), 2.0);
+    assert_eq!(
+        count("bon_cache_requests_total", &[("result", "miss")]),
+        3.0
+    );
+    assert_eq!(count("bon_cache_requests_total", &[("result", "hit")]), 1.0);
+    assert_eq!(
+        count("bon_upstream_requests_total", &[("kind", "candidate")]),
+        9.0
     );
     assert_eq!(
-        value_of(&after, "bon_judge_total", &[("outcome", "fallback")]),
-        1.0
-    );
-    assert_eq!(
-        value_of(&after, "bon_cache_requests_total", &[("result", "miss")]),
-        1.0
-    );
-    assert_eq!(
-        value_of(&after, "bon_cache_requests_total", &[("result", "hit")]),
-        1.0
-    );
-    assert_eq!(
-        value_of(
-            &after,
+        count(
             "bon_upstream_requests_total",
-            &[("kind", "candidate")]
+            &[("kind", "judge"), ("status", "200")]
         ),
         3.0
     );
     assert_eq!(
-        value_of(
-            &after,
-            "bon_upstream_requests_total",
-            &[("kind", "judge"), ("status", "200")]
-        ),
+        count("bon_upstream_requests_total", &[("kind", "passthrough")]),
         1.0
     );
     assert_eq!(
-        value_of(
-            &after,
-            "bon_upstream_requests_total",
-            &[("kind", "passthrough")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        value_of(
-            &after,
+        count(
             "bon_tokens_total",
             &[("kind", "candidate"), ("direction", "prompt")]
         ),
-        20.0
+        80.0
     );
     assert_eq!(
-        value_of(
-            &after,
+        count(
             "bon_tokens_total",
             &[("kind", "judge"), ("direction", "completion")]
         ),
-        5.0
+        15.0
     );
+    assert_eq!(count("bon_overhead_seconds", &[("mode", "best_of_n")]), 4.0);
     assert_eq!(
-        value_of(&after, "bon_overhead_seconds", &[("mode", "best_of_n")]),
-        2.0
-    );
-    assert_eq!(
-        value_of(&after, "bon_overhead_seconds", &[("mode", "passthrough")]),
+        count("bon_overhead_seconds", &[("mode", "passthrough")]),
         1.0
     );
-    assert_eq!(value_of(&after, "bon_inflight_requests", &[]), 0.0);
-    assert_eq!(value_of(&after, "bon_cache_entries", &[]), 1.0);
+    assert_eq!(count("bon_inflight_requests", &[]), 0.0);
+    assert_eq!(count("bon_cache_entries", &[]), 1.0);
 }
 
 #[tokio::test]
@@ -487,4 +481,32 @@ async fn metrics_answer_while_requests_are_in_flight() {
         .expect("/metrics answered at once while a best-of-4 was in flight");
     assert_eq!(value_of(&scrape, "bon_inflight_requests", &[]), 1.0);
     slow.abort();
+}
+
+#[tokio::test]
+async fn a_waiter_keeps_the_shared_work_alive_when_the_first_client_leaves() {
+    let mock =
+        MockUpstream::with_handler(|call| numbered(call).with_delay(Duration::from_millis(600)))
+            .await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let body = chat_body("shared work");
+    // The first client gives up after 200 ms, while its computation is still running.
+    let impatient = tokio::time::timeout(Duration::from_millis(200), bon(&proxy, &[], &body));
+    let patient = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bon(&proxy, &[], &body).await
+    };
+    let (gave_up, answer) = tokio::join!(impatient, patient);
+    assert!(gave_up.is_err(), "the first client timed out");
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.header("x-cache"),
+        Some("hit"),
+        "it shared the computation"
+    );
+    assert_eq!(generations(&mock), 3, "the work was not restarted");
+    assert!(
+        mock.calls().iter().all(|c| !c.aborted),
+        "nothing was cancelled"
+    );
 }

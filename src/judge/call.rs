@@ -1,5 +1,7 @@
 //! One LLM judge call: build the chat completion, send it, read the text and the usage.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,6 +15,8 @@ use crate::upstream::{JsonReply, Upstream, UpstreamError};
 
 /// How LLM judges reach their model.
 pub struct JudgeCall {
+    /// Judge models that refused `temperature`/`max_tokens` once; they get none from then on.
+    no_sampling: Mutex<HashSet<String>>,
     endpoint: Upstream,
     metrics: Metrics,
     forward_client_headers: bool,
@@ -37,6 +41,7 @@ impl JudgeCall {
         metrics: Metrics,
     ) -> JudgeCall {
         JudgeCall {
+            no_sampling: Mutex::new(HashSet::new()),
             endpoint,
             metrics,
             forward_client_headers,
@@ -69,17 +74,21 @@ impl JudgeCall {
         } else {
             &empty
         };
+        let model = self.model(request_model).to_string();
+        let sampling = if self.takes_no_sampling(&model) {
+            Sampling::ModelDefaults
+        } else {
+            Sampling::Configured
+        };
         let mut reply = self
-            .send(
-                self.body(request_model, &prompt, Sampling::Configured),
-                headers,
-            )
+            .send(self.body(&model, &prompt, sampling), headers)
             .await?;
-        if rejects_sampling(&reply) {
+        if matches!(sampling, Sampling::Configured) && rejects_sampling(&reply) {
             // Reasoning models refuse `temperature` and `max_tokens`: ask again with the
-            // model's own defaults rather than let every verdict fall back.
-            tracing::debug!("judge model rejected sampling parameters; retrying without them");
-            let body = self.body(request_model, &prompt, Sampling::ModelDefaults);
+            // model's own defaults, and remember, rather than let every verdict fall back.
+            tracing::info!(%model, "judge model takes no sampling parameters; sending none from now on");
+            self.remember_no_sampling(model.clone());
+            let body = self.body(&model, &prompt, Sampling::ModelDefaults);
             reply = self.send(body, headers).await?;
         }
         if !reply.status.is_success() {
@@ -113,9 +122,25 @@ impl JudgeCall {
         sent.map_err(|e| fail(format!("the judge call failed: {e}")))
     }
 
-    fn body(&self, request_model: &str, prompt: &str, sampling: Sampling) -> Bytes {
+    fn takes_no_sampling(&self, model: &str) -> bool {
+        self.no_sampling
+            .lock()
+            .map(|models| models.contains(model))
+            .unwrap_or(false)
+    }
+
+    fn remember_no_sampling(&self, model: String) {
+        if let Ok(mut models) = self.no_sampling.lock() {
+            // Bounded: model names come from clients, so cap what they can make us keep.
+            if models.len() < 1024 {
+                models.insert(model);
+            }
+        }
+    }
+
+    fn body(&self, model: &str, prompt: &str, sampling: Sampling) -> Bytes {
         let mut body = json!({
-            "model": self.model(request_model),
+            "model": model,
             "messages": [{"role": "user", "content": prompt}],
         });
         match sampling {
@@ -143,13 +168,22 @@ enum Sampling {
     ModelDefaults,
 }
 
-/// A 400 that names `temperature` or `max_tokens`: the model does not take them.
+/// A 400 whose `error.param` is `temperature` or `max_tokens`: the model does not take them.
 fn rejects_sampling(reply: &JsonReply) -> bool {
     if reply.status != http::StatusCode::BAD_REQUEST {
         return false;
     }
-    let text = String::from_utf8_lossy(&reply.body);
-    text.contains("temperature") || text.contains("max_tokens")
+    let Ok(body) = serde_json::from_slice::<Value>(&reply.body) else {
+        return false;
+    };
+    let error = &body["error"];
+    let named = |field: &str| {
+        error["param"].as_str() == Some(field)
+            || error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("'{field}'")))
+    };
+    named("temperature") || named("max_tokens")
 }
 
 fn fail(why: String) -> CallFailure {
