@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -208,13 +207,7 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         .request_done(route, mode, response.status().as_u16(), started.elapsed());
     // The guards are released when the body has been sent, not when its head is ready, so a
     // long stream still counts as in flight.
-    response.map(|body| {
-        body.map_frame(move |frame| {
-            let _held = (&permit, &inflight);
-            frame
-        })
-        .boxed_unsync()
-    })
+    response.map(|body| body::with_guard(body, (permit, inflight)))
 }
 
 /// Plain chat completions go through the cache only when `cache.passthrough` says so.

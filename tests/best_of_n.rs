@@ -103,6 +103,14 @@ async fn response_has_best_of_n_headers_and_keeps_the_winners_fields() {
     assert!(answer.header("x-request-id").is_some());
     assert_eq!(answer.header("x-ratelimit-remaining-requests"), Some("99"));
     assert!(answer.header("x-best-of-n-fallback").is_none());
+    let length = answer
+        .header("content-length")
+        .map(|v| v.parse::<usize>().unwrap());
+    assert_eq!(
+        length,
+        Some(answer.body.len()),
+        "a whole answer says how long it is"
+    );
     let scores: Vec<&str> = answer
         .header("x-best-of-n-scores")
         .unwrap()
