@@ -51,6 +51,16 @@ use tokio::runtime::Runtime;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bon-proxy");
 const QUESTION: &str = "Why is a balanced diet important?";
+/// Columns of the interleaved latency tables (scenarios 1 and 4).
+const LATENCY_HEADER: [&str; 7] = [
+    "rate/s",
+    "path",
+    "ok/s",
+    "err/non2xx",
+    "p50 ms",
+    "p99 ms",
+    "p99.9 ms",
+];
 /// A rate is sustained below this p99, in microseconds.
 const SUSTAINED_P99_US: u64 = 100_000;
 /// … at or above this share of the target rate …
@@ -1072,15 +1082,7 @@ fn scenario_passthrough(load: &Load, services: &Services, settings: &Settings) -
             "proxy_minus_direct_us": diff_json(&recs[1], &recs[0]),
         }));
     }
-    let header = [
-        "rate/s",
-        "path",
-        "ok/s",
-        "err/non2xx",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-    ];
+    let header = LATENCY_HEADER;
     print_table(
         "1. Passthrough overhead (interleaved; latency from due time)",
         &header,
@@ -1376,15 +1378,7 @@ fn scenario_cache(load: &Load, services: &Services, settings: &Settings) -> Valu
     );
     let title =
         format!("4. Cache hits (best-of-5, warmed: {warm_cache}) vs direct calls to the 0 ms demo");
-    let header = [
-        "rate/s",
-        "path",
-        "ok/s",
-        "err/non2xx",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-    ];
+    let header = LATENCY_HEADER;
     print_table(&title, &header, &rows);
     println!(
         "    responses without x-cache: hit: {} of {}",

@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 
-use crate::judge::call::{call_status, snippet};
 use crate::metrics::Metrics;
 use crate::openai::ChatCompletion;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{call_status, snippet, JsonReply, Upstream, UpstreamError};
 
 /// One candidate call and how it went.
 #[derive(Debug, Clone)]
@@ -34,12 +33,8 @@ pub struct Answer {
 /// Why a candidate produced no answer.
 #[derive(Debug, Clone)]
 pub enum Failure {
-    /// The upstream answered with an error status; body kept to pass on verbatim.
-    Status {
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-    },
+    /// The upstream answered with an error status; kept whole to pass on verbatim.
+    Status(JsonReply),
     Timeout(Duration),
     /// The call broke: no connection, or the answer was cut short.
     Transport(String),
@@ -51,9 +46,11 @@ impl Failure {
     /// A short description for messages and the debug object.
     pub fn describe(&self) -> String {
         match self {
-            Failure::Status { status, body, .. } => {
-                format!("upstream status {}: {}", status.as_u16(), snippet(body))
-            }
+            Failure::Status(reply) => format!(
+                "upstream status {}: {}",
+                reply.status.as_u16(),
+                snippet(&reply.body)
+            ),
             Failure::Timeout(d) => format!("timed out after {d:?}"),
             Failure::Transport(why) => format!("upstream {why}"),
             Failure::Invalid(why) => why.clone(),
@@ -131,11 +128,7 @@ async fn one_candidate(
         other => Failure::Transport(other.to_string()),
     })?;
     if !reply.status.is_success() {
-        return Err(Failure::Status {
-            status: reply.status,
-            headers: reply.headers,
-            body: reply.body,
-        });
+        return Err(Failure::Status(reply));
     }
     let completion = ChatCompletion::parse(&reply.body).map_err(Failure::Invalid)?;
     Ok(Answer {

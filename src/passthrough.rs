@@ -60,11 +60,7 @@ pub async fn forward_parts(
             Response::from_parts(head, body::boxed(incoming))
         }
         Err(error) => {
-            let status = match error {
-                UpstreamError::Timeout(_) => "timeout",
-                _ => "error",
-            };
-            metrics.upstream_call("passthrough", status, waited);
+            metrics.upstream_call("passthrough", error.metric_label(), waited);
             upstream_error(upstream, &error).into_response()
         }
     };

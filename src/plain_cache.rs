@@ -114,7 +114,7 @@ async fn fetch(
         .await;
     state.metrics.upstream_call(
         "passthrough",
-        &crate::judge::call::call_status(&sent),
+        &crate::upstream::call_status(&sent),
         started.elapsed(),
     );
     let reply = sent.map_err(|error| Failed::Proxy(error.to_api_error()))?;

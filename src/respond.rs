@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response};
 use serde_json::{json, Map, Value};
 
 use crate::best_of_n::Selection;
@@ -109,7 +109,7 @@ impl Failed {
                         format!(
                             "The upstream answered {}: {}",
                             status.as_u16(),
-                            crate::judge::call::snippet(body)
+                            upstream::snippet(body)
                         ),
                     )),
                 }
@@ -356,27 +356,17 @@ pub fn all_failed(candidates: &[Candidate]) -> Failed {
 }
 
 fn common_client_error(candidates: &[Candidate]) -> Option<Failed> {
-    let mut first: Option<(&StatusCode, &HeaderMap, &Bytes)> = None;
+    let mut first: Option<&JsonReply> = None;
     for candidate in candidates {
-        let Err(Failure::Status {
-            status,
-            headers,
-            body,
-        }) = &candidate.result
-        else {
+        let Err(Failure::Status(reply)) = &candidate.result else {
             return None;
         };
-        if !status.is_client_error() || first.is_some_and(|(s, _, _)| s != status) {
+        if !reply.status.is_client_error() || first.is_some_and(|f| f.status != reply.status) {
             return None;
         }
-        first.get_or_insert((status, headers, body));
+        first.get_or_insert(reply);
     }
-    let (status, headers, body) = first?;
-    Some(Failed::Upstream(Box::new(JsonReply {
-        status: *status,
-        headers: headers.clone(),
-        body: body.clone(),
-    })))
+    Some(Failed::Upstream(Box::new(first?.clone())))
 }
 
 /// "3 of 5 candidates failed: #0 timed out after 2s; #3 upstream status 500: …".

@@ -93,6 +93,34 @@ impl UpstreamError {
     }
 }
 
+impl UpstreamError {
+    /// The `status` label of a call that got no answer.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            UpstreamError::Timeout(_) => "timeout",
+            _ => "error",
+        }
+    }
+}
+
+/// The `status` label of a JSON call: the HTTP status, or `timeout` / `error`.
+pub fn call_status(result: &Result<JsonReply, UpstreamError>) -> String {
+    match result {
+        Ok(reply) => reply.status.as_str().to_string(),
+        Err(error) => error.metric_label().to_string(),
+    }
+}
+
+/// The start of an upstream body, for error messages: enough to see what went wrong.
+pub fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut end = text.len().min(300);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
 /// A complete upstream answer to a JSON call.
 #[derive(Debug, Clone)]
 pub struct JsonReply {

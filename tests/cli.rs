@@ -254,6 +254,18 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+/// A 200 `chat.completion` with content and a non-zero token count.
+fn assert_chat_completion(answer: &Answer) {
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let body = answer.json();
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    assert!(!answer.content().trim().is_empty(), "{body}");
+    assert!(
+        body["usage"]["total_tokens"].as_u64().unwrap_or(0) > 0,
+        "{body}"
+    );
+}
+
 fn quick_start_body() -> Value {
     json!({
         "model": "demo",
@@ -414,14 +426,7 @@ async fn serve_demo_answers_the_quick_start_and_stops_gracefully_on_sigterm() {
         &quick_start_body(),
     )
     .await;
-    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
-    let body = answer.json();
-    assert_eq!(body["object"], "chat.completion", "{body}");
-    assert!(!answer.content().trim().is_empty(), "{body}");
-    assert!(
-        body["usage"]["total_tokens"].as_u64().unwrap_or(0) > 0,
-        "{body}"
-    );
+    assert_chat_completion(&answer);
     assert_eq!(answer.header("x-best-of-n"), Some("5"));
     assert_eq!(answer.header("x-best-of-n-judge"), Some("listwise"));
     let selected: usize = answer
@@ -573,14 +578,7 @@ async fn demo_upstream_serves_models_and_chat_completions() {
         &quick_start_body(),
     )
     .await;
-    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
-    let body = answer.json();
-    assert_eq!(body["object"], "chat.completion", "{body}");
-    assert!(!answer.content().trim().is_empty(), "{body}");
-    assert!(
-        body["usage"]["total_tokens"].as_u64().unwrap_or(0) > 0,
-        "{body}"
-    );
+    assert_chat_completion(&answer);
 
     let status = blocking(|| demo.terminate());
     assert!(status.success(), "exit after SIGTERM: {status}");

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::config::JudgeConfig;
 use crate::metrics::Metrics;
 use crate::openai::{ChatCompletion, Usage};
-use crate::upstream::{JsonReply, Upstream, UpstreamError};
+use crate::upstream::{call_status, snippet, JsonReply, Upstream};
 
 /// How LLM judges reach their model.
 pub struct JudgeCall {
@@ -190,24 +190,5 @@ fn fail(why: String) -> CallFailure {
     CallFailure {
         why,
         usage: Usage::default(),
-    }
-}
-
-/// The start of an upstream body, for error messages: enough to see what went wrong.
-pub fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut end = text.len().min(300);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
-}
-
-/// The `status` label of an upstream call: the HTTP status, or `timeout` / `error`.
-pub fn call_status(result: &Result<JsonReply, UpstreamError>) -> String {
-    match result {
-        Ok(reply) => reply.status.as_str().to_string(),
-        Err(UpstreamError::Timeout(_)) => "timeout".to_string(),
-        Err(_) => "error".to_string(),
     }
 }

@@ -100,8 +100,7 @@ fn rank(request: &JudgeRequest<'_>, order: &[usize], parsed: protocol::ListwiseV
             (c.index, score)
         })
         .collect();
-    let mut verdict = Verdict::failed(JudgeOutcome::Ok, String::new());
-    verdict.failure = None;
+    let mut verdict = Verdict::empty(JudgeOutcome::Ok);
     verdict.ranking = ranking;
     verdict.fully_ranked = fully_ranked;
     verdict.scores = scores;

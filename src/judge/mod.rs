@@ -90,6 +90,14 @@ impl Verdict {
     /// A verdict that decided nothing; `usage` and `raw` keep what the attempt cost.
     pub fn failed(outcome: JudgeOutcome, why: String) -> Verdict {
         Verdict {
+            failure: Some(why),
+            ..Verdict::empty(outcome)
+        }
+    }
+
+    /// A verdict with nothing filled in yet.
+    pub fn empty(outcome: JudgeOutcome) -> Verdict {
+        Verdict {
             outcome,
             ranking: Vec::new(),
             fully_ranked: false,
@@ -97,7 +105,7 @@ impl Verdict {
             usage: Usage::default(),
             raw: Vec::new(),
             presentation: Vec::new(),
-            failure: Some(why),
+            failure: None,
             latency: Duration::ZERO,
             seed: 0,
         }
