@@ -12,9 +12,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use http::{header, HeaderMap, Response};
-use hyper::body::Incoming;
 
-use crate::body::{self, Body};
+use crate::body::{Body, SharedJson};
 use crate::cache::{self, KeyBuilder};
 use crate::config::{Diversity, Fallback};
 use crate::error::ApiError;
@@ -61,12 +60,13 @@ struct Job {
     started: Instant,
 }
 
-/// Answers one best-of-N chat completion, as JSON or as an SSE stream.
+/// Answers one best-of-N chat completion, as JSON or as an SSE stream. `body` is the whole
+/// request body, already read within the limits (see `intake`).
 pub async fn handle(
     state: Arc<AppState>,
     plan: BestOfN,
     parts: http::request::Parts,
-    body: Incoming,
+    body: Bytes,
 ) -> Response<Body> {
     let target = parts
         .uri
@@ -91,24 +91,19 @@ pub async fn handle(
     }
 }
 
-/// Reads and checks the body: everything that can be refused before spending a token. The
-/// cache key is taken from the parsed JSON before it becomes a typed request.
+/// Checks the body: everything that can be refused before spending a token. The cache key is
+/// taken from the parsed JSON before it becomes a typed request.
 async fn read_request(
     state: &AppState,
     plan: BestOfN,
     headers: HeaderMap,
     target: String,
-    body: Incoming,
+    body: Bytes,
 ) -> Result<Job, ApiError> {
-    let limit = state.config.server.max_body_bytes;
-    let deadline = state.config.server.request_timeout;
-    // A client that sends its body a byte a minute must not hold a slot forever.
-    let body = tokio::time::timeout(deadline, read_json_body(&headers, body, limit))
-        .await
-        .map_err(|_| ApiError::request_timeout(deadline))??;
     // The proxy's own time starts once the body is in: a slow upload is not overhead.
     let started = Instant::now();
     let value = ChatRequest::parse_object(&body)?;
+    drop(body);
     let key = state
         .cache
         .as_ref()
@@ -259,36 +254,40 @@ async fn generate_and_select(
     )
 }
 
-/// The N candidate request bodies. A client that fixes `seed` would get N identical answers
-/// from a deterministic upstream; with `diversity = "seed"` candidate k asks with `seed + k`.
+/// The N candidate request bodies, serialised once and shared. A client that fixes `seed`
+/// would get N identical answers from a deterministic upstream; with `diversity = "seed"`
+/// candidate k asks with `seed + k`, written as a small head before the shared rest.
 fn candidate_bodies(
     request: &ChatRequest,
     n: u32,
     diversity: Diversity,
-) -> Result<Vec<Bytes>, Failed> {
-    let encode = |body: &ChatRequest| {
-        serde_json::to_vec(body).map(Bytes::from).map_err(|e| {
-            Failed::Proxy(ApiError::internal(format!(
-                "cannot encode the candidate request: {e}"
-            )))
-        })
+) -> Result<Vec<SharedJson>, Failed> {
+    let mut base = request.candidate_body();
+    let seed = match diversity {
+        Diversity::Seed => base.extra.get("seed").and_then(serde_json::Value::as_i64),
+        Diversity::None => None,
     };
-    let base = request.candidate_body();
-    let seed = base.extra.get("seed").and_then(serde_json::Value::as_i64);
-    match (diversity, seed) {
-        (Diversity::Seed, Some(seed)) => (0..n)
-            .map(|k| {
-                let mut body = base.clone();
-                body.extra
-                    .insert("seed".into(), seed.wrapping_add(i64::from(k)).into());
-                encode(&body)
-            })
-            .collect(),
-        _ => {
-            let shared = encode(&base)?;
-            Ok(vec![shared; n as usize])
-        }
+    if seed.is_some() {
+        base.extra.shift_remove("seed");
     }
+    let encoded = serde_json::to_vec(&base).map(Bytes::from).map_err(|e| {
+        Failed::Proxy(ApiError::internal(format!(
+            "cannot encode the candidate request: {e}"
+        )))
+    })?;
+    drop(base);
+    let Some(seed) = seed else {
+        return Ok(vec![SharedJson::from(encoded); n as usize]);
+    };
+    // `encoded` is a JSON object with at least `model` and `messages`: `{"seed":S,` + the
+    // rest after its opening brace is the same object with `seed` first.
+    let rest = encoded.slice(1..);
+    Ok((0..n)
+        .map(|k| {
+            let head = format!("{{\"seed\":{},", seed.wrapping_add(i64::from(k)));
+            SharedJson::new(Bytes::from(head), rest.clone())
+        })
+        .collect())
 }
 
 /// Enough candidates succeeded: at least one, `best_of_n.min_candidates`, and `n`.
@@ -320,25 +319,22 @@ fn check_enough(
     Ok(())
 }
 
-/// Reads the whole body, insisting on JSON and on `server.max_body_bytes`.
-async fn read_json_body(
-    headers: &HeaderMap,
-    body: Incoming,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
-        let text = content_type.to_str().unwrap_or("");
-        let essence = text
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if essence != "application/json" && !essence.ends_with("+json") {
-            return Err(ApiError::unsupported_media_type(text));
-        }
+/// Refuses a body declared as anything but JSON, before it is read.
+pub fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = content_type.to_str().unwrap_or("");
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json" && !essence.ends_with("+json") {
+        return Err(ApiError::unsupported_media_type(text));
     }
-    body::read_to_limit(headers, body, limit).await
+    Ok(())
 }
 
 /// Orders the candidates: the only eligible one, the judge's ranking, or the fallback's pick.

@@ -4,9 +4,7 @@
 //! are in-memory bytes; boxing both into one type keeps every handler's signature the same.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
-
-use crate::error::ApiError;
+use http_body_util::{BodyExt, Empty, Full};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -25,6 +23,15 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// A body that fails at once with `error`: an answer that broke off, passed on as broken.
+pub fn failing(error: BoxError) -> Body {
+    let frames = futures_util::stream::once(futures_util::future::ready(Err::<
+        http_body::Frame<Bytes>,
+        BoxError,
+    >(error)));
+    http_body_util::StreamBody::new(frames).boxed_unsync()
+}
+
 /// Boxes any body whose error converts into [`BoxError`].
 pub fn boxed<B>(body: B) -> Body
 where
@@ -34,29 +41,89 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// Reads a whole request body of at most `limit` bytes: 413 beyond it (told by
-/// `Content-Length` up front, or found while reading), 400 when the body breaks off.
-pub async fn read_to_limit(
-    headers: &http::HeaderMap,
-    body: hyper::body::Incoming,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::payload_too_large(limit));
+/// `head` followed by `rest`, as one body whose size hint adds both, so a known length still
+/// goes out as `Content-Length`.
+pub fn prefixed(head: Bytes, rest: Body) -> Body {
+    Prefixed {
+        head: (!head.is_empty()).then_some(head),
+        rest,
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::payload_too_large(limit))
+    .boxed_unsync()
+}
+
+struct Prefixed {
+    head: Option<Bytes>,
+    rest: Body,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match this.head.take() {
+            Some(head) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(head)))),
+            None => std::pin::Pin::new(&mut this.rest).poll_frame(cx),
         }
-        Err(e) => Err(ApiError::invalid_request(
-            "body",
-            format!("The request body could not be read: {e}."),
-        )),
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + head);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + head);
+        }
+        hint
+    }
+}
+
+/// A JSON body kept as two shared pieces: the N candidate bodies of one request differ only
+/// in a small head (their `seed`), so they share one tail instead of N copies of the request.
+#[derive(Debug, Clone, Default)]
+pub struct SharedJson {
+    head: Bytes,
+    tail: Bytes,
+}
+
+impl SharedJson {
+    pub fn new(head: Bytes, tail: Bytes) -> SharedJson {
+        SharedJson { head, tail }
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole JSON text, copied; for tests and small bodies.
+    pub fn to_vec(&self) -> Vec<u8> {
+        [&self.head[..], &self.tail[..]].concat()
+    }
+
+    pub fn into_body(self) -> Body {
+        prefixed(self.head, full(self.tail))
+    }
+}
+
+impl From<Bytes> for SharedJson {
+    fn from(tail: Bytes) -> SharedJson {
+        SharedJson {
+            head: Bytes::new(),
+            tail,
+        }
     }
 }
 

@@ -40,6 +40,26 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Runtime worker threads; 0 means one per CPU core.
     pub worker_threads: usize,
+    /// Time a client has to send a request head, counted from its first byte; also how long
+    /// an idle connection (a silent new one, or keep-alive between requests) stays open.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a whole request body, counted from its request head.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Slowest average body upload accepted once `body_rate_grace` has passed, in bytes per
+    /// second; 0 turns the floor off (the deadline still holds).
+    pub min_body_rate: u64,
+    /// How long a body may arrive slower than `min_body_rate` before the floor applies.
+    #[serde(with = "humantime_serde")]
+    pub body_rate_grace: Duration,
+    /// Passthrough bodies up to this size are read whole before the request takes a work
+    /// slot; larger ones (uploads) take their slot after this many bytes and stream the rest.
+    pub body_buffer_bytes: usize,
+    /// Open connections from one client address (an IPv6 /64 counts as one); 0 means no limit.
+    pub max_connections_per_ip: usize,
+    /// Open client connections in all; 0 means half the process's file-descriptor limit.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +71,13 @@ impl Default for ServerConfig {
             max_inflight: 4096,
             shutdown_grace: Duration::from_secs(30),
             worker_threads: 0,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            min_body_rate: 1024,
+            body_rate_grace: Duration::from_secs(5),
+            body_buffer_bytes: 1024 * 1024,
+            max_connections_per_ip: 1024,
+            max_connections: 0,
         }
     }
 }
@@ -111,6 +138,14 @@ pub struct BestOfNConfig {
     pub stream_keepalive: Duration,
     /// How candidates are made to differ from each other.
     pub diversity: Diversity,
+    /// Largest best-of-N request body; smaller than `server.max_body_bytes` because the proxy
+    /// multiplies what it sends by N.
+    pub max_body_bytes: usize,
+    /// Memory that best-of-N requests in flight may claim together, weighed as body size x N.
+    pub memory_budget_bytes: u64,
+    /// How long a best-of-N request waits for its share of `memory_budget_bytes` before 503.
+    #[serde(with = "humantime_serde")]
+    pub memory_wait: Duration,
 }
 
 /// How the N candidate requests differ.
@@ -132,6 +167,9 @@ impl Default for BestOfNConfig {
             min_candidates: 1,
             stream_keepalive: Duration::from_secs(5),
             diversity: Diversity::Seed,
+            max_body_bytes: 4 * 1024 * 1024,
+            memory_budget_bytes: 256 * 1024 * 1024,
+            memory_wait: Duration::from_secs(1),
         }
     }
 }
@@ -182,6 +220,9 @@ pub struct JudgeConfig {
     pub fallback: Fallback,
     /// Shuffle candidates before the judge sees them, against position bias.
     pub shuffle: bool,
+    /// Bound on the conversation and candidate text put into one judge prompt; longer texts
+    /// are cut in the middle with a visible marker.
+    pub max_prompt_bytes: usize,
 }
 
 /// Default helpfulness rubrics, in the spirit of RM-Gallery's listwise helpfulness judge.
@@ -207,6 +248,7 @@ impl Default for JudgeConfig {
             timeout: Duration::from_secs(120),
             fallback: Fallback::FirstOk,
             shuffle: true,
+            max_prompt_bytes: 512 * 1024,
         }
     }
 }
@@ -317,8 +359,24 @@ impl Config {
                 ),
             );
         }
-        if self.server.max_body_bytes == 0 {
-            return fail("server.max_body_bytes", "must be at least 1".into());
+        for (key, value) in [
+            ("server.max_body_bytes", self.server.max_body_bytes),
+            ("server.body_buffer_bytes", self.server.body_buffer_bytes),
+            ("best_of_n.max_body_bytes", self.best_of_n.max_body_bytes),
+            ("judge.max_prompt_bytes", self.judge.max_prompt_bytes),
+        ] {
+            if value == 0 {
+                return fail(key, "must be at least 1".into());
+            }
+        }
+        if self.best_of_n.memory_budget_bytes < 1024 * 1024 {
+            return fail(
+                "best_of_n.memory_budget_bytes",
+                format!(
+                    "is {}; allowed: at least 1048576 (1 MiB)",
+                    self.best_of_n.memory_budget_bytes
+                ),
+            );
         }
         check_base_url("upstream.base_url", &self.upstream.base_url)?;
         if !self.judge.base_url.is_empty() {
@@ -362,6 +420,13 @@ impl Config {
             ),
             ("judge.timeout", self.judge.timeout),
             ("cache.ttl", self.cache.ttl),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.body_read_timeout", self.server.body_read_timeout),
+            ("server.body_rate_grace", self.server.body_rate_grace),
+            ("best_of_n.memory_wait", bon.memory_wait),
         ] {
             if value.is_zero() {
                 return fail(key, "must be longer than zero, e.g. \"30s\"".into());

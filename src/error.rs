@@ -45,24 +45,26 @@ impl ApiError {
         err
     }
 
-    pub fn payload_too_large(limit: usize) -> Self {
+    /// 413, naming the setting that sets the limit.
+    pub fn payload_too_large(limit: usize, setting: &str) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
             "payload_too_large",
             format!(
-                "The request body is larger than the proxy's limit of {limit} bytes. \
-                 Send a smaller body or raise `server.max_body_bytes` in proxy.toml."
+                "The request body is larger than the proxy's limit of {limit} bytes \
+                 (`{setting}`). Send a smaller body or raise `{setting}` in proxy.toml."
             ),
         )
     }
 
-    pub fn request_timeout(limit: std::time::Duration) -> Self {
+    /// 408: the request (its body) did not arrive in time.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
             "invalid_request_error",
             "request_timeout",
-            format!("The request body did not arrive within {limit:?} (server.request_timeout)."),
+            message.into(),
         )
     }
 
@@ -87,6 +89,7 @@ impl ApiError {
         )
     }
 
+    /// 405; the response should carry `Allow`.
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -122,6 +125,16 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
             "overloaded",
+            message.into(),
+        )
+    }
+
+    /// 429: this client holds too much of the proxy (connections, for now).
+    pub fn too_many_connections(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "too_many_connections",
             message.into(),
         )
     }

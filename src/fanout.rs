@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::future::join_all;
 use http::HeaderMap;
 
+use crate::body::SharedJson;
 use crate::metrics::Metrics;
 use crate::openai::ChatCompletion;
 use crate::upstream::{call_status, snippet, JsonReply, Upstream, UpstreamError};
@@ -78,7 +78,7 @@ pub async fn generate(
     metrics: &Metrics,
     path: &str,
     client_headers: &HeaderMap,
-    bodies: Vec<Bytes>,
+    bodies: Vec<SharedJson>,
     timeout: Duration,
 ) -> Vec<Candidate> {
     let n = bodies.len();
@@ -115,7 +115,7 @@ async fn one_candidate(
     metrics: &Metrics,
     path: &str,
     client_headers: &HeaderMap,
-    body: Bytes,
+    body: SharedJson,
     timeout: Duration,
 ) -> Result<Answer, Failure> {
     let started = Instant::now();
@@ -130,7 +130,9 @@ async fn one_candidate(
     if !reply.status.is_success() {
         return Err(Failure::Status(reply));
     }
-    let completion = ChatCompletion::parse(&reply.body).map_err(Failure::Invalid)?;
+    // A parse error may quote the answer: it is upstream text like any other.
+    let completion = ChatCompletion::parse(&reply.body)
+        .map_err(|why| Failure::Invalid(upstream.redact(&why)))?;
     Ok(Answer {
         completion,
         headers: reply.headers,

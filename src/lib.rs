@@ -5,25 +5,30 @@
 //! candidates, [`judge`] picks, [`respond`] answers; [`passthrough`] carries everything else.
 //! `main.rs` is only the command line; tests and benches use this library directly.
 
+pub(crate) mod admission;
 pub mod best_of_n;
 pub mod body;
 pub mod cache;
 pub mod config;
+pub(crate) mod connections;
 pub mod demo;
 pub mod error;
 pub mod fanout;
+pub mod intake;
 pub mod judge;
 pub mod metrics;
 pub mod openai;
 pub mod passthrough;
 pub mod plain_cache;
 pub mod plan;
+pub mod redact;
 pub mod respond;
 pub mod server;
 pub mod single_flight;
 pub mod sse;
 pub mod state;
 pub mod streaming;
+pub(crate) mod target;
 pub mod upstream;
 
 pub use config::Config;

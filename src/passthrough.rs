@@ -1,12 +1,14 @@
 //! Passthrough: everything that is not best-of-N goes to the upstream as it is.
 //!
-//! Bodies stream in both directions without buffering, so an SSE answer reaches the client
-//! chunk by chunk as the upstream produces it. Only hop-by-hop headers are dropped.
+//! Response bodies stream without buffering, so an SSE answer reaches the client chunk by
+//! chunk as the upstream produces it. Only hop-by-hop headers are dropped, and error answers
+//! have any configured secret the upstream echoed in them replaced (see `redact`).
 
 use std::time::Instant;
 
-use http::{header, Request, Response};
-use http_body_util::Limited;
+use bytes::{Bytes, BytesMut};
+use http::{header, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
@@ -14,28 +16,13 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::upstream::{self, Upstream, UpstreamError};
 
-pub async fn forward(
-    upstream: &Upstream,
-    metrics: &Metrics,
-    request: Request<Incoming>,
-    max_body: usize,
-) -> Response<Body> {
-    let started = Instant::now();
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max_body as u64) {
-        return ApiError::payload_too_large(max_body).into_response();
-    }
-    let (parts, incoming) = request.into_parts();
-    let body = body::boxed(Limited::new(incoming, max_body));
-    forward_parts(upstream, metrics, parts, body, started).await
-}
+/// How much of an error answer is read to look for echoed secrets. Error bodies are small;
+/// past this the rest streams on unread.
+const ERROR_SCAN_BYTES: usize = 256 * 1024;
 
-/// Forwards a request whose body is already prepared; `started` is when it arrived.
-pub async fn forward_parts(
+/// Forwards a request whose body is ready (read, or a timed stream); `started` is when the
+/// proxy began its own work on it.
+pub async fn forward(
     upstream: &Upstream,
     metrics: &Metrics,
     parts: http::request::Parts,
@@ -57,7 +44,12 @@ pub async fn forward_parts(
             metrics.upstream_call("passthrough", response.status().as_str(), waited);
             let (mut head, incoming) = response.into_parts();
             upstream::strip_hop_by_hop(&mut head.headers);
-            Response::from_parts(head, body::boxed(incoming))
+            let body = if head.status.is_client_error() || head.status.is_server_error() {
+                redacted_error_body(upstream, &mut head, incoming).await
+            } else {
+                body::boxed(incoming)
+            };
+            Response::from_parts(head, body)
         }
         Err(error) => {
             metrics.upstream_call("passthrough", error.metric_label(), waited);
@@ -66,6 +58,45 @@ pub async fn forward_parts(
     };
     metrics.overhead("passthrough", started.elapsed().saturating_sub(waited));
     response
+}
+
+/// An upstream error answer with echoed secrets replaced. Only plain (not compressed) bodies
+/// can be read; the length changes, so `Content-Length` is left to the new body.
+async fn redacted_error_body(
+    upstream: &Upstream,
+    head: &mut http::response::Parts,
+    mut incoming: Incoming,
+) -> Body {
+    let encoded = head
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded || !upstream.has_secrets() {
+        return body::boxed(incoming);
+    }
+    let mut scanned = BytesMut::new();
+    while scanned.len() < ERROR_SCAN_BYTES {
+        match incoming.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    scanned.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                // The answer broke off: the client sees it break off too.
+                head.headers.remove(header::CONTENT_LENGTH);
+                let scanned = upstream.redact_bytes(scanned.freeze());
+                return body::prefixed(scanned, body::failing(e.into()));
+            }
+            None => {
+                head.headers.remove(header::CONTENT_LENGTH);
+                return body::full(upstream.redact_bytes(scanned.freeze()));
+            }
+        }
+    }
+    head.headers.remove(header::CONTENT_LENGTH);
+    let scanned: Bytes = upstream.redact_bytes(scanned.freeze());
+    body::prefixed(scanned, body::boxed(incoming))
 }
 
 /// The client hears what went wrong; the upstream's address goes only to the log.

@@ -10,36 +10,23 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, Response};
-use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::body::{self, Body};
 use crate::cache::{self, AnswerCache, KeyBuilder, Outcome, Policy};
-use crate::error::ApiError;
 use crate::openai::ChatCompletion;
 use crate::respond::{self, Failed, Ready};
 use crate::state::AppState;
 use crate::{passthrough, streaming};
 
+/// Answers a plain chat completion whose body (`bytes`) has been read whole.
 pub async fn handle(
     state: Arc<AppState>,
     cache: &AnswerCache,
     parts: http::request::Parts,
-    incoming: Incoming,
+    bytes: Bytes,
 ) -> Response<Body> {
     let started = Instant::now();
-    let limit = state.config.server.max_body_bytes;
-    let deadline = state.config.server.request_timeout;
-    let bytes = match tokio::time::timeout(
-        deadline,
-        body::read_to_limit(&parts.headers, incoming, limit),
-    )
-    .await
-    {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(error)) => return error.into_response(),
-        Err(_) => return ApiError::request_timeout(deadline).into_response(),
-    };
     // Not a JSON object: the upstream's business, not the cache's.
     let Ok(request @ Value::Object(_)) = serde_json::from_slice::<Value>(&bytes) else {
         return forward(&state, parts, bytes, started).await;
@@ -90,7 +77,7 @@ async fn forward(
     bytes: Bytes,
     started: Instant,
 ) -> Response<Body> {
-    passthrough::forward_parts(
+    passthrough::forward(
         &state.upstream,
         &state.metrics,
         parts,
@@ -110,7 +97,12 @@ async fn fetch(
     let started = Instant::now();
     let sent = state
         .upstream
-        .post_json(&target, &headers, body, state.config.upstream.timeout)
+        .post_json(
+            &target,
+            &headers,
+            body.into(),
+            state.config.upstream.timeout,
+        )
         .await;
     state.metrics.upstream_call(
         "passthrough",

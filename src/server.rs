@@ -1,8 +1,10 @@
-//! The HTTP server: listener, routing, health checks, request ids, the in-flight limit and
-//! graceful shutdown.
+//! The HTTP server: listener, connection limits, routing, health checks, request ids,
+//! admission and graceful shutdown.
 //!
-//! Routing is deliberately flat: health endpoints answer without touching anything else, then
-//! every request gets a plan and goes either to passthrough or to the best-of-N path.
+//! Routing is deliberately flat: targets the proxy never forwards are refused first, health
+//! endpoints answer without touching anything else, then every request gets a plan, its body
+//! is read (under deadlines, before it holds anything), it is admitted, and it goes either to
+//! passthrough or to the best-of-N path.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,16 +19,17 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
 
+use crate::admission::{Admission, Held};
 use crate::body::{self, Body};
 use crate::cache::AnswerCache;
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::connections::{ConnectionLimits, ConnectionSlot};
+use crate::intake::{self, BodyRules, Limit, Received};
 use crate::plan::{self, Plan};
 use crate::state::{AppState, Secrets};
-use crate::{best_of_n, metrics, passthrough, plain_cache};
+use crate::{best_of_n, metrics, passthrough, plain_cache, target};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
@@ -40,7 +43,9 @@ pub struct Server {
 /// What the connection tasks share.
 struct Shared {
     state: Arc<AppState>,
-    inflight: Option<Arc<Semaphore>>,
+    admission: Admission,
+    connections: Arc<ConnectionLimits>,
+    body_rules: BodyRules,
     shutting_down: AtomicBool,
 }
 
@@ -60,13 +65,21 @@ impl Server {
         config: Config,
         secrets: Secrets,
     ) -> Result<Server, String> {
-        let max_inflight = config.server.max_inflight;
+        let admission = Admission::new(&config);
+        let connections = ConnectionLimits::from_config(&config.server);
+        tracing::info!(
+            max_connections = connections.total(),
+            "client connections are bounded (server.max_connections)"
+        );
+        let body_rules = BodyRules::from_config(&config.server);
         let state = AppState::new(config, secrets)?;
         Ok(Server {
             listener,
             shared: Arc::new(Shared {
                 state,
-                inflight: (max_inflight > 0).then(|| Arc::new(Semaphore::new(max_inflight))),
+                admission,
+                connections,
+                body_rules,
                 shutting_down: AtomicBool::new(false),
             }),
         })
@@ -81,13 +94,18 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        // With a timer, hyper closes connections that dribble their headers (slowloris).
-        builder.http1().timer(TokioTimer::new());
+        // With a timer, hyper closes connections that dribble their headers (slowloris) and
+        // keep-alive connections left idle for as long.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.shared.state.config.server.header_read_timeout);
+        let builder = Arc::new(builder);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => {
-                    let (stream, _peer) = match accepted {
+                    let (stream, peer) = match accepted {
                         Ok(conn) => conn,
                         Err(e) => {
                             // Usually out of file descriptors: back off instead of spinning.
@@ -96,19 +114,17 @@ impl Server {
                             continue;
                         }
                     };
-                    let _ = stream.set_nodelay(true);
-                    let shared = self.shared.clone();
-                    let service = service_fn(move |request| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(handle(&shared, request).await) }
-                    });
-                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let connection = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
+                    let slot = match self.shared.connections.admit(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(refusal) => {
+                            tracing::debug!(%peer, ?refusal, "connection refused");
+                            tokio::spawn(refusal.answer(stream));
+                            continue;
                         }
-                    });
+                    };
+                    let watcher = graceful.watcher();
+                    let (shared, builder) = (self.shared.clone(), builder.clone());
+                    tokio::spawn(serve_connection(shared, builder, watcher, stream, slot));
                 }
                 _ = &mut shutdown => break,
             }
@@ -123,9 +139,36 @@ impl Server {
     }
 }
 
+/// Serves one accepted connection, holding its place in the connection limits until it ends.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: TcpStream,
+    _slot: ConnectionSlot,
+) {
+    let _ = stream.set_nodelay(true);
+    // hyper's header timer starts only once it has seen which protocol the client speaks, so
+    // a connection that never sends a byte would otherwise stay open forever.
+    let patience = shared.state.config.server.header_read_timeout;
+    match tokio::time::timeout(patience, stream.peek(&mut [0u8; 1])).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return,
+    }
+    let service = service_fn(move |request| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
 async fn handle(shared: &Shared, mut request: Request<Incoming>) -> Response<Body> {
+    let arrived = tokio::time::Instant::now();
     let request_id = ensure_request_id(&mut request);
-    let mut response = route(shared, request).await;
+    let mut response = route(shared, request, arrived).await;
     let headers = response.headers_mut();
     // The upstream's own id (the one its support desk asks for) stays available beside ours.
     if let Some(upstream_id) = headers.remove(X_REQUEST_ID) {
@@ -151,8 +194,19 @@ fn ensure_request_id(request: &mut Request<Incoming>) -> HeaderValue {
     id
 }
 
-async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
+async fn route(
+    shared: &Shared,
+    request: Request<Incoming>,
+    arrived: tokio::time::Instant,
+) -> Response<Body> {
     let state = &shared.state;
+    if let Err(bad) = target::check(request.method(), request.uri().path()) {
+        let route = metrics::route_label(request.uri().path());
+        state
+            .metrics
+            .request_done(route, "rejected", bad.status().as_u16(), arrived.elapsed());
+        return bad.into_response();
+    }
     match (request.method(), request.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => return json_status(StatusCode::OK, "ok"),
         (&Method::GET | &Method::HEAD, "/readyz") => return readiness(shared),
@@ -163,13 +217,6 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         }
         _ => {}
     }
-    let permit = match &shared.inflight {
-        None => None,
-        Some(semaphore) => match semaphore.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => return overloaded(),
-        },
-    };
     let started = Instant::now();
     let inflight = state.metrics.inflight();
     let route = metrics::route_label(request.uri().path());
@@ -179,45 +226,126 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         request.headers(),
         &state.config,
     );
-    let (mode, response) = match planned {
-        Err(error) => ("rejected", error.into_response()),
-        Ok(Plan::Passthrough) => match plain_cache_for(state, &request) {
-            Some(cache) => {
-                let (parts, body) = request.into_parts();
-                let response = plain_cache::handle(state.clone(), cache, parts, body).await;
-                ("passthrough", response)
-            }
-            None => {
-                let max_body = state.config.server.max_body_bytes;
-                let response =
-                    passthrough::forward(&state.upstream, &state.metrics, request, max_body).await;
-                ("passthrough", response)
-            }
-        },
+    let (mode, response, held) = match planned {
+        Err(error) => ("rejected", error.into_response(), Held::default()),
+        Ok(Plan::Passthrough) => {
+            let (response, held) = passthrough(shared, request, arrived).await;
+            ("passthrough", response, held)
+        }
         Ok(Plan::BestOfN(plan)) => {
-            let (parts, body) = request.into_parts();
-            (
-                "best_of_n",
-                best_of_n::handle(state.clone(), plan, parts, body).await,
-            )
+            let (response, held) = best_of_n(shared, plan, request, arrived).await;
+            ("best_of_n", response, held)
         }
     };
     state
         .metrics
         .request_done(route, mode, response.status().as_u16(), started.elapsed());
-    // The guards are released when the body has been sent, not when its head is ready, so a
-    // long stream still counts as in flight.
-    response.map(|body| body::with_guard(body, (permit, inflight)))
+    // What the request holds is released when the body has been sent, not when its head is
+    // ready, so a long stream still counts as in flight.
+    response.map(|body| body::with_guard(body, (held, inflight)))
+}
+
+/// Reads the body (whole, or its head for uploads), takes a work slot, and forwards, through
+/// the plain-completion cache when it applies.
+async fn passthrough(
+    shared: &Shared,
+    request: Request<Incoming>,
+    arrived: tokio::time::Instant,
+) -> (Response<Body>, Held) {
+    let state = &shared.state;
+    let server = &state.config.server;
+    let (parts, incoming) = request.into_parts();
+    let limit = Limit {
+        bytes: server.max_body_bytes,
+        setting: "server.max_body_bytes",
+    };
+    let received = intake::read_head(
+        &parts.headers,
+        incoming,
+        limit,
+        server.body_buffer_bytes,
+        shared.body_rules,
+        arrived,
+    )
+    .await;
+    let received = match received {
+        Ok(received) => received,
+        Err(error) => return (closing(error.into_response()), Held::default()),
+    };
+    let held = match shared.admission.work() {
+        Ok(held) => held,
+        Err(refused) => return (refused.into_response(), Held::default()),
+    };
+    let response = match (plain_cache_for(state, &parts), received) {
+        (Some(cache), Received::Whole(bytes)) => {
+            plain_cache::handle(state.clone(), cache, parts, bytes).await
+        }
+        (_, received) => {
+            let body = match received {
+                Received::Whole(bytes) => body::full(bytes),
+                Received::Streaming(body) => body,
+            };
+            passthrough::forward(&state.upstream, &state.metrics, parts, body, Instant::now()).await
+        }
+    };
+    (response, held)
+}
+
+/// Reads the whole body, takes a work slot and a share of the memory budget, and answers.
+async fn best_of_n(
+    shared: &Shared,
+    plan: plan::BestOfN,
+    request: Request<Incoming>,
+    arrived: tokio::time::Instant,
+) -> (Response<Body>, Held) {
+    let state = &shared.state;
+    let (parts, incoming) = request.into_parts();
+    if let Err(error) = best_of_n::check_content_type(&parts.headers) {
+        return (closing(error.into_response()), Held::default());
+    }
+    let limit = Limit {
+        bytes: state
+            .config
+            .best_of_n
+            .max_body_bytes
+            .min(state.config.server.max_body_bytes),
+        setting: "best_of_n.max_body_bytes",
+    };
+    let read = intake::read_whole(&parts.headers, incoming, limit, shared.body_rules, arrived);
+    let bytes = match read.await {
+        Ok(bytes) => bytes,
+        Err(error) => return (closing(error.into_response()), Held::default()),
+    };
+    let held = match shared.admission.work() {
+        Ok(held) => held,
+        Err(refused) => return (refused.into_response(), Held::default()),
+    };
+    let (body_len, n) = (bytes.len(), plan.n);
+    let held = match shared.admission.best_of_n_memory(held, body_len, n).await {
+        Ok(held) => held,
+        Err(refused) => return (refused.into_response(), Held::default()),
+    };
+    let response = best_of_n::handle(state.clone(), plan, parts, bytes).await;
+    (response, held)
+}
+
+/// A refusal sent before the body was read whole: the connection cannot carry another
+/// request, so say so rather than leave the client to find out.
+fn closing(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Plain chat completions go through the cache only when `cache.passthrough` says so.
 fn plain_cache_for<'a>(
     state: &'a AppState,
-    request: &Request<Incoming>,
+    request: &http::request::Parts,
 ) -> Option<&'a AnswerCache> {
     let cacheable = state.config.cache.passthrough
-        && request.method() == Method::POST
-        && plan::is_chat_completions(request.uri().path());
+        && request.method == Method::POST
+        && plan::is_chat_completions(request.uri.path());
     state.cache.as_ref().filter(|_| cacheable)
 }
 
@@ -239,17 +367,6 @@ fn readiness(shared: &Shared) -> Response<Body> {
     } else {
         json_status(StatusCode::OK, "ready")
     }
-}
-
-fn overloaded() -> Response<Body> {
-    let mut response = ApiError::overloaded(
-        "The proxy is at its limit of requests in flight (server.max_inflight); retry shortly.",
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
 }
 
 fn json_status(status: StatusCode, text: &'static str) -> Response<Body> {

@@ -6,6 +6,7 @@ use crate::cache::AnswerCache;
 use crate::config::Config;
 use crate::judge::Judges;
 use crate::metrics::Metrics;
+use crate::redact::Redactor;
 use crate::upstream::{self, ApiKey, Upstream};
 
 /// Keys read from the environment at start; kept apart from [`Config`] so that the config can
@@ -27,6 +28,12 @@ impl Secrets {
                 .flatten(),
         }
     }
+
+    /// Hides every one of these keys in upstream text.
+    pub fn redactor(&self) -> Redactor {
+        let keys = [&self.upstream_key, &self.judge_key];
+        Redactor::new(keys.into_iter().flatten().map(ApiKey::secret))
+    }
 }
 
 pub struct AppState {
@@ -43,11 +50,13 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config, secrets: Secrets) -> Result<Arc<AppState>, String> {
         let client = upstream::build_client(&config.upstream)?;
+        let redactor = secrets.redactor();
         let main = Upstream::new(
             client.clone(),
             &config.upstream.base_url,
             secrets.upstream_key.clone(),
             &config.upstream,
+            redactor.clone(),
         )?;
         // A judge with its own endpoint uses only its own key: neither the client's credentials
         // nor the upstream key may travel to a different host.
@@ -63,7 +72,13 @@ impl AppState {
             }
             let mut judge_upstream = config.upstream.clone();
             judge_upstream.forward_client_auth = false;
-            let endpoint = Upstream::new(client, &config.judge.base_url, key, &judge_upstream)?;
+            let endpoint = Upstream::new(
+                client,
+                &config.judge.base_url,
+                key,
+                &judge_upstream,
+                redactor,
+            )?;
             (endpoint, false)
         };
         let metrics = Metrics::new();

@@ -17,9 +17,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::{self, Body};
+use crate::body::{Body, SharedJson};
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
+use crate::redact::Redactor;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
@@ -38,6 +39,11 @@ impl ApiKey {
 
     pub fn new(value: impl Into<String>) -> ApiKey {
         ApiKey(value.into())
+    }
+
+    /// The key itself; only for teaching the [`Redactor`] what to hide.
+    pub fn secret(&self) -> &str {
+        &self.0
     }
 
     fn bearer(&self) -> Option<HeaderValue> {
@@ -62,6 +68,8 @@ pub enum UpstreamError {
     Unreachable(String),
     /// The answer began but did not complete (or exceeded the size bound).
     Interrupted(String),
+    /// The client's own request body failed while it was being sent on (too slow, too large).
+    ClientBody(ApiError),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -70,6 +78,7 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Timeout(d) => write!(f, "no answer within {d:?}"),
             UpstreamError::Unreachable(why) => write!(f, "unreachable: {why}"),
             UpstreamError::Interrupted(why) => write!(f, "interrupted: {why}"),
+            UpstreamError::ClientBody(error) => write!(f, "client body failed: {error}"),
         }
     }
 }
@@ -89,6 +98,7 @@ impl UpstreamError {
                 "upstream_interrupted",
                 format!("The upstream's answer broke off: {why}."),
             ),
+            UpstreamError::ClientBody(error) => error.clone(),
         }
     }
 }
@@ -138,6 +148,8 @@ pub struct Upstream {
     forward_client_auth: bool,
     timeout: Duration,
     max_retries: u32,
+    /// Hides every configured key in upstream error text before anyone copies it.
+    redactor: Redactor,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -176,6 +188,7 @@ impl Upstream {
         base_url: &str,
         key: Option<ApiKey>,
         config: &UpstreamConfig,
+        redactor: Redactor,
     ) -> Result<Upstream, String> {
         Ok(Upstream {
             client,
@@ -184,7 +197,22 @@ impl Upstream {
             forward_client_auth: config.forward_client_auth,
             timeout: config.timeout,
             max_retries: config.max_retries,
+            redactor,
         })
+    }
+
+    /// True when there is a secret that upstream text could leak.
+    pub fn has_secrets(&self) -> bool {
+        self.redactor.is_active()
+    }
+
+    /// Upstream text with every configured key hidden, for messages, debug objects and logs.
+    pub fn redact(&self, text: &str) -> String {
+        self.redactor.redact(text).into_owned()
+    }
+
+    pub fn redact_bytes(&self, bytes: Bytes) -> Bytes {
+        self.redactor.redact_bytes(bytes)
     }
 
     /// The base URL with any password hidden, for logs and error messages.
@@ -207,7 +235,10 @@ impl Upstream {
         let sent = self.client.request(request);
         match tokio::time::timeout(self.timeout, sent).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable(describe(&e))),
+            Ok(Err(e)) => {
+                Err(client_body_error(&e)
+                    .unwrap_or_else(|| UpstreamError::Unreachable(describe(&e))))
+            }
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
         }
     }
@@ -218,7 +249,7 @@ impl Upstream {
         &self,
         path: &str,
         client_headers: &HeaderMap,
-        json: Bytes,
+        json: SharedJson,
         deadline: Duration,
     ) -> Result<JsonReply, UpstreamError> {
         let now = Instant::now();
@@ -237,6 +268,7 @@ impl Upstream {
                 Err(UpstreamError::Unreachable(_)) => true,
                 // The upstream may have done (and billed) the work: do not ask twice.
                 Err(UpstreamError::Interrupted(_)) | Err(UpstreamError::Timeout(_)) => false,
+                Err(UpstreamError::ClientBody(_)) => false,
             };
             // Full jitter: N candidates rate-limited together must not retry in lockstep.
             let ceiling = 100u64 << attempt.min(6);
@@ -257,9 +289,9 @@ impl Upstream {
         &self,
         path: &str,
         client_headers: &HeaderMap,
-        json: Bytes,
+        json: SharedJson,
     ) -> Result<JsonReply, UpstreamError> {
-        let mut request = Request::new(body::full(json));
+        let mut request = Request::new(json.into_body());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.base.join(path)?;
         let mut headers = self.outgoing_headers(client_headers);
@@ -282,6 +314,12 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError::Interrupted(format!("answer cut short: {e}")))?
             .to_bytes();
+        // Error answers are what gets quoted in messages, debug objects and logs.
+        let body = if parts.status.is_success() {
+            body
+        } else {
+            self.redactor.redact_bytes(body)
+        };
         Ok(JsonReply {
             status: parts.status,
             headers: parts.headers,
@@ -327,6 +365,12 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 fn is_retryable_status(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS
         || matches!(status.as_u16(), 500 | 502 | 503 | 504 | 529)
+}
+
+/// A request that failed because the client's own body did (too slow, too large), rather
+/// than an upstream fault.
+fn client_body_error(err: &hyper_util::client::legacy::Error) -> Option<UpstreamError> {
+    crate::intake::client_fault(err).map(UpstreamError::ClientBody)
 }
 
 /// A hyper-util client error with its cause chain, which holds the useful part

@@ -98,7 +98,8 @@ impl JudgeCall {
                 snippet(&reply.body)
             )));
         }
-        let completion = ChatCompletion::parse(&reply.body).map_err(fail)?;
+        let completion =
+            ChatCompletion::parse(&reply.body).map_err(|why| fail(self.endpoint.redact(&why)))?;
         let usage = completion.usage.clone().unwrap_or_default();
         self.metrics
             .tokens("judge", usage.prompt_tokens, usage.completion_tokens);
@@ -115,7 +116,7 @@ impl JudgeCall {
         let started = Instant::now();
         let sent = self
             .endpoint
-            .post_json("/chat/completions", headers, body, self.timeout)
+            .post_json("/chat/completions", headers, body.into(), self.timeout)
             .await;
         self.metrics
             .upstream_call("judge", &call_status(&sent), started.elapsed());

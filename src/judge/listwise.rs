@@ -9,6 +9,7 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
+use super::budget;
 use super::call::JudgeCall;
 use super::protocol::{self, PromptTemplate, TemplateCandidate, TemplateMessage};
 use super::{Judge, JudgeOutcome, JudgeRequest, Verdict};
@@ -20,6 +21,7 @@ pub struct Listwise {
     template: PromptTemplate,
     rubrics: Vec<String>,
     shuffle: bool,
+    max_prompt_bytes: usize,
 }
 
 impl Listwise {
@@ -29,6 +31,7 @@ impl Listwise {
             template: PromptTemplate::new(&config.template)?,
             rubrics: config.rubrics.clone(),
             shuffle: config.shuffle,
+            max_prompt_bytes: config.max_prompt_bytes,
         })
     }
 
@@ -45,7 +48,7 @@ impl Listwise {
     }
 
     async fn ask(&self, request: &JudgeRequest<'_>, order: &[usize]) -> Verdict {
-        let shown: Vec<TemplateCandidate> = order
+        let mut shown: Vec<TemplateCandidate> = order
             .iter()
             .enumerate()
             .map(|(k, &p)| TemplateCandidate {
@@ -53,7 +56,8 @@ impl Listwise {
                 text: protocol::neutralize_tags(&request.candidates[p].text),
             })
             .collect();
-        let conversation = conversation_for_judge(request.conversation);
+        let mut conversation = conversation_for_judge(request.conversation);
+        budget::fit_prompt(&mut conversation, &mut shown, self.max_prompt_bytes);
         let prompt = match self.template.render(&conversation, &self.rubrics, &shown) {
             Ok(prompt) => prompt,
             Err(why) => return Verdict::failed(JudgeOutcome::Error, why),

@@ -4,6 +4,7 @@
 //! a ranking in generation order, scores, the tokens it spent and how it went. A judge never
 //! fails silently: when it cannot decide, the verdict says so and the caller's fallback picks.
 
+pub mod budget;
 pub mod call;
 pub mod listwise;
 pub mod protocol;
