@@ -3,8 +3,9 @@
 //! Everything runs as separate processes on loopback: demo upstreams
 //! (`bon-proxy demo-upstream --latency-ms …`, one at 0 ms, one at 50 ms, one slow one that
 //! keeps requests open) and one proxy per demo (`bon-proxy serve --config <temp file>`,
-//! `RUST_LOG=warn`, no in-flight limit to speak of, no retries). Their logs go to
-//! `target/bench-proxy-logs/`; every child is killed when the bench ends or panics.
+//! `RUST_LOG=warn`, no in-flight limit to speak of, no retries), plus the proxies scenario 7
+//! starts for itself. Their logs go to `target/bench-proxy-logs/`; every child is killed when
+//! the bench ends or panics.
 //!
 //! The load generator is open-loop and constant-rate: request `i` of a window is due at
 //! `t0 + i / rate` whatever happened to the earlier ones, and its latency is measured from that
@@ -24,7 +25,12 @@
 //!    one judge call measured directly in the same run;
 //! 4. answer-cache hits versus direct calls to the zero-latency demo;
 //! 5. idle and peak RSS with 1,000 open streams and 200 open best-of-5 requests;
-//! 6. CPU time per request of the proxy beside the demo's CPU time per upstream call.
+//! 6. CPU time per request of the proxy beside the demo's CPU time per upstream call;
+//! 7. large best-of-N bodies: 8 concurrent best-of-16 requests of ~30 MB each (distinct
+//!    bodies), against a fresh proxy with the default limits and against one with
+//!    `best_of_n.max_body_bytes` raised to 32 MiB so that only the memory budget protects it:
+//!    answers by status, idle RSS, peak RSS (sampled every 10 ms, and VmHWM) and RSS 10 s
+//!    after the burst, against a bound of 500 MiB.
 //!
 //! Output: one table per scenario on stdout and every figure in `target/bench-proxy.json`.
 //! Only differences and ratios taken within one run mean anything; absolute numbers depend on
@@ -79,13 +85,14 @@ fn main() {
     let mut report = Report::new(&settings);
     report.add("startup", startup(&services));
     type Scenario = fn(&Load, &Services, &Settings) -> Value;
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 7] = [
         ("passthrough", scenario_passthrough),
         ("streaming", scenario_streaming),
         ("best_of_n", scenario_best_of_n),
         ("cache", scenario_cache),
         ("memory", scenario_memory),
         ("cpu", scenario_cpu),
+        ("large_bodies", scenario_large_bodies),
     ];
     // BON_BENCH_ONLY=cache,cpu runs a subset, for iterating on one figure.
     let only = std::env::var("BON_BENCH_ONLY").unwrap_or_default();
@@ -247,6 +254,11 @@ impl Fleet {
     }
 
     fn proxy(&mut self, load: &Load, name: &str, upstream: &Service) -> Service {
+        self.proxy_with(load, name, upstream, "")
+    }
+
+    /// A proxy whose config file ends with `extra` (TOML sections after the bench's own).
+    fn proxy_with(&mut self, load: &Load, name: &str, upstream: &Service, extra: &str) -> Service {
         let addr = free_addr();
         let config = self.config_dir.path().join(format!("{name}.toml"));
         // BON_BENCH_PROXY_THREADS sets the proxy's worker threads, for comparing runtimes.
@@ -254,7 +266,7 @@ impl Fleet {
         let text = format!(
             "[server]\nlisten = \"{addr}\"\nmax_inflight = 1000000\nworker_threads = {threads}\n\n\
              [upstream]\nbase_url = \"http://{}/v1\"\nmax_retries = 0\n\
-             pool_max_idle_per_host = 4096\n",
+             pool_max_idle_per_host = 4096\n{extra}",
             upstream.addr
         );
         fs::write(&config, text)
@@ -453,7 +465,14 @@ fn nofile_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// Samples the RSS of a process every 100 ms on its own thread, keeping the peak.
+/// Peak resident set size of `pid` in KiB (VmHWM): the high-water mark since it started.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Samples the RSS of a process on its own thread (every 100 ms unless said), keeping the peak.
 struct RssSampler {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<u64>,
@@ -461,6 +480,10 @@ struct RssSampler {
 
 impl RssSampler {
     fn start(pid: u32) -> RssSampler {
+        RssSampler::every(pid, Duration::from_millis(100))
+    }
+
+    fn every(pid: u32, interval: Duration) -> RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = thread::spawn(move || {
@@ -470,7 +493,7 @@ impl RssSampler {
                 if flag.load(Ordering::Relaxed) {
                     return peak;
                 }
-                thread::sleep(Duration::from_millis(100));
+                thread::sleep(interval);
             }
         });
         RssSampler { stop, thread }
@@ -876,6 +899,35 @@ impl Load {
             .runtime
             .block_on(async { tokio::time::timeout(Duration::from_secs(60), exchange).await });
         timed.unwrap_or_else(|_| Outcome::Error("timeout".into()))
+    }
+
+    /// Sends every target once, all at the same time, each bounded by `timeout`; the outcome
+    /// and time from send to last byte of each, in the order of `targets`.
+    fn burst(&self, targets: &[Arc<Target>], timeout: Duration) -> Vec<(Outcome, Duration)> {
+        self.runtime.block_on(async {
+            let tasks: Vec<_> = targets
+                .iter()
+                .map(|target| {
+                    let (client, target) = (self.client.clone(), Arc::clone(target));
+                    tokio::spawn(async move {
+                        let sent = Instant::now();
+                        let outcome = tokio::time::timeout(timeout, exchange(&client, &target))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Outcome::Error(format!("no complete answer within {timeout:?}"))
+                            });
+                        (outcome, sent.elapsed())
+                    })
+                })
+                .collect();
+            let mut outcomes = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                outcomes.push(task.await.unwrap_or_else(|e| {
+                    (Outcome::Error(format!("request task: {e}")), Duration::ZERO)
+                }));
+            }
+            outcomes
+        })
     }
 
     /// Sends `rate × duration` requests, request `i` due at `t0 + i / rate`, each on its own
@@ -1626,6 +1678,157 @@ fn measure_cpu(
         demo_ticks: ticks(demo) - demo_before,
         result,
     }
+}
+
+/// Scenario 7: size of each request's user message, in bytes; with the JSON around it the
+/// body stays under the 32 MiB of `server.max_body_bytes` and of the raised best-of-N limit.
+const LARGE_CONTENT_BYTES: usize = 30_000_000;
+const LARGE_REQUESTS: usize = 8;
+const LARGE_N: u32 = 16;
+const LARGE_TIMEOUT: Duration = Duration::from_secs(120);
+const LARGE_SAMPLE_EVERY: Duration = Duration::from_millis(10);
+const LARGE_AFTER: Duration = Duration::from_secs(10);
+/// The bound on the proxy's peak RSS that the README states, in MiB.
+const LARGE_PEAK_BOUND_MIB: u64 = 500;
+/// The statuses a large best-of-N request may get: an answer, too large, or no memory now.
+const LARGE_EXPECTED: [u16; 3] = [200, 413, 503];
+
+/// A chat completion whose one user message is ~`LARGE_CONTENT_BYTES` of ordinary words;
+/// `tag` makes every body distinct, so no two requests share one computation or cache entry.
+fn large_body(tag: usize) -> Bytes {
+    const WORDS: &str = "a balanced diet gives the body the energy protein vitamins and minerals \
+                         it needs to grow repair itself and fight illness every day ";
+    let mut content = String::with_capacity(LARGE_CONTENT_BYTES + WORDS.len());
+    content.push_str(&format!("Request {tag}. {QUESTION} Consider this text: "));
+    while content.len() + WORDS.len() <= LARGE_CONTENT_BYTES {
+        content.push_str(WORDS);
+    }
+    let body = json!({"model": "demo", "messages": [{"role": "user", "content": content}]});
+    Bytes::from(serde_json::to_vec(&body).expect("the body serialises"))
+}
+
+fn scenario_large_bodies(load: &Load, services: &Services, _settings: &Settings) -> Value {
+    let bodies: Vec<Bytes> = (0..LARGE_REQUESTS).map(large_body).collect();
+    let body_bytes = bodies.iter().map(Bytes::len).max().unwrap_or(0);
+    let configs = [
+        ("default", "large-default", ""),
+        (
+            "bon max_body 32 MiB",
+            "large-body32m",
+            "\n[best_of_n]\nmax_body_bytes = 33554432\n",
+        ),
+    ];
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for (label, name, extra) in configs {
+        // Its own fleet: the proxy is killed when the row is done.
+        let mut fleet = Fleet::new();
+        let proxy = fleet.proxy_with(load, &format!("proxy-{name}"), &services.demo0, extra);
+        settle(Duration::from_millis(300));
+        let idle_kib = rss_kib(proxy.pid);
+        let targets: Vec<Arc<Target>> = bodies
+            .iter()
+            .map(|body| {
+                let mut target = Target::best_of(label, &proxy, LARGE_N, true);
+                target.body = body.clone();
+                target.shared()
+            })
+            .collect();
+        let sampler = RssSampler::every(proxy.pid, LARGE_SAMPLE_EVERY);
+        let started = Instant::now();
+        let outcomes = load.burst(&targets, LARGE_TIMEOUT);
+        let burst = started.elapsed();
+        let sampled_kib = sampler.peak_kib();
+        let hwm_kib = vm_hwm_kib(proxy.pid);
+        settle(LARGE_AFTER);
+        let after_kib = rss_kib(proxy.pid);
+        let peak_kib = sampled_kib.max(hwm_kib.unwrap_or(0));
+        let mut statuses = std::collections::BTreeMap::<String, u64>::new();
+        let mut failures = 0;
+        let mut samples: Vec<String> = Vec::new();
+        for (outcome, _) in &outcomes {
+            let (key, failed) = match outcome {
+                Outcome::Done { status, .. } => (
+                    status.as_u16().to_string(),
+                    !LARGE_EXPECTED.contains(&status.as_u16()),
+                ),
+                Outcome::Error(why) => {
+                    if !samples.contains(why) {
+                        samples.push(why.clone());
+                    }
+                    ("error".to_string(), true)
+                }
+            };
+            *statuses.entry(key).or_default() += 1;
+            failures += u64::from(failed);
+        }
+        let below_bound = peak_kib < LARGE_PEAK_BOUND_MIB * 1024;
+        let status_cell: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}x{n}")).collect();
+        let mib = |kib: Option<u64>| kib.map_or("?".into(), kib_to_mib);
+        rows.push(vec![
+            label.to_string(),
+            status_cell.join(" "),
+            failures.to_string(),
+            format!("{:.1}", burst.as_secs_f64()),
+            mib(idle_kib),
+            kib_to_mib(peak_kib),
+            mib(after_kib),
+            if below_bound { "yes" } else { "NO" }.to_string(),
+        ]);
+        if !samples.is_empty() {
+            println!("    {label}: {}", samples.join(" | "));
+        }
+        let seconds: Vec<f64> = outcomes
+            .iter()
+            .map(|(_, took)| round2(took.as_secs_f64()))
+            .collect();
+        out.push(json!({
+            "config": label,
+            "extra_config": extra,
+            "statuses": statuses,
+            "failures": failures,
+            "error_samples": samples,
+            "request_seconds": seconds,
+            "burst_seconds": round2(burst.as_secs_f64()),
+            "idle_rss_kib": idle_kib,
+            "sampled_peak_rss_kib": sampled_kib,
+            "vm_hwm_kib": hwm_kib,
+            "peak_rss_kib": peak_kib,
+            "rss_after_kib": after_kib,
+            "peak_below_bound": below_bound,
+            "logs": fleet.log_summary(),
+        }));
+    }
+    let title = format!(
+        "7. {LARGE_REQUESTS} concurrent best-of-{LARGE_N} requests of {:.1} MB each, 0 ms \
+         upstream, a fresh proxy per row (RSS sampled every {} ms; peak includes VmHWM)",
+        body_bytes as f64 / 1e6,
+        LARGE_SAMPLE_EVERY.as_millis()
+    );
+    let after = format!("{} s after MiB", LARGE_AFTER.as_secs());
+    let bound = format!("peak<{LARGE_PEAK_BOUND_MIB}MiB");
+    let header = [
+        "config",
+        "statuses",
+        "fail",
+        "burst s",
+        "idle MiB",
+        "peak MiB",
+        after.as_str(),
+        bound.as_str(),
+    ];
+    print_table(&title, &header, &rows);
+    json!({
+        "body_bytes": body_bytes,
+        "requests": LARGE_REQUESTS,
+        "n": LARGE_N,
+        "timeout_s": LARGE_TIMEOUT.as_secs(),
+        "sample_every_ms": LARGE_SAMPLE_EVERY.as_millis() as u64,
+        "after_s": LARGE_AFTER.as_secs(),
+        "peak_bound_mib": LARGE_PEAK_BOUND_MIB,
+        "expected_statuses": LARGE_EXPECTED,
+        "configs": out,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -530,6 +530,56 @@ async fn serve_never_logs_or_returns_the_upstream_key() {
     assert!(!logs.contains("LOGCHECK"), "key logged:\n{logs}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_redacts_a_key_the_upstream_echoes_from_its_logs() {
+    const KEY: &str = "sk-live-ECHOCHECK-0123456789";
+    // The judge call fails with a 401 that quotes the key: its text reaches the fallback's
+    // WARN line and the debug object.
+    let mock = MockUpstream::with_handler(|call: &Call| {
+        if call.is_judge() {
+            return Reply::error(
+                401,
+                &format!("Incorrect API key provided: {KEY}"),
+                "bad_key",
+            );
+        }
+        default_handler(call)
+    })
+    .await;
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let addr = free_port();
+    let config = write_config(
+        &cwd,
+        &format!(
+            "[server]\nlisten = \"{addr}\"\n\n[upstream]\nbase_url = \"{}\"\nmax_retries = 0\n",
+            mock.base_url()
+        ),
+    );
+    let mut cmd = bon(cwd.path(), &["serve", "--config", path_str(&config)]);
+    cmd.env("OPENAI_API_KEY", KEY).env("RUST_LOG", "debug");
+    let mut proxy = Proc::spawn(cmd);
+    let base = format!("http://{addr}");
+    wait_ready(&mut proxy, &format!("{base}/healthz")).await;
+    let answer = post_json(
+        &format!("{base}/v1/chat/completions"),
+        &[("x-best-of-n", "2"), ("x-best-of-n-debug", "1")],
+        &quick_start_body(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(!shown_to_client(&answer).contains("ECHOCHECK"));
+
+    let status = blocking(|| proxy.terminate());
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    let logs = format!("{}{}", proxy.stdout(), proxy.stderr());
+    assert!(logs.contains("falling back"), "logs:\n{logs}");
+    assert!(
+        logs.contains("Incorrect API key provided: [redacted]"),
+        "logs:\n{logs}"
+    );
+    assert!(!logs.contains("ECHOCHECK"), "key logged:\n{logs}");
+}
+
 #[test]
 fn serve_refuses_credentials_in_the_base_url_without_logging_them() {
     let cwd = tempfile::tempdir().expect("temp dir");

@@ -38,6 +38,14 @@ impl Drop for Proxy {
 }
 
 impl Proxy {
+    /// Another handle on the same running proxy, for a spawned task; it does not stop it.
+    pub fn handle(&self) -> Proxy {
+        Proxy {
+            addr: self.addr,
+            stop: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

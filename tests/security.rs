@@ -1,0 +1,593 @@
+//! The holes an adversarial review found, each shut and kept shut: slow clients that lock out
+//! others, paths that leave the upstream's base URL, memory amplification under best-of-N,
+//! methods forwarded with the proxy's key, and keys an upstream echoes back.
+//!
+//! Slow and idle clients speak raw HTTP/1.1 over sockets bound to 127.0.0.2, so the proxy sees
+//! them as a different address from the well-behaved clients on 127.0.0.1.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::mock::{default_handler, Call, MockUpstream, Reply};
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const OTHER_CLIENT: &str = "127.0.0.2:0";
+
+/// A TCP connection to the proxy from `local` (an address on loopback).
+async fn connect_from(local: &str, proxy: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(local.parse().expect("local address"))
+        .expect("bind a loopback address");
+    socket.connect(proxy).await.expect("connect to the proxy")
+}
+
+/// Reads until the peer closes or `limit` passes; what arrived, as text.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> String {
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut received)).await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// Sends `request` as raw bytes from 127.0.0.1 and returns the whole answer as text.
+async fn raw(proxy: &Proxy, request: &str) -> String {
+    let mut stream = connect_from("127.0.0.1:0", proxy.addr).await;
+    stream.write_all(request.as_bytes()).await.expect("write");
+    read_until_closed(&mut stream, Duration::from_secs(5)).await
+}
+
+fn status_of(raw_answer: &str) -> u16 {
+    raw_answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {raw_answer:?}"))
+}
+
+/// The JSON error object of a raw answer.
+fn error_of(raw_answer: &str) -> Value {
+    let body = raw_answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json: Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {raw_answer}"));
+    assert!(json["error"]["message"].is_string(), "{json}");
+    json["error"].clone()
+}
+
+/// A request head announcing a body of `length` bytes; best-of-N when `n` is set.
+fn post_head(length: usize, n: Option<u32>) -> String {
+    let best_of_n = n.map_or(String::new(), |n| format!("x-best-of-n: {n}\r\n"));
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\n{best_of_n}\r\n"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Slow clients
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_from_one_address_do_not_lock_out_other_clients() {
+    let mock = MockUpstream::start().await;
+    let mut config = config_for(&mock);
+    config.server.max_inflight = 4;
+    config.server.max_connections_per_ip = 0;
+    config.server.body_read_timeout = Duration::from_secs(6);
+    config.server.min_body_rate = 1024;
+    config.server.body_rate_grace = Duration::from_millis(1500);
+    let proxy = start_proxy(config).await;
+
+    // 200 clients on 127.0.0.2 send a head, a byte of body, then a byte every 200 ms: far
+    // more than the 4 work slots, half of them best-of-N, half passthrough.
+    let mut slow = Vec::new();
+    for i in 0..200 {
+        let mut stream = connect_from(OTHER_CLIENT, proxy.addr).await;
+        let n = (i % 2 == 0).then_some(3);
+        stream
+            .write_all(format!("{}{{", post_head(100_000, n)).as_bytes())
+            .await
+            .expect("write head");
+        slow.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let (mut reader, mut writer) = stream.into_split();
+            let trickle = tokio::spawn(async move {
+                while writer.write_all(b" ").await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(15), reader.read_to_end(&mut answer))
+                .await;
+            trickle.abort();
+            (
+                String::from_utf8_lossy(&answer).into_owned(),
+                started.elapsed(),
+            )
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Meanwhile, clients on 127.0.0.1 are answered at once, both kinds.
+    for headers in [&[("x-best-of-n", "3")][..], &[][..]] {
+        let started = Instant::now();
+        let answer = post_chat(&proxy, headers, chat_body("hello")).await;
+        assert_eq!(answer.status, 200, "{:?}: {:?}", headers, answer.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{headers:?} took {:?}",
+            started.elapsed()
+        );
+    }
+
+    // The slow ones are cut off by the rate floor, soon after the grace period, with a 408.
+    for handle in slow {
+        let (answer, took) = handle.await.expect("slow client task");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+        let error = error_of(&answer);
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("server.min_body_rate")),
+            "{error}"
+        );
+        assert!(took < Duration::from_secs(4), "cut off after {took:?}");
+    }
+    // No slow request ever reached the upstream.
+    let candidates_and_passthrough = mock.calls().len();
+    assert_eq!(
+        candidates_and_passthrough, 5,
+        "3 candidates + 1 judge + 1 passthrough"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_never_completes_is_cut_at_the_deadline() {
+    let mock = MockUpstream::start().await;
+    let mut config = config_for(&mock);
+    config.server.body_read_timeout = Duration::from_secs(1);
+    config.server.min_body_rate = 0;
+    let proxy = start_proxy(config).await;
+    let mut stream = connect_from(OTHER_CLIENT, proxy.addr).await;
+    let started = Instant::now();
+    stream
+        .write_all(format!("{}{{\"model\":", post_head(1000, Some(2))).as_bytes())
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    let error = error_of(&answer);
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("server.body_read_timeout")),
+        "{error}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(mock.calls().is_empty());
+}
+
+#[tokio::test]
+async fn an_upload_that_stalls_after_the_buffer_is_cut_off_with_408() {
+    let mock = MockUpstream::start().await;
+    let mut config = config_for(&mock);
+    config.server.body_buffer_bytes = 1024;
+    config.server.min_body_rate = 1024;
+    config.server.body_rate_grace = Duration::from_millis(500);
+    let proxy = start_proxy(config).await;
+    let mut stream = connect_from(OTHER_CLIENT, proxy.addr).await;
+    let started = Instant::now();
+    // 2 KiB at once (past the 1 KiB buffer, so it streams upstream), then nothing: at
+    // 1 KiB/s the floor is reached after 2 s.
+    let head =
+        "POST /v1/files HTTP/1.1\r\nhost: proxy\r\ncontent-type: application/octet-stream\r\n\
+                content-length: 100000\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(&[b'x'; 2048]).await.expect("body");
+    let answer = read_until_closed(&mut stream, Duration::from_secs(6)).await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    let calls = mock.wait_for_calls(1, Duration::from_secs(2)).await;
+    assert!(calls[0].aborted, "the upstream saw the upload break off");
+}
+
+#[tokio::test]
+async fn silent_and_dribbling_connections_are_closed_after_the_header_timeout() {
+    let mock = MockUpstream::start().await;
+    let mut config = config_for(&mock);
+    config.server.header_read_timeout = Duration::from_secs(1);
+    let proxy = start_proxy(config).await;
+
+    let started = Instant::now();
+    let mut silent = connect_from(OTHER_CLIENT, proxy.addr).await;
+    let mut dribbling = connect_from(OTHER_CLIENT, proxy.addr).await;
+    dribbling
+        .write_all(b"GET /v1/mod")
+        .await
+        .expect("partial head");
+    let (silent_got, dribbling_got) = tokio::join!(
+        read_until_closed(&mut silent, Duration::from_secs(5)),
+        read_until_closed(&mut dribbling, Duration::from_secs(5)),
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    assert!(silent_got.is_empty(), "{silent_got}");
+    assert!(!dribbling_got.contains("200 OK"), "{dribbling_got}");
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let mock = MockUpstream::start().await;
+    let mut config = config_for(&mock);
+    config.server.max_connections_per_ip = 3;
+    let proxy = start_proxy(config).await;
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from(OTHER_CLIENT, proxy.addr).await);
+    }
+    let mut fourth = connect_from(OTHER_CLIENT, proxy.addr).await;
+    let answer = read_until_closed(&mut fourth, Duration::from_secs(3)).await;
+    assert_eq!(status_of(&answer), 429, "{answer}");
+    assert!(
+        error_of(&answer)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("server.max_connections_per_ip")),
+        "{answer}"
+    );
+
+    // Another address is served as usual.
+    let health = raw(
+        &proxy,
+        "GET /healthz HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&health), 200, "{health}");
+
+    // A closed connection frees its place.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = connect_from(OTHER_CLIENT, proxy.addr).await;
+    again
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut again, Duration::from_secs(3)).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+}
+
+#[tokio::test]
+async fn the_total_connection_bound_answers_503() {
+    let mock = MockUpstream::start().await;
+    let mut config = config_for(&mock);
+    config.server.max_connections = 2;
+    let proxy = start_proxy(config).await;
+    let _held = [
+        connect_from(OTHER_CLIENT, proxy.addr).await,
+        connect_from("127.0.0.3:0", proxy.addr).await,
+    ];
+    let answer = raw(&proxy, "GET /healthz HTTP/1.1\r\nhost: p\r\n\r\n").await;
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(answer.contains("server.max_connections"), "{answer}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Paths that could leave upstream.base_url
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn paths_that_could_leave_the_base_url_are_refused_before_the_upstream() {
+    let mock = MockUpstream::start().await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    for path in [
+        "/v1/../../internal/admin",
+        "/v1/./models",
+        "/%2e%2e/internal/admin",
+        "/v1/%2E%2E/%2e%2E/admin",
+        "/v1/.%2e/admin",
+        "/v1/%252e%252e/admin",
+        "/v1/models%2f..%2fadmin",
+        "/v1/models%5C..%5Cadmin",
+        "//evil.com/v1/models",
+        "/v1//evil.com/models",
+    ] {
+        let answer = raw(
+            &proxy,
+            &format!("GET {path} HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status_of(&answer), 400, "{path}: {answer}");
+        let error = error_of(&answer);
+        assert_eq!(error["param"], "path", "{path}: {error}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| m.contains(path)),
+            "{path}: {error}"
+        );
+    }
+    // A backslash is refused too, by the proxy or already by the HTTP parser.
+    let answer = raw(
+        &proxy,
+        "GET /v1\\..\\admin HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert!(mock.calls().is_empty(), "forwarded: {:?}", mock.calls());
+
+    // A plain path still goes through, to the prefix.
+    let answer = raw(
+        &proxy,
+        "GET /v1/models HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(mock.calls()[0].path_and_query, "/v1/models");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Memory under best-of-N
+// ---------------------------------------------------------------------------------------------
+
+fn chat_of_size(bytes: usize) -> String {
+    json!({
+        "model": "gpt-test",
+        "messages": [{"role": "user", "content": "a".repeat(bytes)}],
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn best_of_n_bodies_have_their_own_smaller_limit() {
+    let mock = MockUpstream::start().await;
+    let mut config = config_for(&mock);
+    config.best_of_n.max_body_bytes = 64 * 1024;
+    let proxy = start_proxy(config).await;
+    let body = chat_of_size(100_000);
+    let answer = post_chat(&proxy, &[("x-best-of-n", "4")], body.clone()).await;
+    let error = answer.expect_error(413);
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("best_of_n.max_body_bytes")),
+        "{error}"
+    );
+    assert!(mock.calls().is_empty());
+    // The same body as a plain request is within server.max_body_bytes.
+    let answer = post_chat(&proxy, &[], body).await;
+    assert_eq!(answer.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_budget_makes_large_best_of_n_requests_wait_then_503() {
+    let mock = MockUpstream::with_handler(|call: &Call| {
+        default_handler(call).with_delay(Duration::from_millis(1500))
+    })
+    .await;
+    let mut config = config_for(&mock);
+    config.best_of_n.memory_budget_bytes = 1024 * 1024;
+    config.best_of_n.memory_wait = Duration::from_millis(300);
+    config.cache.enabled = false;
+    let proxy = start_proxy(config).await;
+    // Each weighs 400 kB x 2: one fits in 1 MiB, two do not.
+    let body = chat_of_size(400_000);
+    let first = {
+        let (proxy, body) = (proxy.handle(), body.clone());
+        tokio::spawn(async move { post_chat(&proxy, &[("x-best-of-n", "2")], body).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let second = post_chat(&proxy, &[("x-best-of-n", "2")], body.clone()).await;
+    let error = second.expect_error(503);
+    assert!(started.elapsed() >= Duration::from_millis(280));
+    assert_eq!(second.header("retry-after"), Some("1"));
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("best_of_n.memory_budget_bytes")),
+        "{error}"
+    );
+    assert_eq!(first.await.expect("first").status, 200);
+    // Once the first is done, its share is back.
+    let third = post_chat(&proxy, &[("x-best-of-n", "2")], body).await;
+    assert_eq!(third.status, 200);
+}
+
+#[tokio::test]
+async fn judge_prompts_are_bounded_and_cuts_are_marked() {
+    let long_answer = format!("BEGIN{}FINISH", "word ".repeat(12_000));
+    let mock = MockUpstream::with_handler(move |call: &Call| {
+        if call.is_judge() {
+            return Reply::judge_best("1", &[]);
+        }
+        Reply::completion(&long_answer)
+    })
+    .await;
+    let mut config = config_for(&mock);
+    config.judge.max_prompt_bytes = 20_000;
+    let proxy = start_proxy(config).await;
+    let answer = post_chat(&proxy, &[("x-best-of-n", "4")], chat_of_size(50_000)).await;
+    assert_eq!(answer.status, 200);
+    let calls = mock.wait_for_calls(5, Duration::from_secs(5)).await;
+    let judge = calls.iter().find(|c| c.is_judge()).expect("a judge call");
+    let prompt = judge.prompt_text();
+    // The budget covers the texts; the template's own words come on top.
+    assert!(
+        prompt.len() < 20_000 + 3_000,
+        "judge prompt of {} bytes",
+        prompt.len()
+    );
+    assert!(prompt.contains("bytes cut by bon-proxy (judge.max_prompt_bytes)"));
+    for (_, text) in judge.judge_candidates() {
+        assert!(
+            text.contains("BEGIN") && text.contains("FINISH"),
+            "{text:.80}"
+        );
+    }
+    // The client still gets the whole candidate.
+    assert!(answer.content().ends_with("FINISH"));
+}
+
+#[tokio::test]
+async fn seeded_candidates_differ_only_in_their_seed() {
+    let mock = MockUpstream::start().await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let body = json!({
+        "model": "gpt-test",
+        "seed": 7,
+        "temperature": 0.5,
+        "messages": [{"role": "user", "content": "hi"}],
+        "vendor_extra": {"keep": true},
+    });
+    let answer = post_chat(&proxy, &[("x-best-of-n", "3")], body.to_string()).await;
+    assert_eq!(answer.status, 200);
+    let calls = mock.wait_for_calls(4, Duration::from_secs(5)).await;
+    let mut seeds = Vec::new();
+    for call in calls.iter().filter(|c| !c.is_judge()) {
+        let mut sent = call.json.clone().expect("candidate body is JSON");
+        seeds.push(sent["seed"].as_i64().expect("seed"));
+        let object = sent.as_object_mut().expect("object");
+        object.remove("seed");
+        let mut expected = body.as_object().cloned().expect("object");
+        expected.remove("seed");
+        assert_eq!(object, &expected);
+    }
+    seeds.sort_unstable();
+    assert_eq!(seeds, [7, 8, 9]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Methods
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn connect_trace_and_unknown_methods_are_answered_locally() {
+    let mock = MockUpstream::start().await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    for request in [
+        "CONNECT evil.example:443 HTTP/1.1\r\nhost: evil.example:443\r\n\r\n",
+        "TRACE /v1/models HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
+        "PROPFIND /v1/models HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
+    ] {
+        let mut stream = connect_from("127.0.0.1:0", proxy.addr).await;
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let answer = read_until_closed(&mut stream, Duration::from_secs(2)).await;
+        assert_eq!(status_of(&answer), 405, "{request}: {answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("allow: get, post, put, patch, delete, head, options"),
+            "{answer}"
+        );
+        assert!(!answer.contains("Connection Established"));
+        error_of(&answer);
+    }
+    assert!(mock.calls().is_empty(), "forwarded: {:?}", mock.calls());
+    // OPTIONS on a path is an ordinary request and is forwarded.
+    let answer = raw(
+        &proxy,
+        "OPTIONS /v1/models HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_ne!(status_of(&answer), 405, "{answer}");
+    assert_eq!(mock.calls().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Keys echoed by an upstream
+// ---------------------------------------------------------------------------------------------
+
+fn echoes_the_key(echo: &'static str) -> impl Fn(&Call) -> Reply + Send + Sync {
+    move |_call: &Call| {
+        Reply::error(
+            401,
+            &format!("Incorrect API key provided: {echo}. You can find your key online."),
+            "invalid_api_key",
+        )
+    }
+}
+
+#[tokio::test]
+async fn keys_an_upstream_echoes_never_reach_the_client() {
+    let mock = MockUpstream::with_handler(echoes_the_key(UPSTREAM_KEY)).await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let secret_part = &UPSTREAM_KEY[8..24];
+
+    // Best-of-N: every candidate got the same 401, which is passed on, redacted.
+    let answer = post_chat(&proxy, &[("x-best-of-n", "3")], chat_body("hi")).await;
+    let error = answer.expect_error(401);
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    assert!(!text.contains(secret_part), "{text}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Incorrect API key provided: [redacted].")),
+        "{error}"
+    );
+    assert_eq!(error["code"], "invalid_api_key", "the rest is kept");
+
+    // Passthrough, plain and via the other route shape.
+    for path in ["/v1/models", "/v1/chat/completions"] {
+        let request = http::Request::builder()
+            .method(if path.ends_with("models") {
+                "GET"
+            } else {
+                "POST"
+            })
+            .uri(proxy.url(path))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(chat_body(
+                "hi",
+            ))))
+            .expect("request");
+        let answer = send(request).await;
+        assert_eq!(answer.status, 401);
+        let text = String::from_utf8_lossy(&answer.body).into_owned();
+        assert!(!text.contains(secret_part), "{path}: {text}");
+        assert!(text.contains("[redacted]"), "{path}: {text}");
+        assert_eq!(
+            answer.header("content-length").map(str::to_string),
+            Some(answer.body.len().to_string()),
+            "the length fits the redacted body"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_truncated_key_in_a_judge_error_stays_out_of_the_debug_object() {
+    const TRUNCATED: &str = "sk-test-UPSTREAM-SECRET-01...";
+    let mock = MockUpstream::with_handler(|call: &Call| {
+        if call.is_judge() {
+            return Reply::error(401, &format!("bad key {TRUNCATED}"), "invalid_api_key");
+        }
+        Reply::completion("an answer")
+    })
+    .await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let answer = post_chat(
+        &proxy,
+        &[("x-best-of-n", "2"), ("x-best-of-n-debug", "1")],
+        chat_body("hi"),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.header("x-best-of-n-fallback").is_some());
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    assert!(!text.contains("UPSTREAM-SECRET"), "{text}");
+    assert!(text.contains("bad key [redacted]..."), "{text}");
+}
