@@ -132,20 +132,21 @@ pub struct Timed<B> {
     rules: BodyRules,
     started: Instant,
     received: u64,
-    timer: Pin<Box<Sleep>>,
+    /// Armed the first time the body is not ready: a body that is already in (most API
+    /// requests) never touches the timer wheel.
+    timer: Option<Pin<Box<Sleep>>>,
     tripped: bool,
 }
 
 impl<B> Timed<B> {
     /// `started` is when the request head arrived: the deadline counts from there.
     pub fn new(inner: B, rules: BodyRules, started: Instant) -> Timed<B> {
-        let (at, _) = rules.cutoff(started, 0);
         Timed {
             inner,
             rules,
             started,
             received: 0,
-            timer: Box::pin(tokio::time::sleep_until(at)),
+            timer: None,
             tripped: false,
         }
     }
@@ -171,8 +172,10 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
-                    let (at, _) = this.rules.cutoff(this.started, this.received);
-                    this.timer.as_mut().reset(at);
+                    if let Some(timer) = &mut this.timer {
+                        let (at, _) = this.rules.cutoff(this.started, this.received);
+                        timer.as_mut().reset(at);
+                    }
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }
@@ -180,7 +183,11 @@ where
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}
         }
-        if this.timer.as_mut().poll(cx).is_pending() {
+        let (at, _) = this.rules.cutoff(this.started, this.received);
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
         this.tripped = true;
@@ -251,6 +258,9 @@ where
     B::Error: Into<BoxError>,
 {
     check_declared(headers, limit)?;
+    if body.is_end_stream() {
+        return Ok(Received::Whole(Bytes::new()));
+    }
     let mut body = Limited::new(Timed::new(body, rules, started), limit.bytes);
     let mut head = BytesMut::new();
     while head.len() <= buffer {

@@ -8,6 +8,8 @@
 //! outside that prefix; such requests are refused before anything is sent upstream. So are
 //! `CONNECT`, `TRACE`, `OPTIONS *` and methods no API uses: they are answered here, with 405.
 
+use std::borrow::Cow;
+
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 
@@ -99,11 +101,10 @@ fn check_path(path: &str) -> Result<(), &'static str> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err("it does not start with `/`");
     };
-    let segments: Vec<&str> = rest.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, segment) in segments.iter().enumerate() {
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
         // A trailing slash cannot change which resource the prefix points under.
-        if segment.is_empty() && i != last {
+        if segment.is_empty() && segments.peek().is_some() {
             return Err("it has an empty segment (`//`)");
         }
         let decoded = fully_decoded(segment);
@@ -125,8 +126,8 @@ fn check_path(path: &str) -> Result<(), &'static str> {
 
 /// A segment percent-decoded until nothing changes, so `%252e` is caught like `%2e` and `.`:
 /// a server behind the proxy may decode more than once.
-fn fully_decoded(segment: &str) -> String {
-    let mut text = segment.to_string();
+fn fully_decoded(segment: &str) -> Cow<'_, str> {
+    let mut text = Cow::Borrowed(segment);
     for _ in 0..4 {
         if !text.contains('%') {
             break;
@@ -135,7 +136,7 @@ fn fully_decoded(segment: &str) -> String {
         if decoded == text {
             break;
         }
-        text = decoded;
+        text = Cow::Owned(decoded);
     }
     text
 }

@@ -591,3 +591,27 @@ async fn a_truncated_key_in_a_judge_error_stays_out_of_the_debug_object() {
     assert!(!text.contains("UPSTREAM-SECRET"), "{text}");
     assert!(text.contains("bad key [redacted]..."), "{text}");
 }
+
+#[tokio::test]
+async fn a_bare_lf_header_line_is_forwarded_as_the_proxy_read_it() {
+    let mock = MockUpstream::start().await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let answer = raw(
+        &proxy,
+        "GET /v1/models HTTP/1.1\r\nhost: p\r\nx-one: 1\nx-two: 2\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let calls = mock.calls();
+    let header = |name: &str| {
+        calls[0]
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    // Two headers, as README "Security" documents: what the upstream sees is what the proxy
+    // understood, with no bare LF left in any value.
+    assert_eq!(header("x-one").as_deref(), Some("1"));
+    assert_eq!(header("x-two").as_deref(), Some("2"));
+}
