@@ -453,6 +453,31 @@ async fn serve_demo_answers_the_quick_start_and_stops_gracefully_on_sigterm() {
     assert!(proxy.stderr().contains("shutdown signal received"));
 }
 
+/// `bon-proxy serve` against `mock`, with `key` as the upstream key, `RUST_LOG=log` and
+/// `upstream.max_retries = retries`, ready; its base URL and its working directory.
+async fn serve_with_key(
+    mock: &MockUpstream,
+    key: &str,
+    log: &str,
+    retries: u32,
+) -> (Proc, String, TempDir) {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let addr = free_port();
+    let config = write_config(
+        &cwd,
+        &format!(
+            "[server]\nlisten = \"{addr}\"\n\n[upstream]\nbase_url = \"{}\"\nmax_retries = {retries}\n",
+            mock.base_url()
+        ),
+    );
+    let mut cmd = bon(cwd.path(), &["serve", "--config", path_str(&config)]);
+    cmd.env("OPENAI_API_KEY", key).env("RUST_LOG", log);
+    let mut proxy = Proc::spawn(cmd);
+    let base = format!("http://{addr}");
+    wait_ready(&mut proxy, &format!("{base}/healthz")).await;
+    (proxy, base, cwd)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_never_logs_or_returns_the_upstream_key() {
     const KEY: &str = "sk-live-LOGCHECK-987";
@@ -465,20 +490,7 @@ async fn serve_never_logs_or_returns_the_upstream_key() {
         default_handler(call)
     })
     .await;
-    let cwd = tempfile::tempdir().expect("temp dir");
-    let addr = free_port();
-    let config = write_config(
-        &cwd,
-        &format!(
-            "[server]\nlisten = \"{addr}\"\n\n[upstream]\nbase_url = \"{}\"\nmax_retries = 1\n",
-            mock.base_url()
-        ),
-    );
-    let mut cmd = bon(cwd.path(), &["serve", "--config", path_str(&config)]);
-    cmd.env("OPENAI_API_KEY", KEY).env("RUST_LOG", "trace");
-    let mut proxy = Proc::spawn(cmd);
-    let base = format!("http://{addr}");
-    wait_ready(&mut proxy, &format!("{base}/healthz")).await;
+    let (mut proxy, base, _cwd) = serve_with_key(&mock, KEY, "trace", 1).await;
 
     let chat = format!("{base}/v1/chat/completions");
     let body = quick_start_body();
@@ -546,20 +558,7 @@ async fn serve_redacts_a_key_the_upstream_echoes_from_its_logs() {
         default_handler(call)
     })
     .await;
-    let cwd = tempfile::tempdir().expect("temp dir");
-    let addr = free_port();
-    let config = write_config(
-        &cwd,
-        &format!(
-            "[server]\nlisten = \"{addr}\"\n\n[upstream]\nbase_url = \"{}\"\nmax_retries = 0\n",
-            mock.base_url()
-        ),
-    );
-    let mut cmd = bon(cwd.path(), &["serve", "--config", path_str(&config)]);
-    cmd.env("OPENAI_API_KEY", KEY).env("RUST_LOG", "debug");
-    let mut proxy = Proc::spawn(cmd);
-    let base = format!("http://{addr}");
-    wait_ready(&mut proxy, &format!("{base}/healthz")).await;
+    let (mut proxy, base, _cwd) = serve_with_key(&mock, KEY, "debug", 0).await;
     let answer = post_json(
         &format!("{base}/v1/chat/completions"),
         &[("x-best-of-n", "2"), ("x-best-of-n-debug", "1")],
