@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::admission::{Admission, Held};
+use crate::admission::{Admission, Held, Refused};
 use crate::body::{self, Body};
 use crate::cache::AnswerCache;
 use crate::config::Config;
@@ -229,11 +229,15 @@ async fn route(
     let (mode, response, held) = match planned {
         Err(error) => ("rejected", error.into_response(), Held::default()),
         Ok(Plan::Passthrough) => {
-            let (response, held) = passthrough(shared, request, arrived).await;
+            let (response, held) = passthrough(shared, request, arrived)
+                .await
+                .unwrap_or_else(|refusal| (refusal, Held::default()));
             ("passthrough", response, held)
         }
         Ok(Plan::BestOfN(plan)) => {
-            let (response, held) = best_of_n(shared, plan, request, arrived).await;
+            let (response, held) = best_of_n(shared, plan, request, arrived)
+                .await
+                .unwrap_or_else(|refusal| (refusal, Held::default()));
             ("best_of_n", response, held)
         }
     };
@@ -246,12 +250,12 @@ async fn route(
 }
 
 /// Reads the body (whole, or its head for uploads), takes a work slot, and forwards, through
-/// the plain-completion cache when it applies.
+/// the plain-completion cache when it applies. `Err` is a refusal, sent before any work.
 async fn passthrough(
     shared: &Shared,
     request: Request<Incoming>,
     arrived: tokio::time::Instant,
-) -> (Response<Body>, Held) {
+) -> Result<(Response<Body>, Held), Response<Body>> {
     let state = &shared.state;
     let server = &state.config.server;
     let (parts, incoming) = request.into_parts();
@@ -259,23 +263,18 @@ async fn passthrough(
         bytes: server.max_body_bytes,
         setting: "server.max_body_bytes",
     };
+    let buffer = server.body_buffer_bytes;
     let received = intake::read_head(
         &parts.headers,
         incoming,
         limit,
-        server.body_buffer_bytes,
+        buffer,
         shared.body_rules,
         arrived,
     )
-    .await;
-    let received = match received {
-        Ok(received) => received,
-        Err(error) => return (closing(error.into_response()), Held::default()),
-    };
-    let held = match shared.admission.work() {
-        Ok(held) => held,
-        Err(refused) => return (refused.into_response(), Held::default()),
-    };
+    .await
+    .map_err(|error| closing(error.into_response()))?;
+    let held = shared.admission.work().map_err(Refused::into_response)?;
     let response = match (plain_cache_for(state, &parts), received) {
         (Some(cache), Received::Whole(bytes)) => {
             plain_cache::handle(state.clone(), cache, parts, bytes).await
@@ -288,45 +287,51 @@ async fn passthrough(
             passthrough::forward(&state.upstream, &state.metrics, parts, body, Instant::now()).await
         }
     };
-    (response, held)
+    Ok((response, held))
 }
 
 /// Reads the whole body, takes a work slot and a share of the memory budget, and answers.
+/// `Err` is a refusal, sent before any work.
 async fn best_of_n(
     shared: &Shared,
     plan: plan::BestOfN,
     request: Request<Incoming>,
     arrived: tokio::time::Instant,
-) -> (Response<Body>, Held) {
+) -> Result<(Response<Body>, Held), Response<Body>> {
     let state = &shared.state;
     let (parts, incoming) = request.into_parts();
-    if let Err(error) = best_of_n::check_content_type(&parts.headers) {
-        return (closing(error.into_response()), Held::default());
-    }
-    let limit = Limit {
-        bytes: state
-            .config
-            .best_of_n
-            .max_body_bytes
-            .min(state.config.server.max_body_bytes),
-        setting: "best_of_n.max_body_bytes",
-    };
-    let read = intake::read_whole(&parts.headers, incoming, limit, shared.body_rules, arrived);
-    let bytes = match read.await {
-        Ok(bytes) => bytes,
-        Err(error) => return (closing(error.into_response()), Held::default()),
-    };
-    let held = match shared.admission.work() {
-        Ok(held) => held,
-        Err(refused) => return (refused.into_response(), Held::default()),
-    };
-    let (body_len, n) = (bytes.len(), plan.n);
-    let held = match shared.admission.best_of_n_memory(held, body_len, n).await {
-        Ok(held) => held,
-        Err(refused) => return (refused.into_response(), Held::default()),
-    };
+    best_of_n::check_content_type(&parts.headers)
+        .map_err(|error| closing(error.into_response()))?;
+    let limit = best_of_n_body_limit(&state.config);
+    let bytes = intake::read_whole(&parts.headers, incoming, limit, shared.body_rules, arrived)
+        .await
+        .map_err(|error| closing(error.into_response()))?;
+    let held = shared.admission.work().map_err(Refused::into_response)?;
+    let held = (shared.admission)
+        .best_of_n_memory(held, bytes.len(), plan.n)
+        .await
+        .map_err(Refused::into_response)?;
     let response = best_of_n::handle(state.clone(), plan, parts, bytes).await;
-    (response, held)
+    Ok((response, held))
+}
+
+/// The smaller of the two body limits that apply to best-of-N, and the setting behind it.
+fn best_of_n_body_limit(config: &Config) -> Limit {
+    let (own, server) = (
+        config.best_of_n.max_body_bytes,
+        config.server.max_body_bytes,
+    );
+    if own <= server {
+        Limit {
+            bytes: own,
+            setting: "best_of_n.max_body_bytes",
+        }
+    } else {
+        Limit {
+            bytes: server,
+            setting: "server.max_body_bytes",
+        }
+    }
 }
 
 /// A refusal sent before the body was read whole: the connection cannot carry another
