@@ -2,19 +2,24 @@
 //!
 //! Two bounds. A work slot (`server.max_inflight`) for every proxied request, taken only once
 //! its body is in (see `intake`), so clients that send slowly never hold one. And for
-//! best-of-N, a share of a memory budget (`best_of_n.memory_budget_bytes`) weighed as body
-//! size x N, because the proxy multiplies what it holds and sends by N: a few large requests
-//! must wait their turn, briefly, instead of taking the process's memory together.
+//! best-of-N, a share of a memory budget (`best_of_n.memory_budget_bytes`): while the body
+//! arrives, as many bytes as have arrived (a [`MemoryShare`] is the body's meter, so bodies
+//! being read count too, and pushing back on a client costs it only time); once it is in,
+//! body size x N, because the proxy multiplies what it holds and sends by N. A few large
+//! requests wait their turn, briefly, instead of taking the process's memory together.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use http::{header, HeaderValue, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::intake::Meter;
 
 /// Memory is counted in KiB: the semaphore takes at most `u32::MAX` permits at once.
 const UNIT: u64 = 1024;
@@ -32,6 +37,80 @@ pub struct Admission {
 pub struct Held {
     _work: Option<OwnedSemaphorePermit>,
     _memory: Option<OwnedSemaphorePermit>,
+}
+
+/// A released share at least this large (in budget units, KiB) was large work whose memory
+/// the allocator should give back.
+const LARGE_SHARE_UNITS: usize = 16 * 1024;
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let released = self._memory.take().map_or(0, |p| p.num_permits());
+        if released >= LARGE_SHARE_UNITS {
+            crate::allocator::release_soon();
+        }
+    }
+}
+
+/// One request's share of the best-of-N memory budget, growing as its body arrives.
+pub struct MemoryShare {
+    memory: Arc<Semaphore>,
+    /// The whole budget: no share grows past it.
+    budget_units: u32,
+    /// How long growing may wait (`best_of_n.memory_wait`).
+    wait: Duration,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl MemoryShare {
+    fn units(&self) -> u32 {
+        self.permit
+            .as_ref()
+            .map_or(0, |p| u32::try_from(p.num_permits()).unwrap_or(u32::MAX))
+    }
+
+    /// Grows the share to `units` (at most the whole budget), waiting for the budget.
+    async fn grow_to(&mut self, units: u64) -> Result<(), Refused> {
+        let wanted = u32::try_from(units.min(u64::from(self.budget_units))).unwrap_or(u32::MAX);
+        let extra = wanted.saturating_sub(self.units());
+        if extra == 0 {
+            return Ok(());
+        }
+        let more = (self.memory.clone())
+            .acquire_many_owned(extra)
+            .await
+            .map_err(|_| Refused::NoMemory)?;
+        match &mut self.permit {
+            Some(permit) => permit.merge(more),
+            None => self.permit = Some(more),
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MemoryShare {
+    /// A share given up before its request was admitted (refused, or gone) may have been a
+    /// large body: its memory is worth giving back too.
+    fn drop(&mut self) {
+        let released = self.permit.take().map_or(0, |p| p.num_permits());
+        if released >= LARGE_SHARE_UNITS {
+            crate::allocator::release_soon();
+        }
+    }
+}
+
+impl Meter for MemoryShare {
+    /// Holds budget for the bytes that arrived, waiting up to `best_of_n.memory_wait` for it.
+    fn charge(&mut self, total: usize) -> BoxFuture<'_, Result<(), ApiError>> {
+        async move {
+            let units = (total as u64).div_ceil(UNIT);
+            match tokio::time::timeout(self.wait, self.grow_to(units)).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(Refused::NoMemory.to_api_error()),
+            }
+        }
+        .boxed()
+    }
 }
 
 /// Why a request was not admitted; the client hears 503 with `retry-after`.
@@ -73,23 +152,33 @@ impl Admission {
         })
     }
 
-    /// Adds a best-of-N request's share of the memory budget to `held`, waiting up to
-    /// `best_of_n.memory_wait` for it. A request larger than the whole budget runs alone.
+    /// An empty share of the best-of-N memory budget, to meter a body with.
+    pub fn memory_share(&self) -> MemoryShare {
+        MemoryShare {
+            memory: self.memory.clone(),
+            budget_units: self.memory_units,
+            wait: self.memory_wait,
+            permit: None,
+        }
+    }
+
+    /// Grows `share` to a best-of-N request's full weight, body size x N, waiting up to
+    /// `best_of_n.memory_wait`, and adds it to `held`. A request heavier than the whole budget
+    /// runs alone.
     pub async fn best_of_n_memory(
         &self,
         mut held: Held,
+        mut share: MemoryShare,
         body_bytes: usize,
         n: u32,
     ) -> Result<Held, Refused> {
         let weight = (body_bytes as u64)
             .saturating_mul(u64::from(n))
-            .div_ceil(UNIT);
-        let units = u32::try_from(weight.clamp(1, u64::from(self.memory_units)))
-            .unwrap_or(self.memory_units);
-        let wanted = self.memory.clone().acquire_many_owned(units);
-        match tokio::time::timeout(self.memory_wait, wanted).await {
-            Ok(Ok(permit)) => {
-                held._memory = Some(permit);
+            .div_ceil(UNIT)
+            .max(1);
+        match tokio::time::timeout(self.memory_wait, share.grow_to(weight)).await {
+            Ok(Ok(())) => {
+                held._memory = share.permit.take();
                 Ok(held)
             }
             _ => Err(Refused::NoMemory),
@@ -99,6 +188,14 @@ impl Admission {
 
 impl Refused {
     pub fn into_response(self) -> Response<Body> {
+        let mut response = self.to_api_error().into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    }
+
+    pub fn to_api_error(self) -> ApiError {
         let message = match self {
             Refused::Busy => {
                 "The proxy is at its limit of requests in flight (server.max_inflight); retry shortly."
@@ -109,17 +206,14 @@ impl Refused {
                  send a smaller request or a smaller N."
             }
         };
-        let mut response = ApiError::overloaded(message).into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        response
+        ApiError::overloaded(message)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::intake::Meter;
 
     fn admission(max_inflight: usize, budget: u64) -> Admission {
         let mut config = Config::default();
@@ -143,19 +237,32 @@ mod tests {
     async fn memory_is_weighed_as_body_times_n() {
         let admission = admission(0, 4 << 20);
         // 1 MiB x 3 fits in 4 MiB; another 1 MiB x 2 does not, until the first is done.
-        let first = admission
-            .best_of_n_memory(Held::default(), 1 << 20, 3)
-            .await
-            .unwrap();
-        let refused = admission
-            .best_of_n_memory(Held::default(), 1 << 20, 2)
-            .await
-            .unwrap_err();
-        assert_eq!(refused, Refused::NoMemory);
+        let weigh = |bytes: usize, n: u32| {
+            admission.best_of_n_memory(Held::default(), admission.memory_share(), bytes, n)
+        };
+        let first = weigh(1 << 20, 3).await.unwrap();
+        assert_eq!(weigh(1 << 20, 2).await.unwrap_err(), Refused::NoMemory);
         drop(first);
-        let huge = admission
-            .best_of_n_memory(Held::default(), 30 << 20, 16)
+        assert!(
+            weigh(30 << 20, 16).await.is_ok(),
+            "heavier than the budget: runs alone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_being_read_holds_what_arrived_and_no_more() {
+        let admission = admission(0, 2 << 20);
+        let mut reading = admission.memory_share();
+        reading.charge(1536 * 1024).await.unwrap();
+        assert_eq!(reading.units(), 1536);
+        // Another request's 1 MiB x 1 does not fit beside it...
+        let other =
+            admission.best_of_n_memory(Held::default(), admission.memory_share(), 1 << 20, 1);
+        assert_eq!(other.await.unwrap_err(), Refused::NoMemory);
+        // ...and the reader's own weight grows from what it already holds.
+        let held = admission
+            .best_of_n_memory(Held::default(), reading, 1 << 20, 2)
             .await;
-        assert!(huge.is_ok(), "larger than the budget: runs alone");
+        assert!(held.is_ok());
     }
 }

@@ -48,7 +48,7 @@ use tokio::{net::TcpListener, task::JoinSet};
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Bounds memory per request: the demo must survive a benchmark gone wrong.
-const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 const MAX_EMBEDDING_INPUTS: usize = 2048;
 const MAX_DIMENSIONS: u64 = 8192;
 const MAX_CHUNK_GAP: Duration = Duration::from_millis(20);

@@ -6,8 +6,10 @@
 //! `main.rs` is only the command line; tests and benches use this library directly.
 
 pub(crate) mod admission;
+pub(crate) mod allocator;
 pub mod best_of_n;
 pub mod body;
+pub mod body_deadline;
 pub mod cache;
 pub mod config;
 pub(crate) mod connections;

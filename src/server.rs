@@ -23,10 +23,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::admission::{Admission, Held, Refused};
 use crate::body::{self, Body};
+use crate::body_deadline::BodyRules;
 use crate::cache::AnswerCache;
 use crate::config::Config;
 use crate::connections::{ConnectionLimits, ConnectionSlot};
-use crate::intake::{self, BodyRules, Limit, Received};
+use crate::intake::{self, Limit, Received, Refused as BodyRefused};
 use crate::plan::{self, Plan};
 use crate::state::{AppState, Secrets};
 use crate::{best_of_n, metrics, passthrough, plain_cache, target};
@@ -273,7 +274,7 @@ async fn passthrough(
         arrived,
     )
     .await
-    .map_err(|error| closing(error.into_response()))?;
+    .map_err(BodyRefused::into_response)?;
     let held = shared.admission.work().map_err(Refused::into_response)?;
     let response = match (plain_cache_for(state, &parts), received) {
         (Some(cache), Received::Whole(bytes)) => {
@@ -300,15 +301,19 @@ async fn best_of_n(
 ) -> Result<(Response<Body>, Held), Response<Body>> {
     let state = &shared.state;
     let (parts, incoming) = request.into_parts();
-    best_of_n::check_content_type(&parts.headers)
-        .map_err(|error| closing(error.into_response()))?;
+    let rules = shared.body_rules;
+    if let Err(error) = best_of_n::check_content_type(&parts.headers) {
+        let refused = intake::refuse(error, incoming, rules, arrived).await;
+        return Err(refused.into_response());
+    }
     let limit = best_of_n_body_limit(&state.config);
-    let bytes = intake::read_whole(&parts.headers, incoming, limit, shared.body_rules, arrived)
+    let mut share = shared.admission.memory_share();
+    let bytes = intake::read_whole(&parts.headers, incoming, limit, rules, arrived, &mut share)
         .await
-        .map_err(|error| closing(error.into_response()))?;
+        .map_err(BodyRefused::into_response)?;
     let held = shared.admission.work().map_err(Refused::into_response)?;
     let held = (shared.admission)
-        .best_of_n_memory(held, bytes.len(), plan.n)
+        .best_of_n_memory(held, share, bytes.len(), plan.n)
         .await
         .map_err(Refused::into_response)?;
     let response = best_of_n::handle(state.clone(), plan, parts, bytes).await;
@@ -332,15 +337,6 @@ fn best_of_n_body_limit(config: &Config) -> Limit {
             setting: "server.max_body_bytes",
         }
     }
-}
-
-/// A refusal sent before the body was read whole: the connection cannot carry another
-/// request, so say so rather than leave the client to find out.
-fn closing(mut response: Response<Body>) -> Response<Body> {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
 }
 
 /// Plain chat completions go through the cache only when `cache.passthrough` says so.
