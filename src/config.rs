@@ -76,7 +76,7 @@ impl Default for ServerConfig {
             min_body_rate: 1024,
             body_rate_grace: Duration::from_secs(5),
             body_buffer_bytes: 1024 * 1024,
-            max_connections_per_ip: 1024,
+            max_connections_per_ip: 4096,
             max_connections: 0,
         }
     }
