@@ -99,6 +99,14 @@ impl Drop for ConnectionSlot {
 }
 
 impl Refusal {
+    /// The `reason` label of `bon_connections_refused_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::PerAddress(_) => "per_ip",
+            Refusal::Total(_) => "total",
+        }
+    }
+
     fn error(self) -> ApiError {
         match self {
             Refusal::PerAddress(limit) => ApiError::too_many_connections(format!(

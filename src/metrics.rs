@@ -46,6 +46,7 @@ pub struct Metrics {
     coalesced: IntCounter,
     tokens: IntCounterVec,
     inflight: IntGauge,
+    connections_refused: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -183,6 +184,12 @@ impl Metrics {
                 &["kind", "direction"],
             ),
             inflight: gauge(&r, "bon_inflight_requests", "Requests being handled"),
+            connections_refused: counter(
+                &r,
+                "bon_connections_refused_total",
+                "Client connections turned away at accept, by the limit that refused them",
+                &["reason"],
+            ),
             registry: r,
         }
     }
@@ -247,6 +254,11 @@ impl Metrics {
         self.tokens
             .with_label_values(&[kind, "completion"])
             .inc_by(completion);
+    }
+
+    /// `reason` is `per_ip` or `total`.
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
     }
 
     /// Counts a request in flight until the returned guard is dropped.

@@ -119,6 +119,7 @@ impl Server {
                         Ok(slot) => slot,
                         Err(refusal) => {
                             tracing::debug!(%peer, ?refusal, "connection refused");
+                            self.shared.state.metrics.connection_refused(refusal.label());
                             tokio::spawn(refusal.answer(stream));
                             continue;
                         }

@@ -248,13 +248,22 @@ async fn one_address_cannot_take_every_connection() {
         "{answer}"
     );
 
-    // Another address is served as usual.
+    // Another address is served as usual, and the refusal is counted.
     let health = raw(
         &proxy,
         "GET /healthz HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(status_of(&health), 200, "{health}");
+    let metrics = raw(
+        &proxy,
+        "GET /metrics HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        metrics.contains("bon_connections_refused_total{reason=\"per_ip\"} 1"),
+        "{metrics}"
+    );
 
     // A closed connection frees its place.
     drop(held.pop());
