@@ -45,8 +45,9 @@ impl ConnectionLimits {
     /// Limits from the config; `server.max_connections = 0` becomes half the process's
     /// file-descriptor limit, leaving the other half for upstream connections.
     pub fn from_config(server: &ServerConfig) -> Arc<ConnectionLimits> {
+        let descriptors = descriptor_limit();
         let total = match server.max_connections {
-            0 => descriptor_limit().map_or(usize::MAX, |limit| (limit / 2).max(1)),
+            0 => descriptors.map_or(usize::MAX, |limit| (limit / 2).max(1)),
             n => n,
         };
         let per_address = match server.max_connections_per_ip {
@@ -120,9 +121,21 @@ impl Refusal {
         }
     }
 
-    /// Writes a one-shot HTTP/1.1 answer and closes the connection, bounded in time so a
-    /// refused client cannot hold the task either.
-    pub async fn answer(self, mut stream: TcpStream) {
+    /// Answers a refused connection with a one-shot HTTP/1.1 response and closes it, in the
+    /// background and bounded in time. At most [`MAX_ANSWERING`] refusals are answered at once
+    /// (each holds a file descriptor for up to a second); beyond that a refused connection is
+    /// closed at once, so a client that keeps reconnecting cannot use up descriptors this way.
+    pub fn answer(self, stream: TcpStream) {
+        let Ok(permit) = ANSWERING.try_acquire() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            self.write_answer(stream).await;
+        });
+    }
+
+    async fn write_answer(self, mut stream: TcpStream) {
         let error = self.error();
         let body = error.to_body();
         let head = format!(
@@ -144,6 +157,11 @@ impl Refusal {
         let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
     }
 }
+
+/// Refused connections answered at once, at most.
+pub const MAX_ANSWERING: usize = 64;
+
+static ANSWERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_ANSWERING);
 
 /// The key connections are counted under: the address, with IPv4-mapped IPv6 addresses as
 /// IPv4 and IPv6 addresses by their /64, since one client usually holds a whole /64.

@@ -12,6 +12,7 @@ pub mod body;
 pub mod body_deadline;
 pub mod cache;
 pub mod config;
+pub(crate) mod conn;
 pub(crate) mod connections;
 pub mod demo;
 pub mod error;

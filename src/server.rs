@@ -6,7 +6,6 @@
 //! is read (under deadlines, before it holds anything), it is admitted, and it goes either to
 //! passthrough or to the best-of-N path.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,11 +14,10 @@ use std::time::{Duration, Instant};
 
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::admission::{Admission, Held, Refused};
 use crate::body::{self, Body};
@@ -30,7 +28,7 @@ use crate::connections::{ConnectionLimits, ConnectionSlot};
 use crate::intake::{self, Limit, Received, Refused as BodyRefused};
 use crate::plan::{self, Plan};
 use crate::state::{AppState, Secrets};
-use crate::{best_of_n, metrics, passthrough, plain_cache, target};
+use crate::{best_of_n, conn, metrics, passthrough, plain_cache, target};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
@@ -93,15 +91,16 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets requests in flight finish
     /// for up to `server.shutdown_grace`, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let graceful = GracefulShutdown::new();
+        let patience = self.shared.state.config.server.header_read_timeout;
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        // With a timer, hyper closes connections that dribble their headers (slowloris) and
-        // keep-alive connections left idle for as long.
+        // With a timer, hyper closes HTTP/1 connections that dribble their head (slowloris);
+        // `conn` deals with the rest of what a connection can hold on to.
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.shared.state.config.server.header_read_timeout);
+            .header_read_timeout(patience);
         let builder = Arc::new(builder);
+        let (closing, closing_seen) = watch::channel(false);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -120,50 +119,35 @@ impl Server {
                         Err(refusal) => {
                             tracing::debug!(%peer, ?refusal, "connection refused");
                             self.shared.state.metrics.connection_refused(refusal.label());
-                            tokio::spawn(refusal.answer(stream));
+                            refusal.answer(stream);
                             continue;
                         }
                     };
-                    let watcher = graceful.watcher();
-                    let (shared, builder) = (self.shared.clone(), builder.clone());
-                    tokio::spawn(serve_connection(shared, builder, watcher, stream, slot));
+                    let shared = self.shared.clone();
+                    let handler = move |request| {
+                        let shared = shared.clone();
+                        async move { handle(&shared, request).await }
+                    };
+                    let served = conn::serve(stream, builder.clone(), handler, patience, closing_seen.clone());
+                    tokio::spawn(async move {
+                        // The connection's place in the limits is held until it closes.
+                        let _slot: ConnectionSlot = slot;
+                        served.await;
+                    });
                 }
                 _ = &mut shutdown => break,
             }
         }
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         drop(self.listener);
+        drop(closing_seen);
+        let _ = closing.send(true);
         let grace = self.shared.state.config.server.shutdown_grace;
+        // Every connection holds a receiver: all are gone once the last connection closed.
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections closed"),
+            _ = closing.closed() => tracing::info!("all connections closed"),
             _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown grace period over; closing connections in flight"),
         }
-    }
-}
-
-/// Serves one accepted connection, holding its place in the connection limits until it ends.
-async fn serve_connection(
-    shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: hyper_util::server::graceful::Watcher,
-    stream: TcpStream,
-    _slot: ConnectionSlot,
-) {
-    let _ = stream.set_nodelay(true);
-    // hyper's header timer starts only once it has seen which protocol the client speaks, so
-    // a connection that never sends a byte would otherwise stay open forever.
-    let patience = shared.state.config.server.header_read_timeout;
-    match tokio::time::timeout(patience, stream.peek(&mut [0u8; 1])).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return,
-    }
-    let service = service_fn(move |request| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, request).await) }
-    });
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

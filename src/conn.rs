@@ -1,0 +1,137 @@
+//! Serving one accepted client connection: deciding which protocol it speaks within
+//! `server.header_read_timeout`, closing it once it has been idle that long, and letting it
+//! finish its requests when the server shuts down.
+//!
+//! hyper closes an HTTP/1 connection that dribbles its head or idles between requests, but
+//! only once it knows the connection is HTTP/1, and it has no idle timeout for HTTP/2 at all.
+//! A client could otherwise hold a connection (and its place in the connection limits)
+//! forever by sending nothing, a few bytes of the HTTP/2 preface, or an HTTP/2 handshake and
+//! then nothing. So the protocol is decided here under the header deadline, and every
+//! connection with no request open for that long is shut down gracefully.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::body::{self, Body};
+
+/// What every client connection opens with when it speaks HTTP/2 without negotiation.
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How often a connection that has sent part of the HTTP/2 preface is looked at again.
+const PREFACE_POLL: Duration = Duration::from_millis(10);
+
+/// Serves `stream` with `handle` for each request until the client closes it, it has been idle
+/// for `patience`, or `shutdown` turns true (then requests in flight are finished first).
+pub async fn serve<H, F>(
+    stream: TcpStream,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    handle: H,
+    patience: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    if !protocol_is_known(&stream, patience).await {
+        return;
+    }
+    let (open_requests, _) = watch::channel(0usize);
+    let open = open_requests.clone();
+    let handle = Arc::new(handle);
+    let service = service_fn(move |request| {
+        let busy = Busy::begin(&open);
+        let answer = handle(request);
+        async move {
+            let response = answer.await;
+            Ok::<_, Infallible>(response.map(|b| body::with_guard(b, busy)))
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = idle_for(&open_requests, patience), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+/// Waits until the client's first bytes say which protocol it speaks: all 24 bytes of the
+/// HTTP/2 preface, or anything that is not its start (HTTP/1). False when the client closes
+/// or does not say within `patience`.
+async fn protocol_is_known(stream: &TcpStream, patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    let mut first = [0u8; HTTP2_PREFACE.len()];
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
+        let n = match peeked {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        if n == HTTP2_PREFACE.len() || first[..n] != HTTP2_PREFACE[..n] {
+            return true;
+        }
+        // Part of the preface: peeking again would return at once, so wait a little first.
+        if Instant::now() + PREFACE_POLL >= deadline {
+            return false;
+        }
+        tokio::time::sleep(PREFACE_POLL).await;
+    }
+}
+
+/// Resolves once no request has been open on the connection for `patience`.
+async fn idle_for(open_requests: &watch::Sender<usize>, patience: Duration) {
+    let mut open = open_requests.subscribe();
+    loop {
+        if *open.borrow_and_update() == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(patience) => return,
+                _ = open.changed() => {}
+            }
+        } else {
+            // The sender lives as long as the connection: this only ends by a change.
+            let _ = open.changed().await;
+        }
+    }
+}
+
+/// One request open on a connection, from its head until its response body is sent.
+struct Busy(watch::Sender<usize>);
+
+impl Busy {
+    fn begin(open: &watch::Sender<usize>) -> Busy {
+        open.send_modify(|n| *n += 1);
+        Busy(open.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
