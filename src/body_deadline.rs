@@ -1,9 +1,12 @@
-//! Deadlines for request bodies: the whole body within `server.body_read_timeout`, and, after
-//! `server.body_rate_grace`, no slower than `server.min_body_rate` on average.
+//! Deadlines for request bodies: the whole body within `server.body_read_timeout`, and a
+//! minimum pace on the way, `server.min_body_rate` bytes per second over every window of
+//! `server.body_rate_window`.
 //!
-//! [`Timed`] wraps a body and ends it with [`TooSlow`] the moment either rule is broken. Its
-//! one timer is armed only when the body first makes it wait, and re-armed as data arrives at
-//! the next moment the rules could be broken, so a body that keeps up costs no wake-ups.
+//! The pace is checked window by window rather than as an average since the start, so a
+//! client cannot send a burst and then stall on the credit it earned. [`Timed`] wraps a body
+//! and ends it with [`TooSlow`] the moment either rule is broken. Its one timer is armed only
+//! when the body first makes it wait, so a body that is already in (most API requests) never
+//! touches the timer wheel.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,9 +26,10 @@ use crate::error::ApiError;
 pub struct BodyRules {
     /// The whole body must be in this long after the request head.
     pub deadline: Duration,
-    /// Bytes per second, on average since the head, once `grace` has passed; 0: no floor.
+    /// Bytes per second over each window; 0: no pace is required.
     pub min_rate: u64,
-    pub grace: Duration,
+    /// Length of a window; the first starts with the request head.
+    pub window: Duration,
 }
 
 impl BodyRules {
@@ -33,26 +37,13 @@ impl BodyRules {
         BodyRules {
             deadline: server.body_read_timeout,
             min_rate: server.min_body_rate,
-            grace: server.body_rate_grace,
+            window: server.body_rate_window,
         }
     }
 
-    /// The moment a body that has delivered `received` bytes since `started` breaks a rule,
-    /// unless more arrives first.
-    fn cutoff(&self, started: Instant, received: u64) -> (Instant, TooSlow) {
-        let deadline = started + self.deadline;
-        if self.min_rate == 0 {
-            return (deadline, TooSlow::Deadline(self.deadline));
-        }
-        // At time t the average rate is received / t; it drops below the floor once
-        // t > received / min_rate.
-        let earned = Duration::from_secs_f64(received as f64 / self.min_rate as f64);
-        let rate_cutoff = started + earned.max(self.grace);
-        if rate_cutoff < deadline {
-            (rate_cutoff, TooSlow::Rate(self.min_rate))
-        } else {
-            (deadline, TooSlow::Deadline(self.deadline))
-        }
+    /// Bytes each window must bring.
+    fn quota(&self) -> u64 {
+        (self.min_rate as f64 * self.window.as_secs_f64()) as u64
     }
 }
 
@@ -88,29 +79,84 @@ impl TooSlow {
     }
 }
 
+/// Where a body stands against its rules.
+#[derive(Debug)]
+struct Pace {
+    rules: BodyRules,
+    deadline: Instant,
+    window_ends: Instant,
+    window_bytes: u64,
+}
+
+impl Pace {
+    fn new(rules: BodyRules, started: Instant) -> Pace {
+        Pace {
+            rules,
+            deadline: started + rules.deadline,
+            window_ends: started + rules.window,
+            window_bytes: 0,
+        }
+    }
+
+    /// Closes every window that has ended by `now`, each of which must have met its quota.
+    fn check(&mut self, now: Instant) -> Result<(), TooSlow> {
+        if now >= self.deadline {
+            return Err(TooSlow::Deadline(self.rules.deadline));
+        }
+        if self.rules.min_rate == 0 {
+            return Ok(());
+        }
+        while now >= self.window_ends {
+            if self.window_bytes < self.rules.quota() {
+                return Err(TooSlow::Rate(self.rules.min_rate));
+            }
+            self.window_bytes = 0;
+            self.window_ends += self.rules.window;
+        }
+        Ok(())
+    }
+
+    /// `bytes` arrived at `now`.
+    fn arrived(&mut self, now: Instant, bytes: u64) -> Result<(), TooSlow> {
+        self.check(now)?;
+        self.window_bytes += bytes;
+        Ok(())
+    }
+
+    /// When the rules must next be checked if nothing arrives.
+    fn next_check(&self) -> Instant {
+        if self.rules.min_rate == 0 {
+            self.deadline
+        } else {
+            self.deadline.min(self.window_ends)
+        }
+    }
+}
+
 /// A body whose data must keep arriving by [`BodyRules`]; otherwise it ends with [`TooSlow`].
 pub struct Timed<B> {
     inner: B,
-    rules: BodyRules,
-    started: Instant,
-    received: u64,
-    /// Armed the first time the body is not ready: a body that is already in (most API
-    /// requests) never touches the timer wheel.
+    pace: Pace,
+    /// Armed the first time the body is not ready.
     timer: Option<Pin<Box<Sleep>>>,
     tripped: bool,
 }
 
 impl<B> Timed<B> {
-    /// `started` is when the request head arrived: the deadline counts from there.
+    /// `started` is when the request head arrived: the deadline and the first window count
+    /// from there.
     pub fn new(inner: B, rules: BodyRules, started: Instant) -> Timed<B> {
         Timed {
             inner,
-            rules,
-            started,
-            received: 0,
+            pace: Pace::new(rules, started),
             timer: None,
             tripped: false,
         }
+    }
+
+    fn trip(&mut self, why: TooSlow) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.tripped = true;
+        Poll::Ready(Some(Err(Box::new(why))))
     }
 }
 
@@ -133,10 +179,9 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.received += data.len() as u64;
-                    if let Some(timer) = &mut this.timer {
-                        let (at, _) = this.rules.cutoff(this.started, this.received);
-                        timer.as_mut().reset(at);
+                    let bytes = data.len() as u64;
+                    if let Err(why) = this.pace.arrived(Instant::now(), bytes) {
+                        return this.trip(why);
                     }
                 }
                 return Poll::Ready(Some(Ok(frame)));
@@ -145,16 +190,22 @@ where
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}
         }
-        let (at, _) = this.rules.cutoff(this.started, this.received);
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        if timer.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
+        loop {
+            let at = this.pace.next_check();
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // A window ended with nothing new: it must have met its quota already.
+            if let Err(why) = this.pace.check(Instant::now()) {
+                return this.trip(why);
+            }
         }
-        this.tripped = true;
-        let (_, why) = this.rules.cutoff(this.started, this.received);
-        Poll::Ready(Some(Err(Box::new(why))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -170,42 +221,53 @@ where
 mod tests {
     use super::*;
 
-    fn rules(min_rate: u64) -> BodyRules {
-        BodyRules {
+    fn pace(min_rate: u64) -> (Pace, Instant) {
+        let rules = BodyRules {
             deadline: Duration::from_secs(30),
             min_rate,
-            grace: Duration::from_secs(5),
+            window: Duration::from_secs(5),
+        };
+        let start = Instant::now();
+        (Pace::new(rules, start), start)
+    }
+
+    fn at(start: Instant, secs: u64) -> Instant {
+        start + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn each_window_must_bring_its_quota() {
+        let (mut pace, start) = pace(1000);
+        assert_eq!(pace.next_check(), at(start, 5));
+        pace.arrived(at(start, 1), 5_000).unwrap();
+        assert_eq!(pace.check(at(start, 5)), Ok(()));
+        assert_eq!(pace.next_check(), at(start, 10));
+        // 4,999 bytes in the second window is one short of 1000/s x 5 s.
+        pace.arrived(at(start, 9), 4_999).unwrap();
+        assert_eq!(pace.check(at(start, 10)), Err(TooSlow::Rate(1000)));
+    }
+
+    #[test]
+    fn a_burst_earns_no_credit_for_a_stall() {
+        let (mut pace, start) = pace(1000);
+        pace.arrived(at(start, 0), 1_000_000).unwrap();
+        assert_eq!(pace.check(at(start, 9)), Ok(()));
+        // The second window brought nothing: data arriving in the third is too late.
+        assert_eq!(pace.arrived(at(start, 11), 10), Err(TooSlow::Rate(1000)));
+    }
+
+    #[test]
+    fn the_deadline_holds_however_fast_and_alone_without_a_pace() {
+        let (mut pace, start) = pace(1000);
+        for second in 0..30 {
+            pace.arrived(at(start, second), 100_000).unwrap();
         }
-    }
-
-    #[test]
-    fn the_rate_floor_applies_only_after_the_grace_period() {
-        let start = Instant::now();
-        let (at, why) = rules(1000).cutoff(start, 0);
         assert_eq!(
-            (at - start, why),
-            (Duration::from_secs(5), TooSlow::Rate(1000))
+            pace.check(at(start, 30)),
+            Err(TooSlow::Deadline(Duration::from_secs(30)))
         );
-        // 10 kB at 1 kB/s is good until 10 s.
-        let (at, why) = rules(1000).cutoff(start, 10_000);
-        assert_eq!(
-            (at - start, why),
-            (Duration::from_secs(10), TooSlow::Rate(1000))
-        );
-    }
-
-    #[test]
-    fn the_deadline_caps_a_fast_body_and_stands_alone_without_a_floor() {
-        let start = Instant::now();
-        let (at, why) = rules(1000).cutoff(start, 1_000_000);
-        assert_eq!(
-            (at - start, why),
-            (
-                Duration::from_secs(30),
-                TooSlow::Deadline(Duration::from_secs(30))
-            )
-        );
-        let (at, _) = rules(0).cutoff(start, 0);
-        assert_eq!(at - start, Duration::from_secs(30));
+        let (mut free, start) = self::pace(0);
+        assert_eq!(free.next_check(), at(start, 30));
+        assert_eq!(free.check(at(start, 29)), Ok(()));
     }
 }

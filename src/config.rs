@@ -47,12 +47,12 @@ pub struct ServerConfig {
     /// Time a client has to send a whole request body, counted from its request head.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
-    /// Slowest average body upload accepted once `body_rate_grace` has passed, in bytes per
-    /// second; 0 turns the floor off (the deadline still holds).
+    /// Slowest upload accepted, in bytes per second over each `body_rate_window`; 0 turns
+    /// the pace off (the deadline still holds).
     pub min_body_rate: u64,
-    /// How long a body may arrive slower than `min_body_rate` before the floor applies.
+    /// Window over which `min_body_rate` is measured; the first starts with the request head.
     #[serde(with = "humantime_serde")]
-    pub body_rate_grace: Duration,
+    pub body_rate_window: Duration,
     /// Passthrough bodies up to this size are read whole before the request takes a work
     /// slot; larger ones (uploads) take their slot after this many bytes and stream the rest.
     pub body_buffer_bytes: usize,
@@ -74,7 +74,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             min_body_rate: 1024,
-            body_rate_grace: Duration::from_secs(5),
+            body_rate_window: Duration::from_secs(5),
             body_buffer_bytes: 1024 * 1024,
             max_connections_per_ip: 4096,
             max_connections: 0,
@@ -425,7 +425,7 @@ impl Config {
                 self.server.header_read_timeout,
             ),
             ("server.body_read_timeout", self.server.body_read_timeout),
-            ("server.body_rate_grace", self.server.body_rate_grace),
+            ("server.body_rate_window", self.server.body_rate_window),
             ("best_of_n.memory_wait", bon.memory_wait),
         ] {
             if value.is_zero() {

@@ -16,6 +16,10 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::upstream::{self, Upstream, UpstreamError};
 
+/// How long the proxy waits for an error answer's body to look for echoed secrets; what has
+/// not arrived by then streams on unread.
+const ERROR_SCAN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How much of an error answer is read to look for echoed secrets. Error bodies are small;
 /// past this the rest streams on unread.
 const ERROR_SCAN_BYTES: usize = 256 * 1024;
@@ -34,6 +38,7 @@ pub async fn forward(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
+    let is_head = parts.method == http::Method::HEAD;
     let sent = Instant::now();
     let result = upstream
         .forward(parts.method, path_and_query, &parts.headers, body)
@@ -44,7 +49,8 @@ pub async fn forward(
             metrics.upstream_call("passthrough", response.status().as_str(), waited);
             let (mut head, incoming) = response.into_parts();
             upstream::strip_hop_by_hop(&mut head.headers);
-            let body = if head.status.is_client_error() || head.status.is_server_error() {
+            let failed = head.status.is_client_error() || head.status.is_server_error();
+            let body = if failed && !is_head {
                 redacted_error_body(upstream, &mut head, incoming).await
             } else {
                 body::boxed(incoming)
@@ -75,8 +81,13 @@ async fn redacted_error_body(
         return body::boxed(incoming);
     }
     let mut scanned = BytesMut::new();
+    // An upstream that stalls mid-answer must not hold the answer's head back for long.
+    let give_up = tokio::time::Instant::now() + ERROR_SCAN_PATIENCE;
     while scanned.len() < ERROR_SCAN_BYTES {
-        match incoming.frame().await {
+        let Ok(frame) = tokio::time::timeout_at(give_up, incoming.frame()).await else {
+            break;
+        };
+        match frame {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     scanned.extend_from_slice(&data);

@@ -337,6 +337,12 @@ impl Upstream {
             headers.remove(header::AUTHORIZATION);
             if let Some(value) = self.key.as_ref().and_then(ApiKey::bearer) {
                 headers.insert(header::AUTHORIZATION, value);
+                // An error answer that quotes the proxy's key must arrive readable, so the key
+                // can be hidden before the client sees it (see `redact`).
+                headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
             }
         }
         headers

@@ -79,7 +79,7 @@ async fn slow_bodies_from_one_address_do_not_lock_out_other_clients() {
     config.server.max_connections_per_ip = 0;
     config.server.body_read_timeout = Duration::from_secs(6);
     config.server.min_body_rate = 1024;
-    config.server.body_rate_grace = Duration::from_millis(1500);
+    config.server.body_rate_window = Duration::from_millis(1500);
     let proxy = start_proxy(config).await;
 
     // 200 clients on 127.0.0.2 send a head, a byte of body, then a byte every 200 ms: far
@@ -176,27 +176,28 @@ async fn a_body_that_never_completes_is_cut_at_the_deadline() {
 }
 
 #[tokio::test]
-async fn an_upload_that_stalls_after_the_buffer_is_cut_off_with_408() {
+async fn an_upload_that_bursts_then_stalls_is_cut_off_with_408() {
     let mock = MockUpstream::start().await;
     let mut config = config_for(&mock);
     config.server.body_buffer_bytes = 1024;
     config.server.min_body_rate = 1024;
-    config.server.body_rate_grace = Duration::from_millis(500);
+    config.server.body_rate_window = Duration::from_secs(1);
     let proxy = start_proxy(config).await;
     let mut stream = connect_from(OTHER_CLIENT, proxy.addr).await;
     let started = Instant::now();
-    // 2 KiB at once (past the 1 KiB buffer, so it streams upstream), then nothing: at
-    // 1 KiB/s the floor is reached after 2 s.
+    // 4 KiB at once (past the 1 KiB buffer, so it streams upstream; four windows' worth at
+    // 1 KiB/s), then nothing: the burst earns no credit, the second window is empty.
     let head =
         "POST /v1/files HTTP/1.1\r\nhost: proxy\r\ncontent-type: application/octet-stream\r\n\
                 content-length: 100000\r\n\r\n";
     stream.write_all(head.as_bytes()).await.expect("head");
-    stream.write_all(&[b'x'; 2048]).await.expect("body");
+    stream.write_all(&[b'x'; 4096]).await.expect("body");
     let answer = read_until_closed(&mut stream, Duration::from_secs(6)).await;
     assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(answer.contains("server.min_body_rate"), "{answer}");
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(1800) && took < Duration::from_secs(4),
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(3),
         "{took:?}"
     );
     let calls = mock.wait_for_calls(1, Duration::from_secs(2)).await;
@@ -637,4 +638,86 @@ async fn a_bare_lf_header_line_is_forwarded_as_the_proxy_read_it() {
     // understood, with no bare LF left in any value.
     assert_eq!(header("x-one").as_deref(), Some("1"));
     assert_eq!(header("x-two").as_deref(), Some("2"));
+}
+
+#[tokio::test]
+async fn http2_connections_cannot_be_held_open_either() {
+    let mock = MockUpstream::start().await;
+    let mut config = config_for(&mock);
+    config.server.header_read_timeout = Duration::from_secs(1);
+    let proxy = start_proxy(config).await;
+
+    // Part of the HTTP/2 preface, then nothing.
+    let started = Instant::now();
+    let mut partial = connect_from(OTHER_CLIENT, proxy.addr).await;
+    partial
+        .write_all(b"PRI * HTTP/2.0\r\n")
+        .await
+        .expect("write");
+    let got = read_until_closed(&mut partial, Duration::from_secs(5)).await;
+    assert!(got.is_empty(), "{got}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A real HTTP/2 connection is served, then closed once it has been idle that long.
+    let stream = connect_from(OTHER_CLIENT, proxy.addr).await;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    let closed = tokio::spawn(connection);
+    let request = http::Request::get(proxy.url("/healthz"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("h2 request");
+    assert_eq!(answer.status(), 200);
+    drop(answer);
+    let idle_since = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the idle HTTP/2 connection is closed by the proxy")
+        .expect("connection task")
+        .expect("closed cleanly, with GOAWAY");
+    let idle = idle_since.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
+        "{idle:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_the_proxys_key_upstream_answers_come_uncompressed_so_they_can_be_redacted() {
+    let mock = MockUpstream::start().await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let get = |auth: Option<&'static str>| {
+        let mut request =
+            http::Request::get(proxy.url("/v1/models")).header("accept-encoding", "gzip, br");
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        send(
+            request
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .expect("request"),
+        )
+    };
+    assert_eq!(get(None).await.status, 200);
+    assert_eq!(get(Some("Bearer sk-client-own-key")).await.status, 200);
+    let calls = mock.calls();
+    let encoding = |i: usize| calls[i].headers.get("accept-encoding").cloned();
+    // The proxy's key went upstream: an echo of it must be readable to be hidden.
+    assert_eq!(
+        encoding(0).as_ref().map(|v| v.as_bytes()),
+        Some(&b"identity"[..])
+    );
+    // The client's own key: nothing of the proxy's to protect, its header goes as sent.
+    assert_eq!(
+        encoding(1).as_ref().map(|v| v.as_bytes()),
+        Some(&b"gzip, br"[..])
+    );
 }
