@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use http::{header, HeaderValue, Response};
+use http::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Body;
@@ -43,12 +43,26 @@ pub struct Held {
 /// the allocator should give back.
 const LARGE_SHARE_UNITS: usize = 16 * 1024;
 
+impl Held {
+    /// Gives the memory share back before the rest: the answer is built and what it held is
+    /// freed, though its bytes may still take a while to reach the client.
+    pub fn release_memory(&mut self) {
+        give_back(self._memory.take());
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
-        let released = self._memory.take().map_or(0, |p| p.num_permits());
-        if released >= LARGE_SHARE_UNITS {
-            crate::allocator::release_soon();
-        }
+        give_back(self._memory.take());
+    }
+}
+
+/// Returns a share to the budget; after a large one, the allocator is asked to return the
+/// memory it held to the system.
+fn give_back(share: Option<OwnedSemaphorePermit>) {
+    let released = share.map_or(0, |p| p.num_permits());
+    if released >= LARGE_SHARE_UNITS {
+        crate::allocator::release_soon();
     }
 }
 
@@ -92,10 +106,7 @@ impl Drop for MemoryShare {
     /// A share given up before its request was admitted (refused, or gone) may have been a
     /// large body: its memory is worth giving back too.
     fn drop(&mut self) {
-        let released = self.permit.take().map_or(0, |p| p.num_permits());
-        if released >= LARGE_SHARE_UNITS {
-            crate::allocator::release_soon();
-        }
+        give_back(self.permit.take());
     }
 }
 
@@ -188,11 +199,7 @@ impl Admission {
 
 impl Refused {
     pub fn into_response(self) -> Response<Body> {
-        let mut response = self.to_api_error().into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        response
+        self.to_api_error().into_response()
     }
 
     pub fn to_api_error(self) -> ApiError {

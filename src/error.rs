@@ -164,13 +164,18 @@ impl ApiError {
         Bytes::from(json!({ "error": self.to_object() }).to_string())
     }
 
+    /// The response; a 503 (the proxy is busy) says when to retry, as SDKs' retry logic reads.
     pub fn into_response(self) -> http::Response<crate::body::Body> {
         let mut response = http::Response::new(crate::body::full(self.to_body()));
         *response.status_mut() = self.status;
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }

@@ -14,7 +14,7 @@
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Response};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
@@ -55,13 +55,7 @@ pub struct Refused {
 
 impl Refused {
     pub fn into_response(self) -> Response<Body> {
-        let busy = self.error.status == StatusCode::SERVICE_UNAVAILABLE;
         let mut response = self.error.into_response();
-        if busy {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
         if !self.drained {
             response
                 .headers_mut()

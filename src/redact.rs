@@ -89,12 +89,18 @@ impl Redactor {
             Matcher::Everything => return Some(vec![(0, haystack.len())]),
             Matcher::Runs(matcher) => matcher,
         };
+        // Overlapping matches come in order of where they end; merging needs them by start.
+        let mut found: Vec<(usize, usize)> = matcher
+            .find_overlapping_iter(haystack)
+            .map(|m| (m.start(), m.end()))
+            .collect();
+        found.sort_unstable();
         let mut ranges: Vec<(usize, usize)> = Vec::new();
-        for found in matcher.find_overlapping_iter(haystack) {
+        for (start, end) in found {
             match ranges.last_mut() {
                 // Windows of one key overlap; merged, they cover the whole leaked run.
-                Some(last) if found.start() <= last.1 => last.1 = last.1.max(found.end()),
-                _ => ranges.push((found.start(), found.end())),
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => ranges.push((start, end)),
             }
         }
         (!ranges.is_empty()).then_some(ranges)
@@ -143,6 +149,16 @@ mod tests {
         assert!(matches!(redactor.redact(text), Cow::Borrowed(_)));
         let nothing = Redactor::new(std::iter::empty());
         assert_eq!(nothing.redact(KEY), KEY);
+    }
+
+    #[test]
+    fn a_short_key_inside_a_longer_one_is_hidden_whole() {
+        // Patterns of different lengths: a match that ends later can start earlier.
+        let redactor = Redactor::new(["abcdefgh", "cdefghijklmnopqrst"]);
+        assert_eq!(
+            redactor.redact("x abcdefghijklmnopqrst y"),
+            "x [redacted] y"
+        );
     }
 
     #[test]

@@ -297,11 +297,19 @@ async fn best_of_n(
         .await
         .map_err(BodyRefused::into_response)?;
     let held = shared.admission.work().map_err(Refused::into_response)?;
-    let held = (shared.admission)
+    let mut held = (shared.admission)
         .best_of_n_memory(held, share, bytes.len(), plan.n)
         .await
         .map_err(Refused::into_response)?;
     let response = best_of_n::handle(state.clone(), plan, parts, bytes).await;
+    // A whole answer in memory (not a stream still being computed) no longer needs its share,
+    // however slowly the client reads it.
+    if http_body::Body::size_hint(response.body())
+        .exact()
+        .is_some()
+    {
+        held.release_memory();
+    }
     Ok((response, held))
 }
 

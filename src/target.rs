@@ -17,6 +17,17 @@ use crate::body::Body;
 use crate::error::ApiError;
 
 /// Methods the proxy forwards; everything else is answered with 405 here.
+const FORWARDED: [Method; 7] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+];
+
+/// [`FORWARDED`] as the `Allow` header lists it (a unit test keeps the two in step).
 const ALLOWED: &str = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS";
 
 /// Why a request target is refused.
@@ -27,7 +38,7 @@ pub enum BadTarget {
     /// `OPTIONS *`, a question about the proxy itself that must not reach the upstream.
     Asterisk,
     /// A path that could leave the upstream's base URL.
-    Path { path: String, why: &'static str },
+    Path { path: String, why: PathProblem },
 }
 
 impl BadTarget {
@@ -75,17 +86,7 @@ impl BadTarget {
 
 /// Refuses methods and paths the proxy must not forward.
 pub fn check(method: &Method, path: &str) -> Result<(), BadTarget> {
-    let allowed = matches!(
-        *method,
-        Method::GET
-            | Method::POST
-            | Method::PUT
-            | Method::PATCH
-            | Method::DELETE
-            | Method::HEAD
-            | Method::OPTIONS
-    );
-    if !allowed {
+    if !FORWARDED.contains(method) {
         return Err(BadTarget::Method(method.clone()));
     }
     if path == "*" {
@@ -97,49 +98,85 @@ pub fn check(method: &Method, path: &str) -> Result<(), BadTarget> {
     })
 }
 
-fn check_path(path: &str) -> Result<(), &'static str> {
+fn check_path(path: &str) -> Result<(), PathProblem> {
     let Some(rest) = path.strip_prefix('/') else {
-        return Err("it does not start with `/`");
+        return Err(PathProblem::NotAbsolute);
     };
     let mut segments = rest.split('/').peekable();
     while let Some(segment) = segments.next() {
         // A trailing slash cannot change which resource the prefix points under.
         if segment.is_empty() && segments.peek().is_some() {
-            return Err("it has an empty segment (`//`)");
+            return Err(PathProblem::EmptySegment);
         }
-        let decoded = fully_decoded(segment);
-        if decoded == "." || decoded == ".." {
-            return Err("it has a `.` or `..` segment (also when percent-encoded)");
+        let decoded = fully_decoded(segment).ok_or(PathProblem::EncodedTooOften)?;
+        // Servers that take `;parameters` on a segment (Tomcat, Jetty, Spring) read `..;x`
+        // as `..`.
+        let bare = decoded.split(';').next().unwrap_or_default();
+        if bare == "." || bare == ".." {
+            return Err(PathProblem::DotSegment);
         }
         if decoded.contains('/') {
-            return Err("it has an encoded `/` inside a segment");
+            return Err(PathProblem::EncodedSlash);
         }
         if decoded.contains('\\') {
-            return Err("it has a backslash");
+            return Err(PathProblem::Backslash);
         }
         if decoded.chars().any(char::is_control) {
-            return Err("it has a control character");
+            return Err(PathProblem::ControlCharacter);
         }
     }
     Ok(())
 }
 
-/// A segment percent-decoded until nothing changes, so `%252e` is caught like `%2e` and `.`:
-/// a server behind the proxy may decode more than once.
-fn fully_decoded(segment: &str) -> Cow<'_, str> {
+/// What makes a path unsafe to forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathProblem {
+    NotAbsolute,
+    EmptySegment,
+    DotSegment,
+    EncodedSlash,
+    Backslash,
+    ControlCharacter,
+    EncodedTooOften,
+}
+
+impl std::fmt::Display for PathProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathProblem::NotAbsolute => "it does not start with `/`",
+            PathProblem::EmptySegment => "it has an empty segment (`//`)",
+            PathProblem::DotSegment => {
+                "it has a `.` or `..` segment (also when percent-encoded or followed by `;`)"
+            }
+            PathProblem::EncodedSlash => "it has an encoded `/` inside a segment",
+            PathProblem::Backslash => "it has a backslash",
+            PathProblem::ControlCharacter => "it has a control character",
+            PathProblem::EncodedTooOften => "it is percent-encoded more times than any client does",
+        })
+    }
+}
+
+/// A segment percent-decoded until nothing changes, so `%252e` is caught like `%2e` and `.`
+/// (a server behind the proxy may decode more than once); `None` when it still changes after
+/// [`DECODING_ROUNDS`].
+fn fully_decoded(segment: &str) -> Option<Cow<'_, str>> {
     let mut text = Cow::Borrowed(segment);
-    for _ in 0..4 {
+    for _ in 0..DECODING_ROUNDS {
         if !text.contains('%') {
-            break;
+            return Some(text);
         }
         let decoded = percent_decode_str(&text).decode_utf8_lossy().into_owned();
         if decoded == text {
-            break;
+            return Some(text);
         }
         text = Cow::Owned(decoded);
     }
-    text
+    let settled = !text.contains('%') || percent_decode_str(&text).decode_utf8_lossy() == text;
+    settled.then_some(text)
 }
+
+/// Percent-decoding rounds tried; real clients encode once.
+const DECODING_ROUNDS: usize = 4;
 
 /// The path as it may appear in a message: bounded, so an error cannot be made huge.
 fn shortened(path: &str) -> String {
@@ -184,6 +221,9 @@ mod tests {
             "//evil.com/v1/models",
             "/v1//models",
             "/v1/a%00b",
+            "/v1/..;/admin",
+            "/v1/%2e%2e;x/admin",
+            "/v1/%25252525252e%25252525252e/admin",
             "relative",
         ] {
             let refused = check(&Method::GET, path);
@@ -201,6 +241,8 @@ mod tests {
             );
         }
         assert_eq!(check(&Method::OPTIONS, "*"), Err(BadTarget::Asterisk));
+        let listed: Vec<&str> = FORWARDED.iter().map(Method::as_str).collect();
+        assert_eq!(listed.join(", "), ALLOWED);
         assert_eq!(check(&Method::OPTIONS, "/v1/models"), Ok(()));
     }
 }

@@ -316,6 +316,7 @@ async fn paths_that_could_leave_the_base_url_are_refused_before_the_upstream() {
         "/v1/models%5C..%5Cadmin",
         "//evil.com/v1/models",
         "/v1//evil.com/models",
+        "/v1/..;/admin",
     ] {
         let answer = raw(
             &proxy,
@@ -503,7 +504,7 @@ async fn connect_trace_and_unknown_methods_are_answered_locally() {
     let mock = MockUpstream::start().await;
     let proxy = start_proxy(config_for(&mock)).await;
     for request in [
-        "CONNECT evil.example:443 HTTP/1.1\r\nhost: evil.example:443\r\n\r\n",
+        "CONNECT evil.example:443 HTTP/1.1\r\nhost: evil.example:443\r\nconnection: close\r\n\r\n",
         "TRACE /v1/models HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
         "OPTIONS * HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
         "PROPFIND /v1/models HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
