@@ -53,6 +53,10 @@ pub struct ServerConfig {
     /// Window over which `min_body_rate` is measured; the first starts with the request head.
     #[serde(with = "humantime_serde")]
     pub body_rate_window: Duration,
+    /// How long a write to a client may make no progress (the client reads nothing) before
+    /// the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Passthrough bodies up to this size are read whole before the request takes a work
     /// slot; larger ones (uploads) take their slot after this many bytes and stream the rest.
     pub body_buffer_bytes: usize,
@@ -75,6 +79,7 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(30),
             min_body_rate: 1024,
             body_rate_window: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
             body_buffer_bytes: 1024 * 1024,
             max_connections_per_ip: 4096,
             max_connections: 0,
@@ -426,6 +431,7 @@ impl Config {
             ),
             ("server.body_read_timeout", self.server.body_read_timeout),
             ("server.body_rate_window", self.server.body_rate_window),
+            ("server.write_timeout", self.server.write_timeout),
             ("best_of_n.memory_wait", bon.memory_wait),
         ] {
             if value.is_zero() {

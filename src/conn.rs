@@ -7,11 +7,16 @@
 //! A client could otherwise hold a connection (and its place in the connection limits)
 //! forever by sending nothing, a few bytes of the HTTP/2 preface, or an HTTP/2 handshake and
 //! then nothing. So the protocol is decided here under the header deadline, and every
-//! connection with no request open for that long is shut down gracefully.
+//! connection with no request open for that long is shut down gracefully. A client that stops
+//! reading its answers would hold its requests (and their work slots) for as long as it liked:
+//! a write that makes no progress for `server.write_timeout` ends the connection.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -19,9 +24,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::{self, Body};
 
@@ -31,20 +37,29 @@ const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How often a connection that has sent part of the HTTP/2 preface is looked at again.
 const PREFACE_POLL: Duration = Duration::from_millis(10);
 
+/// How long a connection may keep the proxy waiting.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    /// To say which protocol it speaks, and to stay open with no request (`header_read_timeout`).
+    pub idle: Duration,
+    /// For a write to it to make progress (`write_timeout`).
+    pub write: Duration,
+}
+
 /// Serves `stream` with `handle` for each request until the client closes it, it has been idle
-/// for `patience`, or `shutdown` turns true (then requests in flight are finished first).
+/// too long, or `shutdown` turns true (then requests in flight are finished first).
 pub async fn serve<H, F>(
     stream: TcpStream,
     builder: Arc<auto::Builder<TokioExecutor>>,
     handle: H,
-    patience: Duration,
+    patience: Patience,
     mut shutdown: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let _ = stream.set_nodelay(true);
-    if !protocol_is_known(&stream, patience).await {
+    if !protocol_is_known(&stream, patience.idle).await {
         return;
     }
     let (open_requests, _) = watch::channel(0usize);
@@ -58,7 +73,8 @@ pub async fn serve<H, F>(
             Ok::<_, Infallible>(response.map(|b| body::with_guard(b, busy)))
         }
     });
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let io = TokioIo::new(WriteStall::new(stream, patience.write));
+    let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let mut closing = false;
     loop {
@@ -73,7 +89,7 @@ pub async fn serve<H, F>(
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = idle_for(&open_requests, patience), if !closing => {
+            _ = idle_for(&open_requests, patience.idle), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -133,5 +149,94 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A client socket whose writes fail once they have made no progress for `limit`: a client
+/// that stops reading cannot keep a response, and what its request holds, forever.
+struct WriteStall {
+    stream: TcpStream,
+    limit: Duration,
+    /// Armed while a write is waiting for room in the socket.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl WriteStall {
+    fn new(stream: TcpStream, limit: Duration) -> WriteStall {
+        WriteStall {
+            stream,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// Passes `result` on, arming the stall timer while it is pending and failing the write
+    /// once the timer runs out.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.stalled = None;
+            return result;
+        }
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for server.write_timeout",
+            ))),
+        }
+    }
+}
+
+impl AsyncRead for WriteStall {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteStall {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.watch(cx, result)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.watch(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_flush(cx);
+        this.watch(cx, result)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }

@@ -91,14 +91,18 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets requests in flight finish
     /// for up to `server.shutdown_grace`, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let patience = self.shared.state.config.server.header_read_timeout;
+        let server = &self.shared.state.config.server;
+        let patience = conn::Patience {
+            idle: server.header_read_timeout,
+            write: server.write_timeout,
+        };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // With a timer, hyper closes HTTP/1 connections that dribble their head (slowloris);
         // `conn` deals with the rest of what a connection can hold on to.
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(patience);
+            .header_read_timeout(patience.idle);
         let builder = Arc::new(builder);
         let (closing, closing_seen) = watch::channel(false);
         tokio::pin!(shutdown);

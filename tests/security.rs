@@ -722,3 +722,52 @@ async fn with_the_proxys_key_upstream_answers_come_uncompressed_so_they_can_be_r
         Some(&b"gzip, br"[..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gives_its_slot_back_after_the_write_timeout() {
+    let big = Reply::json(200, json!({"object": "list", "data": "x".repeat(48 << 20)}));
+    let mock = MockUpstream::with_handler(move |call: &Call| {
+        if call.path().ends_with("/big") {
+            return big.clone();
+        }
+        default_handler(call)
+    })
+    .await;
+    let mut config = config_for(&mock);
+    config.server.max_inflight = 1;
+    config.server.write_timeout = Duration::from_secs(1);
+    let proxy = start_proxy(config).await;
+
+    // The one work slot goes to a client that asks for a large answer and never reads it.
+    let mut stalled = connect_from(OTHER_CLIENT, proxy.addr).await;
+    stalled
+        .write_all(b"GET /v1/big HTTP/1.1\r\nhost: p\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let busy = raw(
+        &proxy,
+        "GET /v1/models HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&busy), 503, "the slot is taken: {busy:.200}");
+
+    // Once its writes have made no progress for write_timeout, the slot is free again.
+    let started = Instant::now();
+    loop {
+        let answer = raw(
+            &proxy,
+            "GET /v1/models HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        if status_of(&answer) == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "still {answer:.200}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stalled);
+}
