@@ -27,6 +27,8 @@ const UNIT: u64 = 1024;
 pub struct Admission {
     /// `None` when `server.max_inflight` is 0 (no limit).
     work: Option<Arc<Semaphore>>,
+    /// Places for passthrough bodies still arriving while forwarded; `None`: no limit.
+    streaming: Option<Arc<Semaphore>>,
     memory: Arc<Semaphore>,
     memory_units: u32,
     memory_wait: Duration,
@@ -37,6 +39,13 @@ pub struct Admission {
 pub struct Held {
     _work: Option<OwnedSemaphorePermit>,
     _memory: Option<OwnedSemaphorePermit>,
+}
+
+/// A passthrough body being forwarded while it arrives; the place is given back when the
+/// body ends (or fails), not when the answer does.
+#[derive(Debug)]
+pub struct StreamingPlace {
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// A released share at least this large (in budget units, KiB) was large work whose memory
@@ -138,11 +147,30 @@ impl Admission {
         let max_inflight = config.server.max_inflight;
         let units = (config.best_of_n.memory_budget_bytes / UNIT).min(u64::from(u32::MAX));
         let memory_units = u32::try_from(units).unwrap_or(u32::MAX);
+        let streaming = match config.server.max_streaming_bodies {
+            0 => max_inflight / 4,
+            n => n,
+        };
         Admission {
             work: (max_inflight > 0).then(|| Arc::new(Semaphore::new(max_inflight))),
+            // With no work bound there is nothing for slow bodies to take from others.
+            streaming: (max_inflight > 0).then(|| Arc::new(Semaphore::new(streaming.max(1)))),
             memory: Arc::new(Semaphore::new(memory_units as usize)),
             memory_units,
             memory_wait: config.best_of_n.memory_wait,
+        }
+    }
+
+    /// A place to forward a body while it is still arriving, or `None` when every place is
+    /// taken (then the body is read first, see `intake`).
+    pub fn streaming_place(&self) -> Option<StreamingPlace> {
+        match &self.streaming {
+            None => Some(StreamingPlace { _permit: None }),
+            Some(places) => places
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .map(|p| StreamingPlace { _permit: Some(p) }),
         }
     }
 

@@ -137,6 +137,46 @@ pub fn with_guard<G: Send + Unpin + 'static>(body: Body, guard: G) -> Body {
     .boxed_unsync()
 }
 
+/// `body`, holding `guard` only until the body has ended (or failed, or was dropped): for what
+/// is owed while a request body is still arriving, not while its answer is sent.
+pub fn until_end<G: Send + Unpin + 'static>(body: Body, guard: G) -> Body {
+    UntilEnd {
+        body,
+        guard: Some(guard),
+    }
+    .boxed_unsync()
+}
+
+struct UntilEnd<G> {
+    body: Body,
+    guard: Option<G>,
+}
+
+impl<G: Unpin> http_body::Body for UntilEnd<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            this.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 struct Guarded<G> {
     body: Body,
     _guard: G,

@@ -57,8 +57,13 @@ pub struct ServerConfig {
     /// the connection is closed.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
-    /// Passthrough bodies up to this size are read whole before the request takes a work
-    /// slot; larger ones (uploads) take their slot after this many bytes and stream the rest.
+    /// Passthrough requests whose body may still be arriving while they are forwarded (and hold
+    /// a work slot); past it, bodies are read before the request takes a slot. 0 means a
+    /// quarter of `max_inflight`.
+    pub max_streaming_bodies: usize,
+    /// When no streaming place is free: passthrough bodies up to this size are read whole
+    /// before the request takes a work slot; larger ones take their slot after this many bytes
+    /// and stream the rest.
     pub body_buffer_bytes: usize,
     /// Open connections from one client address (an IPv6 /64 counts as one); 0 means no limit.
     pub max_connections_per_ip: usize,
@@ -80,6 +85,7 @@ impl Default for ServerConfig {
             min_body_rate: 1024,
             body_rate_window: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
+            max_streaming_bodies: 0,
             body_buffer_bytes: 1024 * 1024,
             max_connections_per_ip: 4096,
             max_connections: 0,

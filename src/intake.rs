@@ -167,16 +167,50 @@ where
     if fill(&mut body, &mut head, buffer, limit, &mut Unmetered).await? {
         return Ok(Received::Whole(head.freeze()));
     }
-    let rest = Limited::new(body, limit.bytes - head.len()).map_err(move |e| -> BoxError {
+    let rest = limited(body, limit, head.len());
+    Ok(Received::Streaming(body::prefixed(head.freeze(), rest)))
+}
+
+/// Hands a body on as it arrives, under `rules` and at most `limit` bytes, holding `place`
+/// until the body has ended: the request is forwarded at once and the upstream reads it.
+pub async fn stream<B, G>(
+    headers: &HeaderMap,
+    body: B,
+    limit: Limit,
+    rules: BodyRules,
+    started: Instant,
+    place: G,
+) -> Result<Received, Refused>
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+    G: Send + Unpin + 'static,
+{
+    if body.is_end_stream() {
+        return Ok(Received::Whole(Bytes::new()));
+    }
+    let mut body = Timed::new(body, rules, started);
+    check_declared(headers, limit, &mut body).await?;
+    Ok(Received::Streaming(body::until_end(
+        limited(body, limit, 0),
+        place,
+    )))
+}
+
+/// The rest of a timed body, `already` bytes of which were read, failing with [`TooLarge`]
+/// past `limit`.
+fn limited<B>(body: Timed<B>, limit: Limit, already: usize) -> Body
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let rest = Limited::new(body, limit.bytes - already).map_err(move |e| -> BoxError {
         match e.downcast::<http_body_util::LengthLimitError>() {
             Ok(_) => Box::new(TooLarge(limit)),
             Err(other) => other,
         }
     });
-    Ok(Received::Streaming(body::prefixed(
-        head.freeze(),
-        body::boxed(rest),
-    )))
+    body::boxed(rest)
 }
 
 /// Refuses a body the proxy will not read (e.g. not JSON), after draining it.

@@ -253,19 +253,24 @@ async fn passthrough(
         bytes: server.max_body_bytes,
         setting: "server.max_body_bytes",
     };
-    let buffer = server.body_buffer_bytes;
-    let received = intake::read_head(
-        &parts.headers,
-        incoming,
-        limit,
-        buffer,
-        shared.body_rules,
-        arrived,
-    )
-    .await
+    let rules = shared.body_rules;
+    let cache = plain_cache_for(state, &parts);
+    // Forwarded while it arrives when a streaming place is free (the common, cheapest way);
+    // otherwise, and for the plain-completion cache, read first so it holds no slot meanwhile.
+    let place = cache
+        .is_none()
+        .then(|| shared.admission.streaming_place())
+        .flatten();
+    let received = match place {
+        Some(place) => intake::stream(&parts.headers, incoming, limit, rules, arrived, place).await,
+        None => {
+            let buffer = server.body_buffer_bytes;
+            intake::read_head(&parts.headers, incoming, limit, buffer, rules, arrived).await
+        }
+    }
     .map_err(BodyRefused::into_response)?;
     let held = shared.admission.work().map_err(Refused::into_response)?;
-    let response = match (plain_cache_for(state, &parts), received) {
+    let response = match (cache, received) {
         (Some(cache), Received::Whole(bytes)) => {
             plain_cache::handle(state.clone(), cache, parts, bytes).await
         }

@@ -83,7 +83,9 @@ async fn slow_bodies_from_one_address_do_not_lock_out_other_clients() {
     let proxy = start_proxy(config).await;
 
     // 200 clients on 127.0.0.2 send a head, a byte of body, then a byte every 200 ms: far
-    // more than the 4 work slots, half of them best-of-N, half passthrough.
+    // more than the 4 work slots, half of them best-of-N, half passthrough. Slow passthrough
+    // bodies can take the one streaming place (max_inflight / 4) and so one work slot; every
+    // other slow body is read before it could take one.
     let mut slow = Vec::new();
     for i in 0..200 {
         let mut stream = connect_from(OTHER_CLIENT, proxy.addr).await;
@@ -137,12 +139,13 @@ async fn slow_bodies_from_one_address_do_not_lock_out_other_clients() {
         );
         assert!(took < Duration::from_secs(4), "cut off after {took:?}");
     }
-    // No slow request ever reached the upstream.
-    let candidates_and_passthrough = mock.calls().len();
-    assert_eq!(
-        candidates_and_passthrough, 5,
-        "3 candidates + 1 judge + 1 passthrough"
-    );
+    // Besides the 3 candidates, the judge and the passthrough call of the good clients, at
+    // most one slow body reached the upstream: the one streaming place (max_inflight / 4),
+    // and its upload was broken off.
+    let calls = mock.wait_for_calls(5, Duration::from_secs(5)).await;
+    let slow: Vec<_> = calls.iter().filter(|c| c.aborted).collect();
+    assert_eq!(calls.len() - slow.len(), 5, "{calls:?}");
+    assert!(slow.len() <= 1, "{slow:?}");
 }
 
 #[tokio::test]
