@@ -15,6 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -62,11 +63,11 @@ pub async fn serve<H, F>(
     if !protocol_is_known(&stream, patience.idle).await {
         return;
     }
-    let (open_requests, _) = watch::channel(0usize);
-    let open = open_requests.clone();
+    let activity = Arc::new(Activity::default());
+    let requests = activity.clone();
     let handle = Arc::new(handle);
     let service = service_fn(move |request| {
-        let busy = Busy::begin(&open);
+        let busy = Busy::begin(&requests);
         let answer = handle(request);
         async move {
             let response = answer.await;
@@ -89,7 +90,7 @@ pub async fn serve<H, F>(
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = idle_for(&open_requests, patience.idle), if !closing => {
+            _ = idle_for(&activity, patience.idle), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -120,35 +121,45 @@ async fn protocol_is_known(stream: &TcpStream, patience: Duration) -> bool {
     }
 }
 
-/// Resolves once no request has been open on the connection for `patience`.
-async fn idle_for(open_requests: &watch::Sender<usize>, patience: Duration) {
-    let mut open = open_requests.subscribe();
+/// Resolves once a whole `patience` period has passed with no request open on the connection
+/// and none beginning or ending, so between one and two periods after the last activity.
+/// One timer a period, whatever the traffic: requests only touch two counters.
+async fn idle_for(activity: &Activity, patience: Duration) {
+    let mut periods = tokio::time::interval_at(Instant::now() + patience, patience);
+    let mut seen = activity.events.load(Ordering::Relaxed);
     loop {
-        if *open.borrow_and_update() == 0 {
-            tokio::select! {
-                _ = tokio::time::sleep(patience) => return,
-                _ = open.changed() => {}
-            }
-        } else {
-            // The sender lives as long as the connection: this only ends by a change.
-            let _ = open.changed().await;
+        periods.tick().await;
+        let events = activity.events.load(Ordering::Relaxed);
+        if events == seen && activity.open.load(Ordering::Relaxed) == 0 {
+            return;
         }
+        seen = events;
     }
 }
 
+/// What the requests on one connection are doing.
+#[derive(Debug, Default)]
+struct Activity {
+    open: AtomicUsize,
+    /// Requests begun plus requests ended: unchanged over a period means nothing happened.
+    events: AtomicU64,
+}
+
 /// One request open on a connection, from its head until its response body is sent.
-struct Busy(watch::Sender<usize>);
+struct Busy(Arc<Activity>);
 
 impl Busy {
-    fn begin(open: &watch::Sender<usize>) -> Busy {
-        open.send_modify(|n| *n += 1);
-        Busy(open.clone())
+    fn begin(activity: &Arc<Activity>) -> Busy {
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        activity.events.fetch_add(1, Ordering::Relaxed);
+        Busy(activity.clone())
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.events.fetch_add(1, Ordering::Relaxed);
     }
 }
 
