@@ -68,9 +68,11 @@ pub async fn serve<H, F>(
     let handle = Arc::new(handle);
     let service = service_fn(move |request| {
         let busy = Busy::begin(&requests);
-        let answer = handle(request);
+        let handle = handle.clone();
+        // The answer's future is made inside: hyper keeps one box the size of this future for
+        // the connection's whole life, and a future captured from outside would be stored twice.
         async move {
-            let response = answer.await;
+            let response = handle(request).await;
             Ok::<_, Infallible>(response.map(|b| body::with_guard(b, busy)))
         }
     });

@@ -128,9 +128,12 @@ impl Server {
                         }
                     };
                     let shared = self.shared.clone();
+                    // Boxed: hyper keeps a box the size of the service's future for as long as
+                    // the connection lives, and the whole request path is large; this way an
+                    // idle or streaming connection holds a pointer, not the request path.
                     let handler = move |request| {
                         let shared = shared.clone();
-                        async move { handle(&shared, request).await }
+                        async move { Box::pin(handle(&shared, request)).await }
                     };
                     let served = conn::serve(stream, builder.clone(), handler, patience, closing_seen.clone());
                     tokio::spawn(async move {
