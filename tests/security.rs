@@ -41,6 +41,15 @@ async fn raw(proxy: &Proxy, request: &str) -> String {
     read_until_closed(&mut stream, Duration::from_secs(5)).await
 }
 
+/// `GET path` from 127.0.0.1, one request on its own connection; the whole answer as text.
+async fn get(proxy: &Proxy, path: &str) -> String {
+    raw(
+        proxy,
+        &format!("GET {path} HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n"),
+    )
+    .await
+}
+
 fn status_of(raw_answer: &str) -> u16 {
     raw_answer
         .split(' ')
@@ -253,17 +262,9 @@ async fn one_address_cannot_take_every_connection() {
     );
 
     // Another address is served as usual, and the refusal is counted.
-    let health = raw(
-        &proxy,
-        "GET /healthz HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
-    )
-    .await;
+    let health = get(&proxy, "/healthz").await;
     assert_eq!(status_of(&health), 200, "{health}");
-    let metrics = raw(
-        &proxy,
-        "GET /metrics HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
-    )
-    .await;
+    let metrics = get(&proxy, "/metrics").await;
     assert!(
         metrics.contains("bon_connections_refused_total{reason=\"per_ip\"} 1"),
         "{metrics}"
@@ -344,11 +345,7 @@ async fn paths_that_could_leave_the_base_url_are_refused_before_the_upstream() {
     assert!(mock.calls().is_empty(), "forwarded: {:?}", mock.calls());
 
     // A plain path still goes through, to the prefix.
-    let answer = raw(
-        &proxy,
-        "GET /v1/models HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
-    )
-    .await;
+    let answer = get(&proxy, "/v1/models").await;
     assert_eq!(status_of(&answer), 200, "{answer}");
     assert_eq!(mock.calls()[0].path_and_query, "/v1/models");
 }
@@ -748,21 +745,13 @@ async fn a_client_that_stops_reading_gives_its_slot_back_after_the_write_timeout
         .await
         .expect("write");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let busy = raw(
-        &proxy,
-        "GET /v1/models HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
-    )
-    .await;
+    let busy = get(&proxy, "/v1/models").await;
     assert_eq!(status_of(&busy), 503, "the slot is taken: {busy:.200}");
 
     // Once its writes have made no progress for write_timeout, the slot is free again.
     let started = Instant::now();
     loop {
-        let answer = raw(
-            &proxy,
-            "GET /v1/models HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n",
-        )
-        .await;
+        let answer = get(&proxy, "/v1/models").await;
         if status_of(&answer) == 200 {
             break;
         }
