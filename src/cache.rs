@@ -14,10 +14,10 @@ use serde_json::Value;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::answer::{Failed, Ready};
 use crate::config::CacheConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::respond::{Failed, Ready};
 use crate::single_flight::{Role, SingleFlight};
 
 /// A cache key: 32 bytes of BLAKE3.

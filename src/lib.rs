@@ -2,11 +2,13 @@
 //! best of N, chosen by a judge.
 //!
 //! The request path, top to bottom: [`server`] routes, [`plan`] decides, [`fanout`] generates
-//! candidates, [`judge`] picks, [`respond`] answers; [`passthrough`] carries everything else.
+//! candidates, [`selection`] has the [`judge`] pick (or falls back), [`respond`] builds the
+//! [`answer`]; [`passthrough`] carries everything else.
 //! `main.rs` is only the command line; tests and benches use this library directly.
 
 pub(crate) mod admission;
 pub(crate) mod allocator;
+pub mod answer;
 pub mod best_of_n;
 pub mod body;
 pub mod body_deadline;
@@ -26,6 +28,7 @@ pub mod plain_cache;
 pub mod plan;
 pub mod redact;
 pub mod respond;
+pub mod selection;
 pub mod server;
 pub mod single_flight;
 pub mod sse;

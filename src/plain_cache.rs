@@ -12,10 +12,10 @@ use bytes::Bytes;
 use http::{HeaderMap, Response};
 use serde_json::Value;
 
+use crate::answer::{self, Failed, Ready};
 use crate::body::{self, Body};
 use crate::cache::{self, AnswerCache, KeyBuilder, Outcome, Policy};
 use crate::openai::ChatCompletion;
-use crate::respond::{self, Failed, Ready};
 use crate::state::AppState;
 use crate::{passthrough, streaming};
 
@@ -118,7 +118,7 @@ async fn fetch(
         return Err(Failed::Upstream(Box::new(reply)));
     };
     let mut ready_headers = HeaderMap::new();
-    respond::copy_upstream_headers(&reply.headers, &mut ready_headers);
+    answer::copy_upstream_headers(&reply.headers, &mut ready_headers);
     ready_headers.remove(http::header::CONTENT_TYPE);
     Ok(Ready {
         completion,

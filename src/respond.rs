@@ -5,118 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Response};
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
-use crate::best_of_n::Selection;
-use crate::body::{self, Body};
+use crate::answer::{copy_upstream_headers, Failed, Ready};
 use crate::error::ApiError;
 use crate::fanout::{Candidate, Failure};
 use crate::openai::{ChatCompletion, Usage};
 use crate::plan::BestOfN;
-use crate::sse;
-use crate::upstream::{self, JsonReply};
-
-/// A finished best-of-N answer: the completion to send and the headers that go with it
-/// (the winner's upstream headers and the `x-best-of-n-*` ones). It can go out as JSON or as
-/// an SSE stream, whichever the client asked for.
-#[derive(Debug, Clone)]
-pub struct Ready {
-    pub completion: ChatCompletion,
-    pub headers: HeaderMap,
-    /// The `best_of_n` breakdown, kept aside so a cached answer can serve clients that ask
-    /// for it and clients that do not.
-    pub debug: Option<Arc<Value>>,
-    /// False for a degraded answer (a fallback chose, or candidates failed): it is shared
-    /// with identical requests in flight, but not stored for later ones.
-    pub cacheable: bool,
-}
-
-impl Ready {
-    /// Puts the debug object into the body when `wanted`, drops it otherwise.
-    pub fn with_debug(mut self, wanted: bool) -> Ready {
-        if let Some(debug) = self.debug.take().filter(|_| wanted) {
-            let debug = Arc::try_unwrap(debug).unwrap_or_else(|shared| shared.as_ref().clone());
-            self.completion.extra.insert("best_of_n".into(), debug);
-        }
-        self
-    }
-
-    pub fn into_json_response(self) -> Response<Body> {
-        let body = match serde_json::to_vec(&self.completion) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                return ApiError::internal(format!("cannot encode the answer: {e}")).into_response()
-            }
-        };
-        let mut response = Response::new(body::full(body));
-        *response.headers_mut() = self.headers;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response
-    }
-
-    /// The answer as SSE events, `[DONE]` included.
-    pub fn sse_events(&self, include_usage: bool) -> Vec<Bytes> {
-        sse::encode(&self.completion, include_usage)
-    }
-}
-
-/// Why a best-of-N request produced no answer.
-#[derive(Debug, Clone)]
-pub enum Failed {
-    /// The proxy's own error.
-    Proxy(ApiError),
-    /// An upstream error passed on unchanged (every candidate got this same 4xx).
-    Upstream(Box<JsonReply>),
-}
-
-impl From<ApiError> for Failed {
-    fn from(error: ApiError) -> Self {
-        Failed::Proxy(error)
-    }
-}
-
-impl Failed {
-    pub fn into_response(self) -> Response<Body> {
-        match self {
-            Failed::Proxy(error) => error.into_response(),
-            Failed::Upstream(reply) => {
-                let mut response = Response::new(body::full(reply.body));
-                *response.status_mut() = reply.status;
-                copy_upstream_headers(&reply.headers, response.headers_mut());
-                response
-            }
-        }
-    }
-
-    /// The error as SSE events, for a stream that has already answered 200.
-    pub fn sse_events(&self) -> Vec<Bytes> {
-        match self {
-            Failed::Proxy(error) => sse::error_events(error),
-            Failed::Upstream(reply) => {
-                let (status, body) = (reply.status, &reply.body);
-                let upstream_error = serde_json::from_slice::<Value>(body)
-                    .ok()
-                    .and_then(|v| v.get("error").cloned());
-                match upstream_error {
-                    Some(error) => sse::error_object_events(&error),
-                    None => sse::error_events(&ApiError::bad_gateway(
-                        "upstream_error",
-                        format!(
-                            "The upstream answered {}: {}",
-                            status.as_u16(),
-                            upstream::snippet(body)
-                        ),
-                    )),
-                }
-            }
-        }
-    }
-}
+use crate::selection::Selection;
+use crate::upstream::JsonReply;
 
 /// The answer: the winner's completion carrying the top `choices` candidates in rank order,
 /// usage summed over everything spent, and the best-of-N headers.
@@ -173,16 +71,6 @@ fn spent(candidates: &[Candidate], selection: &Selection) -> (Usage, Usage) {
         .map(|v| v.usage.clone())
         .unwrap_or_default();
     (candidate_usage, judge_usage)
-}
-
-/// The winner's upstream headers (rate limits, processing time…) that still describe the
-/// new body; length and encoding do not.
-pub fn copy_upstream_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    for (name, value) in upstream::end_to_end_headers(from).iter() {
-        if name != header::CONTENT_LENGTH && name != header::CONTENT_ENCODING {
-            to.append(name.clone(), value.clone());
-        }
-    }
 }
 
 fn insert_best_of_n_headers(

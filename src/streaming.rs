@@ -17,8 +17,8 @@ use http::{header, HeaderValue, Response};
 use http_body::Frame;
 use http_body_util::StreamBody;
 
+use crate::answer::{Failed, Ready};
 use crate::body::{self, Body, BoxError};
-use crate::respond::{Failed, Ready};
 use crate::sse;
 
 type Work = BoxFuture<'static, Result<Ready, Failed>>;

@@ -1,0 +1,234 @@
+//! The selection policy: which candidates the judge may see, what it decided, and what happens
+//! when it cannot decide.
+//!
+//! Successful candidates are split into eligible and disqualified (JSON mode), the only
+//! eligible one wins without a judge, otherwise the judge named by the plan ranks them, and
+//! when it cannot, `judge.fallback` picks and the selection says so. Disqualified answers rank
+//! last: they only fill `n` choices when nothing better is left.
+
+use http::HeaderMap;
+
+use crate::answer::Failed;
+use crate::config::Fallback;
+use crate::error::ApiError;
+use crate::fanout::Candidate;
+use crate::judge::{JudgeRequest, JudgedCandidate, Verdict};
+use crate::openai::ChatRequest;
+use crate::plan::BestOfN;
+use crate::state::AppState;
+
+/// How the candidates were ordered for the answer.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// Candidate indices (generation order), best first; never empty. The first is the winner;
+    /// `n: k` answers take the first k.
+    pub ranking: Vec<usize>,
+    /// True when the judge ordered every eligible candidate; otherwise only the first place
+    /// was decided and the rest follow in generation order.
+    pub fully_ranked: bool,
+    /// The judge's verdict; `None` when no judge was asked (a single eligible candidate).
+    pub verdict: Option<Verdict>,
+    /// Set when `judge.fallback` chose: `"<fallback> (<why>)"`.
+    pub fallback: Option<String>,
+    /// Successful candidates excluded before judging (content not valid JSON in JSON mode).
+    pub disqualified: Vec<usize>,
+}
+
+impl Selection {
+    pub fn winner(&self) -> usize {
+        self.ranking[0]
+    }
+}
+
+/// Orders the candidates: the only eligible one, the judge's ranking, or the fallback's pick.
+/// Disqualified answers rank last: they only fill `n` choices when nothing better is left.
+pub async fn select(
+    state: &AppState,
+    plan: &BestOfN,
+    request: &ChatRequest,
+    candidates: &[Candidate],
+    client_headers: &HeaderMap,
+) -> Result<Selection, Failed> {
+    let (eligible, disqualified) = eligible_candidates(request, candidates);
+    let mut selection = if eligible.is_empty() {
+        // JSON mode and no candidate produced JSON: the fallback picks among all successes.
+        state.metrics.judged(&plan.strategy, "fallback");
+        let succeeded = succeeded_candidates(candidates);
+        fall_back(
+            state.config.judge.fallback,
+            &succeeded,
+            None,
+            "no_valid_json",
+        )?
+    } else {
+        choose(state, plan, request, &eligible, client_headers).await?
+    };
+    let unranked: Vec<usize> = disqualified
+        .iter()
+        .copied()
+        .filter(|i| !selection.ranking.contains(i))
+        .collect();
+    selection.ranking.extend(unranked);
+    selection.disqualified = disqualified;
+    Ok(selection)
+}
+
+/// Picks among eligible candidates: the only one, or the judge's verdict, or the fallback.
+async fn choose(
+    state: &AppState,
+    plan: &BestOfN,
+    request: &ChatRequest,
+    eligible: &[JudgedCandidate],
+    client_headers: &HeaderMap,
+) -> Result<Selection, Failed> {
+    if let [only] = eligible {
+        return Ok(Selection {
+            ranking: vec![only.index],
+            fully_ranked: true,
+            verdict: None,
+            fallback: None,
+            disqualified: Vec::new(),
+        });
+    }
+    let verdict = judge(state, plan, request, eligible, client_headers).await?;
+    state
+        .metrics
+        .judged(&plan.strategy, verdict.outcome.as_str());
+    match verdict.winner() {
+        Some(winner) => {
+            if let Some(position) = verdict.presentation.iter().position(|&i| i == winner) {
+                state.metrics.selected_position(position);
+            }
+            Ok(ranked_by(verdict, eligible))
+        }
+        None => {
+            state.metrics.judged(&plan.strategy, "fallback");
+            let why = verdict.outcome.as_str();
+            fall_back(state.config.judge.fallback, eligible, Some(verdict), why)
+        }
+    }
+}
+
+async fn judge(
+    state: &AppState,
+    plan: &BestOfN,
+    request: &ChatRequest,
+    eligible: &[JudgedCandidate],
+    client_headers: &HeaderMap,
+) -> Result<Verdict, Failed> {
+    let judge = state.judges.get(&plan.strategy).ok_or_else(|| {
+        ApiError::internal(format!(
+            "judge strategy `{}` is not configured",
+            plan.strategy
+        ))
+    })?;
+    Ok(judge
+        .judge(JudgeRequest {
+            conversation: &request.messages,
+            candidates: eligible,
+            request_model: &request.model,
+            client_headers,
+            seed: rand::random(),
+        })
+        .await)
+}
+
+/// Successful candidates split into those the judge may see and those disqualified before
+/// judging: in JSON mode (`response_format` `json_object` or `json_schema`), a text answer
+/// that does not parse as JSON cannot be what the client asked for.
+fn eligible_candidates(
+    request: &ChatRequest,
+    candidates: &[Candidate],
+) -> (Vec<JudgedCandidate>, Vec<usize>) {
+    let succeeded = succeeded_candidates(candidates);
+    if !matches!(
+        request.response_format_type(),
+        Some("json_object") | Some("json_schema")
+    ) {
+        return (succeeded, Vec::new());
+    }
+    let is_json = |index: usize| {
+        let choice = candidates[index]
+            .answer()
+            .and_then(|a| a.completion.first_choice());
+        match choice.and_then(|c| c.content()) {
+            Some(text) => serde_json::from_str::<serde_json::Value>(text).is_ok(),
+            // A tool call or a refusal has no content to check.
+            None => true,
+        }
+    };
+    let (eligible, rejected): (Vec<_>, Vec<_>) =
+        succeeded.into_iter().partition(|c| is_json(c.index));
+    (eligible, rejected.into_iter().map(|c| c.index).collect())
+}
+
+/// Every candidate with an answer, as the judge would see it.
+fn succeeded_candidates(candidates: &[Candidate]) -> Vec<JudgedCandidate> {
+    candidates
+        .iter()
+        .filter_map(|c| {
+            let choice = c.answer()?.completion.first_choice()?;
+            Some(JudgedCandidate {
+                index: c.index,
+                text: choice.text_for_judge(),
+            })
+        })
+        .collect()
+}
+
+/// The judge's ranking, completed with the unranked eligible candidates in generation order.
+fn ranked_by(verdict: Verdict, eligible: &[JudgedCandidate]) -> Selection {
+    let mut ranking = verdict.ranking.clone();
+    ranking.extend(
+        eligible
+            .iter()
+            .map(|c| c.index)
+            .filter(|i| !verdict.ranking.contains(i)),
+    );
+    Selection {
+        fully_ranked: verdict.fully_ranked,
+        ranking,
+        verdict: Some(verdict),
+        fallback: None,
+        disqualified: Vec::new(),
+    }
+}
+
+fn fall_back(
+    fallback: Fallback,
+    pool: &[JudgedCandidate],
+    verdict: Option<Verdict>,
+    why: &str,
+) -> Result<Selection, Failed> {
+    let detail = verdict
+        .as_ref()
+        .and_then(|v| v.failure.clone())
+        .unwrap_or_else(|| why.to_string());
+    tracing::warn!(%why, %detail, "judge could not choose; falling back");
+    let first = match fallback {
+        Fallback::FirstOk => 0,
+        Fallback::Random => rand::random_range(0..pool.len()),
+        Fallback::Error => {
+            return Err(Failed::Proxy(ApiError::bad_gateway(
+                "judge_failed",
+                format!(
+                    "No candidate could be chosen ({detail}), and judge.fallback is `error`. \
+                     Set judge.fallback to `first_ok` or `random` to answer anyway."
+                ),
+            )))
+        }
+    };
+    let mut ranking = vec![pool[first].index];
+    ranking.extend(
+        pool.iter()
+            .map(|c| c.index)
+            .filter(|&i| i != pool[first].index),
+    );
+    Ok(Selection {
+        ranking,
+        fully_ranked: false,
+        verdict,
+        fallback: Some(format!("{} ({why})", fallback.as_str())),
+        disqualified: Vec::new(),
+    })
+}
