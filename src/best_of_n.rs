@@ -167,9 +167,12 @@ fn cache_key(
     request: &serde_json::Value,
     headers: &HeaderMap,
 ) -> cache::CacheKey {
+    // The judge's own fingerprint and the fallback: everything that can change the pick.
+    let judge = state.judges.fingerprint(&plan.strategy).unwrap_or_default();
+    let fallback = state.config.judge.fallback.as_str();
     let scope = format!(
-        "best_of_n|{}|{}|{}|{}",
-        plan.n, plan.strategy, state.judge_fingerprint, target
+        "best_of_n|{}|{}|{judge}|{fallback}|{target}",
+        plan.n, plan.strategy
     );
     KeyBuilder::new(scope.as_bytes())
         .request(request)

@@ -306,9 +306,6 @@ impl Default for MetricsConfig {
     }
 }
 
-/// Judge strategies this build knows.
-pub const JUDGE_STRATEGIES: [&str; 1] = ["listwise"];
-
 /// Longest duration any setting accepts; beyond it, deadlines stop being meaningful.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -358,7 +355,7 @@ impl Config {
             .map_err(|e| ConfigError(format!("after environment overrides: {}", e.0)))
     }
 
-    /// Checks what the types cannot: addresses, URLs, ranges and the judge template.
+    /// Checks what the types cannot: addresses, URLs and ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |key: &str, msg: String| Err(ConfigError(format!("`{key}`: {msg}")));
         if self.server.listen.parse::<SocketAddr>().is_err() {
@@ -459,23 +456,17 @@ impl Config {
         self.validate_judge()
     }
 
+    /// The judge's numbers. Its strategy name and template are checked by the judge registry
+    /// (`judge::check_config`), which knows what they mean.
     fn validate_judge(&self) -> Result<(), ConfigError> {
         let judge = &self.judge;
-        if !JUDGE_STRATEGIES.contains(&judge.strategy.as_str()) {
-            return Err(ConfigError(format!(
-                "`judge.strategy`: unknown strategy `{}`; allowed: {}",
-                judge.strategy,
-                JUDGE_STRATEGIES.join(", ")
-            )));
-        }
         if !(0.0..=2.0).contains(&judge.temperature) {
             return Err(ConfigError(format!(
                 "`judge.temperature`: is {}; allowed: 0.0 to 2.0",
                 judge.temperature
             )));
         }
-        crate::judge::protocol::check_template(&judge.template)
-            .map_err(|e| ConfigError(format!("`judge.template`: {e}")))
+        Ok(())
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

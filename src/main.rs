@@ -118,7 +118,10 @@ fn load_config(path: &Path, demo: bool) -> Result<Config, String> {
             .map_err(|e| e.to_string())?;
         return Ok(config);
     }
-    Config::load(path).map_err(|e| e.to_string())
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    bon_proxy::judge::check_config(&config.judge)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(config)
 }
 
 async fn serve(args: ServeArgs, mut config: Config) -> Result<(), String> {
@@ -170,7 +173,7 @@ async fn demo_upstream(listen: &str, latency_ms: u64, seed: u64) -> Result<(), S
 }
 
 fn check_config(path: &Path) -> Result<(), String> {
-    let mut config = Config::load(path).map_err(|e| e.to_string())?;
+    let mut config = load_config(path, false)?;
     let secrets = Secrets::from_env(&config);
     config.upstream.base_url = bon_proxy::upstream::redact_url(&config.upstream.base_url);
     config.judge.base_url = bon_proxy::upstream::redact_url(&config.judge.base_url);

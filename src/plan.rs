@@ -6,8 +6,9 @@
 use http::{HeaderMap, Method};
 
 use crate::cache::Policy;
-use crate::config::{Config, JUDGE_STRATEGIES};
+use crate::config::Config;
 use crate::error::ApiError;
+use crate::judge;
 
 pub const HEADER_N: &str = "x-best-of-n";
 pub const HEADER_JUDGE: &str = "x-best-of-n-judge";
@@ -25,7 +26,7 @@ pub enum Plan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BestOfN {
     pub n: u32,
-    /// Judge strategy name, one of [`JUDGE_STRATEGIES`].
+    /// Judge strategy name, one of [`judge::strategy_names`].
     pub strategy: String,
     /// Add the `best_of_n` breakdown to the response body.
     pub debug: bool,
@@ -108,7 +109,7 @@ fn judge_strategy(headers: &HeaderMap, config: &Config) -> Result<String, ApiErr
         return Ok(config.judge.strategy.clone());
     };
     let name = value.to_str().unwrap_or("").trim();
-    if JUDGE_STRATEGIES.contains(&name) {
+    if judge::is_strategy(name) {
         return Ok(name.to_string());
     }
     Err(ApiError::invalid_request(
@@ -116,7 +117,7 @@ fn judge_strategy(headers: &HeaderMap, config: &Config) -> Result<String, ApiErr
         format!(
             "Unknown judge strategy `{}`; available: {}.",
             String::from_utf8_lossy(value.as_bytes()),
-            JUDGE_STRATEGIES.join(", ")
+            judge::strategy_names().join(", ")
         ),
     ))
 }

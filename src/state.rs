@@ -43,8 +43,6 @@ pub struct AppState {
     pub metrics: Metrics,
     /// `None` when `cache.enabled` is false.
     pub cache: Option<AnswerCache>,
-    /// Hash of every judge setting that can change a verdict, part of every cache key.
-    pub judge_fingerprint: String,
 }
 
 impl AppState {
@@ -89,7 +87,6 @@ impl AppState {
             .enabled
             .then(|| AnswerCache::new(&config.cache, metrics.clone()));
         Ok(Arc::new(AppState {
-            judge_fingerprint: judge_fingerprint(&config),
             config,
             upstream: main,
             judges,
@@ -97,22 +94,4 @@ impl AppState {
             cache,
         }))
     }
-}
-
-/// Every judge setting that can change which answer wins, hashed: a cached answer is only
-/// reused under the judge configuration that chose it.
-fn judge_fingerprint(config: &Config) -> String {
-    let judge = &config.judge;
-    let text = serde_json::json!([
-        judge.model,
-        judge.base_url,
-        judge.rubrics,
-        judge.template,
-        judge.temperature,
-        judge.max_tokens,
-        judge.fallback.as_str(),
-        judge.shuffle,
-    ])
-    .to_string();
-    blake3::hash(text.as_bytes()).to_hex().to_string()
 }

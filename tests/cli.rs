@@ -333,6 +333,21 @@ fn check_config_without_a_key_says_clients_must_authenticate() {
 }
 
 #[test]
+fn check_config_rejects_an_unknown_judge_strategy_or_a_broken_template() {
+    let out = check_config("[judge]\nstrategy = \"coin\"\n", &[]);
+    assert!(!out.status.success(), "stdout:\n{}", out.stdout);
+    assert!(out.stderr.contains("judge.strategy"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("listwise"),
+        "the allowed names: {}",
+        out.stderr
+    );
+    let out = check_config("[judge]\ntemplate = \"{{ cnadidates }}\"\n", &[]);
+    assert!(!out.status.success(), "stdout:\n{}", out.stdout);
+    assert!(out.stderr.contains("judge.template"), "{}", out.stderr);
+}
+
+#[test]
 fn check_config_rejects_an_unknown_key_with_its_line_and_the_allowed_keys() {
     let out = check_config(
         "[server]\nlisten = \"127.0.0.1:8080\"\nlistn = \"127.0.0.1:9000\"\n",

@@ -52,6 +52,17 @@ impl JudgeCall {
         }
     }
 
+    /// Every setting of the call that can change a verdict: where it goes, which model, how
+    /// it samples.
+    pub fn fingerprint(&self) -> serde_json::Value {
+        json!([
+            self.endpoint.redacted_base_url(),
+            self.model_override,
+            self.temperature,
+            self.max_tokens,
+        ])
+    }
+
     /// The judge model for a request made with `request_model`.
     pub fn model<'a>(&'a self, request_model: &'a str) -> &'a str {
         if self.model_override.is_empty() {

@@ -4,6 +4,7 @@
 //! answers side by side. Candidates are shuffled before they are shown, against position bias,
 //! and the verdict is mapped back to generation order.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
@@ -19,16 +20,24 @@ use crate::openai::RequestMessage;
 pub struct Listwise {
     call: JudgeCall,
     template: PromptTemplate,
+    /// The template's source as configured (empty: the built-in one), for the fingerprint.
+    template_source: String,
     rubrics: Vec<String>,
     shuffle: bool,
     max_prompt_bytes: usize,
 }
 
 impl Listwise {
+    /// The registry's constructor (see `judge::STRATEGIES`).
+    pub fn build(config: &JudgeConfig, call: JudgeCall) -> Result<Arc<dyn Judge>, String> {
+        Ok(Arc::new(Listwise::new(config, call)?))
+    }
+
     pub fn new(config: &JudgeConfig, call: JudgeCall) -> Result<Listwise, String> {
         Ok(Listwise {
             call,
             template: PromptTemplate::new(&config.template)?,
+            template_source: config.template.clone(),
             rubrics: config.rubrics.clone(),
             shuffle: config.shuffle,
             max_prompt_bytes: config.max_prompt_bytes,
@@ -131,5 +140,17 @@ fn conversation_for_judge(messages: &[RequestMessage]) -> Vec<TemplateMessage> {
 impl Judge for Listwise {
     fn judge<'a>(&'a self, request: JudgeRequest<'a>) -> BoxFuture<'a, Verdict> {
         self.decide(request).boxed()
+    }
+
+    fn fingerprint(&self) -> String {
+        serde_json::json!([
+            "listwise",
+            self.call.fingerprint(),
+            self.rubrics,
+            self.template_source,
+            self.shuffle,
+            self.max_prompt_bytes,
+        ])
+        .to_string()
     }
 }
