@@ -117,8 +117,7 @@ struct Timing {
 
 impl Timing {
     fn waited(&self, since: Instant) {
-        let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.waited_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.add(since.elapsed());
     }
 
     fn add(&self, waited: Duration) {

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{header, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -83,9 +83,12 @@ async fn redacted_error_body(
     let mut scanned = BytesMut::new();
     // An upstream that stalls mid-answer must not hold the answer's head back for long.
     let give_up = tokio::time::Instant::now() + ERROR_SCAN_PATIENCE;
-    while scanned.len() < ERROR_SCAN_BYTES {
+    let rest = loop {
+        if scanned.len() >= ERROR_SCAN_BYTES {
+            break body::boxed(incoming);
+        }
         let Ok(frame) = tokio::time::timeout_at(give_up, incoming.frame()).await else {
-            break;
+            break body::boxed(incoming);
         };
         match frame {
             Some(Ok(frame)) => {
@@ -93,21 +96,13 @@ async fn redacted_error_body(
                     scanned.extend_from_slice(&data);
                 }
             }
-            Some(Err(e)) => {
-                // The answer broke off: the client sees it break off too.
-                head.headers.remove(header::CONTENT_LENGTH);
-                let scanned = upstream.redact_bytes(scanned.freeze());
-                return body::prefixed(scanned, body::failing(e.into()));
-            }
-            None => {
-                head.headers.remove(header::CONTENT_LENGTH);
-                return body::full(upstream.redact_bytes(scanned.freeze()));
-            }
+            // The answer broke off: the client sees it break off too.
+            Some(Err(e)) => break body::failing(e.into()),
+            None => break body::empty(),
         }
-    }
+    };
     head.headers.remove(header::CONTENT_LENGTH);
-    let scanned: Bytes = upstream.redact_bytes(scanned.freeze());
-    body::prefixed(scanned, body::boxed(incoming))
+    body::prefixed(upstream.redact_bytes(scanned.freeze()), rest)
 }
 
 /// The client hears what went wrong; the upstream's address goes only to the log.
