@@ -166,12 +166,26 @@ fn cache_key(
     request: &serde_json::Value,
     headers: &HeaderMap,
 ) -> cache::CacheKey {
-    // The judge's own fingerprint and the fallback: everything that can change the pick.
-    let judge = state.judges.fingerprint(&plan.strategy).unwrap_or_default();
-    let fallback = state.config.judge.fallback.as_str();
+    // The judge's own fingerprint (fallback included) and the rubric the request chose:
+    // everything that can change the pick.
+    let judge = state
+        .judges
+        .get(&plan.judge)
+        .map(|j| j.fingerprint.as_str());
+    let rubric = plan.rubric.as_deref().and_then(|name| {
+        let rubrics = state.judges.rubric(name)?;
+        Some(
+            blake3::hash(rubrics.join("\n").as_bytes())
+                .to_hex()
+                .to_string(),
+        )
+    });
     let scope = format!(
-        "best_of_n|{}|{}|{judge}|{fallback}|{target}",
-        plan.n, plan.strategy
+        "best_of_n|{}|{}|{}|{}|{target}",
+        plan.n,
+        plan.judge,
+        judge.unwrap_or_default(),
+        rubric.unwrap_or_default(),
     );
     KeyBuilder::new(scope.as_bytes())
         .request(request)

@@ -5,11 +5,16 @@
 //! with the key, the line and what is allowed: toml's own errors carry the line, and
 //! [`Config::validate`] names the key for the checks that toml cannot express.
 
+mod judge;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use judge::{Fallback, JudgeConfig, Rubrics, DEFAULT_RUBRIC_PRESET};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -18,7 +23,12 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub best_of_n: BestOfNConfig,
+    /// The default judge, and the settings the built-in judges borrow.
     pub judge: JudgeConfig,
+    /// Named judges, `[judges.NAME]`; a request picks one with `x-best-of-n-judge`.
+    pub judges: BTreeMap<String, JudgeConfig>,
+    /// Rubric presets, `[rubrics] NAME = [...]`, besides the built-in ones.
+    pub rubrics: BTreeMap<String, Vec<String>>,
     pub cache: CacheConfig,
     pub metrics: MetricsConfig,
 }
@@ -185,85 +195,6 @@ impl Default for BestOfNConfig {
     }
 }
 
-/// What chooses when the judge cannot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Fallback {
-    /// The first successful candidate in generation order.
-    FirstOk,
-    /// A successful candidate at random.
-    Random,
-    /// No answer: the client gets a 502 saying the judge failed.
-    Error,
-}
-
-impl Fallback {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Fallback::FirstOk => "first_ok",
-            Fallback::Random => "random",
-            Fallback::Error => "error",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct JudgeConfig {
-    /// Strategy used when the request does not pick one with `x-best-of-n-judge`.
-    pub strategy: String,
-    /// Judge model; empty means the model of the request being judged.
-    pub model: String,
-    /// Separate endpoint for judge calls; empty means the upstream.
-    pub base_url: String,
-    /// Env variable with the key for `judge.base_url`; empty means no key is sent there (the
-    /// upstream key never is).
-    pub api_key_env: String,
-    /// What a good answer is, shown to the judge as a numbered list.
-    pub rubrics: Vec<String>,
-    /// minijinja template of the judge prompt; empty means the built-in one.
-    pub template: String,
-    pub temperature: f64,
-    /// Upper bound on the judge's answer length, sent as `max_tokens`; 0 sends none.
-    pub max_tokens: u32,
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    pub fallback: Fallback,
-    /// Shuffle candidates before the judge sees them, against position bias.
-    pub shuffle: bool,
-    /// Bound on the conversation and candidate text put into one judge prompt; longer texts
-    /// are cut in the middle with a visible marker.
-    pub max_prompt_bytes: usize,
-}
-
-/// Default helpfulness rubrics, in the spirit of RM-Gallery's listwise helpfulness judge.
-pub const DEFAULT_RUBRICS: [&str; 5] = [
-    "Answers what the user actually asked, directly and completely, covering every part of the request.",
-    "Is factually correct and honest about uncertainty instead of inventing details.",
-    "Is clearly organised and easy to follow, with relevant detail and no padding or repetition.",
-    "Is useful in practice: concrete specifics, examples or next steps where they help.",
-    "Follows the instructions and format the conversation asks for, and stays safe and respectful.",
-];
-
-impl Default for JudgeConfig {
-    fn default() -> Self {
-        JudgeConfig {
-            strategy: "listwise".into(),
-            model: String::new(),
-            base_url: String::new(),
-            api_key_env: String::new(),
-            rubrics: DEFAULT_RUBRICS.iter().map(|r| r.to_string()).collect(),
-            template: String::new(),
-            temperature: 0.0,
-            max_tokens: 0,
-            timeout: Duration::from_secs(120),
-            fallback: Fallback::FirstOk,
-            shuffle: true,
-            max_prompt_bytes: 512 * 1024,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
@@ -333,6 +264,11 @@ impl Config {
         let mut config =
             Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
         config.apply_env(|name| std::env::var(name).ok())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.judge.resolve_paths(base);
+        for judge in config.judges.values_mut() {
+            judge.resolve_paths(base);
+        }
         Ok(config)
     }
 
@@ -371,7 +307,6 @@ impl Config {
             ("server.max_body_bytes", self.server.max_body_bytes),
             ("server.body_buffer_bytes", self.server.body_buffer_bytes),
             ("best_of_n.max_body_bytes", self.best_of_n.max_body_bytes),
-            ("judge.max_prompt_bytes", self.judge.max_prompt_bytes),
         ] {
             if value == 0 {
                 return fail(key, "must be at least 1".into());
@@ -387,9 +322,6 @@ impl Config {
             );
         }
         check_base_url("upstream.base_url", &self.upstream.base_url)?;
-        if !self.judge.base_url.is_empty() {
-            check_base_url("judge.base_url", &self.judge.base_url)?;
-        }
         let bon = &self.best_of_n;
         if bon.max_n == 0 || bon.max_n > 128 {
             return fail(
@@ -426,7 +358,6 @@ impl Config {
                 "upstream.pool_idle_timeout",
                 self.upstream.pool_idle_timeout,
             ),
-            ("judge.timeout", self.judge.timeout),
             ("cache.ttl", self.cache.ttl),
             (
                 "server.header_read_timeout",
@@ -437,12 +368,7 @@ impl Config {
             ("server.write_timeout", self.server.write_timeout),
             ("best_of_n.memory_wait", bon.memory_wait),
         ] {
-            if value.is_zero() {
-                return fail(key, "must be longer than zero, e.g. \"30s\"".into());
-            }
-            if value > MAX_DURATION {
-                return fail(key, "must be at most 7 days".into());
-            }
+            check_duration(key, value)?;
         }
         if !self.metrics.path.starts_with('/') || self.metrics.path.starts_with("/v1/") {
             return fail(
@@ -453,20 +379,7 @@ impl Config {
                 ),
             );
         }
-        self.validate_judge()
-    }
-
-    /// The judge's numbers. Its strategy name and template are checked by the judge registry
-    /// (`judge::check_config`), which knows what they mean.
-    fn validate_judge(&self) -> Result<(), ConfigError> {
-        let judge = &self.judge;
-        if !(0.0..=2.0).contains(&judge.temperature) {
-            return Err(ConfigError(format!(
-                "`judge.temperature`: is {}; allowed: 0.0 to 2.0",
-                judge.temperature
-            )));
-        }
-        Ok(())
+        judge::validate(&self.judge, &self.judges, &self.rubrics)
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -476,6 +389,19 @@ impl Config {
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
+}
+
+/// A duration setting: longer than zero, at most [`MAX_DURATION`].
+fn check_duration(key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError(format!(
+            "`{key}`: must be longer than zero, e.g. \"30s\""
+        )));
+    }
+    if value > MAX_DURATION {
+        return Err(ConfigError(format!("`{key}`: must be at most 7 days")));
+    }
+    Ok(())
 }
 
 fn check_base_url(key: &str, url: &str) -> Result<(), ConfigError> {

@@ -119,7 +119,7 @@ fn load_config(path: &Path, demo: bool) -> Result<Config, String> {
         return Ok(config);
     }
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    bon_proxy::judge::check_config(&config.judge)
+    bon_proxy::state::check_judges(&config, &Secrets::default())
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(config)
 }
@@ -128,7 +128,9 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<(), String> {
     if args.demo {
         let addr = start_demo(args.demo_latency_ms).await?;
         config.upstream.base_url = format!("http://{addr}/v1");
+        // Every judge asks the demo too: it answers each strategy's prompts.
         config.judge.base_url.clear();
+        config.judges.values_mut().for_each(|j| j.base_url.clear());
         tracing::info!(%addr, latency_ms = args.demo_latency_ms, "demo upstream running in-process");
     }
     let secrets = Secrets::from_env(&config);
@@ -175,9 +177,7 @@ async fn demo_upstream(listen: &str, latency_ms: u64, seed: u64) -> Result<(), S
 fn check_config(path: &Path) -> Result<(), String> {
     let mut config = load_config(path, false)?;
     let secrets = Secrets::from_env(&config);
-    config.upstream.base_url = bon_proxy::upstream::redact_url(&config.upstream.base_url);
-    config.judge.base_url = bon_proxy::upstream::redact_url(&config.judge.base_url);
-    let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    let judges = bon_proxy::state::check_judges(&config, &secrets)?;
     println!("# {}: valid", path.display());
     println!(
         "{}",
@@ -187,28 +187,33 @@ fn check_config(path: &Path) -> Result<(), String> {
             secrets.upstream_key.is_some()
         )
     );
-    if !config.judge.api_key_env.is_empty() {
-        println!(
-            "{}",
-            key_status(
-                "judge",
-                &config.judge.api_key_env,
-                secrets.judge_key.is_some()
-            )
-        );
+    for env in bon_proxy::state::judge_key_names(&config) {
+        let present = secrets.judge_keys.contains_key(env);
+        println!("{}", key_status("judge", env, present));
     }
+    println!("# judges:");
+    for line in judges.describe() {
+        println!("#   {line}");
+    }
+    config.upstream.base_url = bon_proxy::upstream::redact_url(&config.upstream.base_url);
+    for judge in std::iter::once(&mut config.judge).chain(config.judges.values_mut()) {
+        judge.base_url = bon_proxy::upstream::redact_url(&judge.base_url);
+    }
+    let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
     println!("\n{text}");
     Ok(())
 }
 
 fn key_status(who: &str, env: &str, present: bool) -> String {
     if present {
-        format!("# {who} API key: set (from ${env}, value masked)")
-    } else {
-        format!(
-            "# {who} API key: not set (${env} is empty); clients must send their own Authorization"
-        )
+        return format!("# {who} API key: set (from ${env}, value masked)");
     }
+    let then = if who == "upstream" {
+        "clients must send their own Authorization"
+    } else {
+        "calls to that judge go unauthenticated"
+    };
+    format!("# {who} API key: not set (${env} is empty); {then}")
 }
 
 /// Completes on Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).

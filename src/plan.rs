@@ -8,10 +8,11 @@ use http::{HeaderMap, Method};
 use crate::cache::Policy;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::judge;
+use crate::judge::Judges;
 
 pub const HEADER_N: &str = "x-best-of-n";
 pub const HEADER_JUDGE: &str = "x-best-of-n-judge";
+pub const HEADER_RUBRIC: &str = "x-best-of-n-rubric";
 pub const HEADER_DEBUG: &str = "x-best-of-n-debug";
 
 /// What the proxy does with one request.
@@ -26,8 +27,10 @@ pub enum Plan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BestOfN {
     pub n: u32,
-    /// Judge strategy name, one of [`judge::strategy_names`].
-    pub strategy: String,
+    /// The name of the judge that picks, one of [`Judges::names`].
+    pub judge: String,
+    /// A rubric preset that replaces the judge's own rubrics (`x-best-of-n-rubric`).
+    pub rubric: Option<String>,
     /// Add the `best_of_n` breakdown to the response body.
     pub debug: bool,
     /// What `Cache-Control` allows the answer cache to do.
@@ -44,6 +47,7 @@ pub fn plan(
     path: &str,
     headers: &HeaderMap,
     config: &Config,
+    judges: &Judges,
 ) -> Result<Plan, ApiError> {
     let n = match requested_n(headers, config.best_of_n.max_n)? {
         Requested::Off => return Ok(Plan::Passthrough),
@@ -70,7 +74,8 @@ pub fn plan(
     }
     Ok(Plan::BestOfN(BestOfN {
         n,
-        strategy: judge_strategy(headers, config)?,
+        judge: judge_name(headers, judges)?,
+        rubric: rubric_name(headers, judges)?,
         debug: debug_requested(headers),
         cache: Policy::from_headers(headers),
     }))
@@ -104,20 +109,40 @@ fn requested_n(headers: &HeaderMap, max_n: u32) -> Result<Requested, ApiError> {
     }
 }
 
-fn judge_strategy(headers: &HeaderMap, config: &Config) -> Result<String, ApiError> {
+/// The judge the request names, or the default one.
+fn judge_name(headers: &HeaderMap, judges: &Judges) -> Result<String, ApiError> {
     let Some(value) = headers.get(HEADER_JUDGE) else {
-        return Ok(config.judge.strategy.clone());
+        return Ok(judges.default_name().to_string());
     };
     let name = value.to_str().unwrap_or("").trim();
-    if judge::is_strategy(name) {
+    if judges.get(name).is_some() {
         return Ok(name.to_string());
     }
     Err(ApiError::invalid_request(
         HEADER_JUDGE,
         format!(
-            "Unknown judge strategy `{}`; available: {}.",
+            "Unknown judge `{}`; judges: {}.",
             String::from_utf8_lossy(value.as_bytes()),
-            judge::strategy_names().join(", ")
+            judges.names().join(", ")
+        ),
+    ))
+}
+
+/// The rubric preset the request names, if any.
+fn rubric_name(headers: &HeaderMap, judges: &Judges) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(HEADER_RUBRIC) else {
+        return Ok(None);
+    };
+    let name = value.to_str().unwrap_or("").trim();
+    if judges.rubric(name).is_some() {
+        return Ok(Some(name.to_string()));
+    }
+    Err(ApiError::invalid_request(
+        HEADER_RUBRIC,
+        format!(
+            "Unknown rubric preset `{}`; presets: {}.",
+            String::from_utf8_lossy(value.as_bytes()),
+            judges.rubric_names().join(", ")
         ),
     ))
 }
@@ -135,6 +160,43 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    fn judges(config: &Config) -> Judges {
+        crate::state::check_judges(config, &crate::state::Secrets::default()).unwrap()
+    }
+
+    #[test]
+    fn judges_and_rubrics_are_chosen_by_name() {
+        let Plan::BestOfN(plan) = plan_with(&[("x-best-of-n", "2")], 0).unwrap() else {
+            panic!("best-of-N expected");
+        };
+        assert_eq!((plan.judge.as_str(), plan.rubric), ("listwise", None));
+        let picked = plan_with(
+            &[
+                ("x-best-of-n", "2"),
+                ("x-best-of-n-judge", "pairwise"),
+                ("x-best-of-n-rubric", "code"),
+            ],
+            0,
+        );
+        let Ok(Plan::BestOfN(plan)) = picked else {
+            panic!("best-of-N expected");
+        };
+        assert_eq!(
+            (plan.judge.as_str(), plan.rubric.as_deref()),
+            ("pairwise", Some("code"))
+        );
+        let err =
+            plan_with(&[("x-best-of-n", "2"), ("x-best-of-n-rubric", "poetry")], 0).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("x-best-of-n-rubric"));
+        assert!(err.message.contains("math, writing"), "{}", err.message);
+        let err = plan_with(&[("x-best-of-n", "2"), ("x-best-of-n-judge", "coin")], 0).unwrap_err();
+        assert!(
+            err.message.contains("listwise, pairwise, panel, pointwise"),
+            "{}",
+            err.message
+        );
+    }
+
     fn plan_with(
         headers: &[(&'static str, &'static str)],
         default_n: u32,
@@ -145,7 +207,13 @@ mod tests {
         }
         let mut config = Config::default();
         config.best_of_n.default_n = default_n;
-        plan(&Method::POST, "/v1/chat/completions", &map, &config)
+        plan(
+            &Method::POST,
+            "/v1/chat/completions",
+            &map,
+            &config,
+            &judges(&config),
+        )
     }
 
     #[test]
@@ -170,11 +238,13 @@ mod tests {
         for bad in ["17", "-1", "two", "", "2.5"] {
             let mut map = HeaderMap::new();
             map.insert("x-best-of-n", HeaderValue::from_str(bad).unwrap());
+            let config = Config::default();
             let err = plan(
                 &Method::POST,
                 "/v1/chat/completions",
                 &map,
-                &Config::default(),
+                &config,
+                &judges(&config),
             )
             .unwrap_err();
             assert_eq!(err.param.as_deref(), Some("x-best-of-n"), "{bad}");
@@ -189,12 +259,19 @@ mod tests {
         config.best_of_n.default_n = 3;
         let none = HeaderMap::new();
         assert_eq!(
-            plan(&Method::GET, "/v1/models", &none, &config).unwrap(),
+            plan(&Method::GET, "/v1/models", &none, &config, &judges(&config)).unwrap(),
             Plan::Passthrough
         );
         let mut asked = HeaderMap::new();
         asked.insert("x-best-of-n", HeaderValue::from_static("3"));
-        let err = plan(&Method::POST, "/v1/embeddings", &asked, &config).unwrap_err();
+        let err = plan(
+            &Method::POST,
+            "/v1/embeddings",
+            &asked,
+            &config,
+            &judges(&config),
+        )
+        .unwrap_err();
         assert_eq!(err.status, http::StatusCode::BAD_REQUEST);
     }
 }

@@ -87,7 +87,7 @@ fn insert_best_of_n_headers(
     set("x-best-of-n", plan.n.to_string());
     set("x-best-of-n-selected", selection.winner().to_string());
     set("x-best-of-n-scores", scores_header(candidates, selection));
-    set("x-best-of-n-judge", plan.strategy.clone());
+    set("x-best-of-n-judge", plan.judge.clone());
     if let Some(fallback) = &selection.fallback {
         set("x-best-of-n-fallback", fallback.clone());
     }
@@ -155,7 +155,8 @@ fn debug_object(
 ) -> Value {
     let judge = match &selection.verdict {
         None => json!({"skipped": "fewer than two eligible candidates"}),
-        Some(v) => json!({
+        Some(v) => {
+            let mut judge = json!({
             "outcome": v.outcome.as_str(),
             "presentation_order": v.presentation,
             "ranking": v.ranking,
@@ -164,11 +165,18 @@ fn debug_object(
             "failure": v.failure,
             "latency_ms": millis(v.latency),
             "usage": v.usage,
-        }),
+            });
+            if let Value::Object(map) = &mut judge {
+                map.extend(v.detail.clone());
+            }
+            judge
+        }
     };
     json!({
         "n": plan.n,
-        "strategy": plan.strategy,
+        "judge_name": plan.judge,
+        "strategy": selection.strategy,
+        "rubric": plan.rubric,
         "selected": selection.winner(),
         "ranking": selection.ranking,
         "ranking_source": if selection.fully_ranked { "judge" } else { "best_then_generation_order" },

@@ -3,7 +3,7 @@
 //!
 //! Successful candidates are split into eligible and disqualified (JSON mode), the only
 //! eligible one wins without a judge, otherwise the judge named by the plan ranks them, and
-//! when it cannot, `judge.fallback` picks and the selection says so. Disqualified answers rank
+//! when it cannot, that judge's `fallback` picks and the selection says so. Disqualified answers rank
 //! last: they only fill `n` choices when nothing better is left.
 
 use http::HeaderMap;
@@ -12,7 +12,7 @@ use crate::answer::Failed;
 use crate::config::Fallback;
 use crate::error::ApiError;
 use crate::fanout::Candidate;
-use crate::judge::{JudgeRequest, JudgedCandidate, Verdict};
+use crate::judge::{JudgeRequest, JudgedCandidate, NamedJudge, Verdict};
 use crate::openai::ChatRequest;
 use crate::plan::BestOfN;
 use crate::state::AppState;
@@ -28,10 +28,12 @@ pub struct Selection {
     pub fully_ranked: bool,
     /// The judge's verdict; `None` when no judge was asked (a single eligible candidate).
     pub verdict: Option<Verdict>,
-    /// Set when `judge.fallback` chose: `"<fallback> (<why>)"`.
+    /// Set when the judge's `fallback` chose: `"<fallback> (<why>)"`.
     pub fallback: Option<String>,
     /// Successful candidates excluded before judging (content not valid JSON in JSON mode).
     pub disqualified: Vec<usize>,
+    /// The strategy of the judge the request named.
+    pub strategy: &'static str,
 }
 
 impl Selection {
@@ -49,19 +51,24 @@ pub async fn select(
     candidates: &[Candidate],
     client_headers: &HeaderMap,
 ) -> Result<Selection, Failed> {
+    let judge = state
+        .judges
+        .get(&plan.judge)
+        .ok_or_else(|| ApiError::internal(format!("judge `{}` is not configured", plan.judge)))?;
     let (eligible, disqualified) = eligible_candidates(request, candidates);
     let mut selection = if eligible.is_empty() {
         // JSON mode and no candidate produced JSON: the fallback picks among all successes.
-        state.metrics.judged(&plan.strategy, "fallback");
+        state.metrics.judged(judge.strategy, "fallback");
         let succeeded = succeeded_candidates(candidates);
-        fall_back(
-            state.config.judge.fallback,
-            &succeeded,
-            None,
-            "no_valid_json",
-        )?
+        fall_back(judge.fallback, &succeeded, None, "no_valid_json")?
     } else {
-        choose(state, plan, request, &eligible, client_headers).await?
+        let ask = Ask {
+            judge,
+            rubrics: plan.rubric.as_deref().and_then(|r| state.judges.rubric(r)),
+            request,
+            client_headers,
+        };
+        choose(state, &ask, &eligible).await?
     };
     let unranked: Vec<usize> = disqualified
         .iter()
@@ -70,16 +77,24 @@ pub async fn select(
         .collect();
     selection.ranking.extend(unranked);
     selection.disqualified = disqualified;
+    selection.strategy = judge.strategy;
     Ok(selection)
+}
+
+/// Who judges a request, and with what.
+struct Ask<'a> {
+    judge: &'a NamedJudge,
+    /// The rubric preset the request chose, if any.
+    rubrics: Option<&'a std::sync::Arc<[String]>>,
+    request: &'a ChatRequest,
+    client_headers: &'a HeaderMap,
 }
 
 /// Picks among eligible candidates: the only one, or the judge's verdict, or the fallback.
 async fn choose(
     state: &AppState,
-    plan: &BestOfN,
-    request: &ChatRequest,
+    ask: &Ask<'_>,
     eligible: &[JudgedCandidate],
-    client_headers: &HeaderMap,
 ) -> Result<Selection, Failed> {
     if let [only] = eligible {
         return Ok(Selection {
@@ -88,12 +103,23 @@ async fn choose(
             verdict: None,
             fallback: None,
             disqualified: Vec::new(),
+            strategy: ask.judge.strategy,
         });
     }
-    let verdict = judge(state, plan, request, eligible, client_headers).await?;
-    state
-        .metrics
-        .judged(&plan.strategy, verdict.outcome.as_str());
+    let strategy = ask.judge.strategy;
+    let verdict = ask
+        .judge
+        .judge
+        .judge(JudgeRequest {
+            conversation: &ask.request.messages,
+            candidates: eligible,
+            request_model: &ask.request.model,
+            client_headers: ask.client_headers,
+            seed: rand::random(),
+            rubrics: ask.rubrics.map(|r| &r[..]),
+        })
+        .await;
+    state.metrics.judged(strategy, verdict.outcome.as_str());
     match verdict.winner() {
         Some(winner) => {
             if let Some(position) = verdict.presentation.iter().position(|&i| i == winner) {
@@ -102,35 +128,11 @@ async fn choose(
             Ok(ranked_by(verdict, eligible))
         }
         None => {
-            state.metrics.judged(&plan.strategy, "fallback");
+            state.metrics.judged(strategy, "fallback");
             let why = verdict.outcome.as_str();
-            fall_back(state.config.judge.fallback, eligible, Some(verdict), why)
+            fall_back(ask.judge.fallback, eligible, Some(verdict), why)
         }
     }
-}
-
-async fn judge(
-    state: &AppState,
-    plan: &BestOfN,
-    request: &ChatRequest,
-    eligible: &[JudgedCandidate],
-    client_headers: &HeaderMap,
-) -> Result<Verdict, Failed> {
-    let judge = state.judges.get(&plan.strategy).ok_or_else(|| {
-        ApiError::internal(format!(
-            "judge strategy `{}` is not configured",
-            plan.strategy
-        ))
-    })?;
-    Ok(judge
-        .judge(JudgeRequest {
-            conversation: &request.messages,
-            candidates: eligible,
-            request_model: &request.model,
-            client_headers,
-            seed: rand::random(),
-        })
-        .await)
 }
 
 /// Successful candidates split into those the judge may see and those disqualified before
@@ -191,6 +193,7 @@ fn ranked_by(verdict: Verdict, eligible: &[JudgedCandidate]) -> Selection {
         verdict: Some(verdict),
         fallback: None,
         disqualified: Vec::new(),
+        strategy: "",
     }
 }
 
@@ -212,8 +215,8 @@ fn fall_back(
             return Err(Failed::Proxy(ApiError::bad_gateway(
                 "judge_failed",
                 format!(
-                    "No candidate could be chosen ({detail}), and judge.fallback is `error`. \
-                     Set judge.fallback to `first_ok` or `random` to answer anyway."
+                    "No candidate could be chosen ({detail}), and the judge's fallback is \
+                     `error`. Set its `fallback` to `first_ok` or `random` to answer anyway."
                 ),
             )))
         }
@@ -230,5 +233,6 @@ fn fall_back(
         verdict,
         fallback: Some(format!("{} ({why})", fallback.as_str())),
         disqualified: Vec::new(),
+        strategy: "",
     })
 }

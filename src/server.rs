@@ -218,6 +218,7 @@ async fn route(
         request.uri().path(),
         request.headers(),
         &state.config,
+        &state.judges,
     );
     let (mode, response, held) = match planned {
         Err(error) => ("rejected", error.into_response(), Held::default()),

@@ -1,39 +1,56 @@
 //! What every request handler shares: the config, the upstream client and the judges.
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use crate::cache::AnswerCache;
-use crate::config::Config;
+use crate::config::{Config, ConfigError, JudgeConfig};
+use crate::judge::call::JudgeCall;
 use crate::judge::Judges;
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
-use crate::upstream::{self, ApiKey, Upstream};
+use crate::upstream::{self, ApiKey, HttpsClient, Upstream};
 
 /// Keys read from the environment at start; kept apart from [`Config`] so that the config can
 /// be printed and logged without ever holding a secret.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
     pub upstream_key: Option<ApiKey>,
-    pub judge_key: Option<ApiKey>,
+    /// Keys of judges with their own endpoint, by the name of their environment variable.
+    pub judge_keys: BTreeMap<String, ApiKey>,
 }
 
 impl Secrets {
-    /// Reads the variables named by `upstream.api_key_env` and `judge.api_key_env`.
+    /// Reads the variables named by `upstream.api_key_env` and every judge's `api_key_env`.
     pub fn from_env(config: &Config) -> Secrets {
-        let judge_env = &config.judge.api_key_env;
+        let judge_keys = judge_key_names(config)
+            .into_iter()
+            .filter_map(|name| Some((name.to_string(), ApiKey::from_env(name)?)))
+            .collect();
         Secrets {
             upstream_key: ApiKey::from_env(&config.upstream.api_key_env),
-            judge_key: (!judge_env.is_empty())
-                .then(|| ApiKey::from_env(judge_env))
-                .flatten(),
+            judge_keys,
         }
     }
 
     /// Hides every one of these keys in upstream text.
     pub fn redactor(&self) -> Redactor {
-        let keys = [&self.upstream_key, &self.judge_key];
-        Redactor::new(keys.into_iter().flatten().map(ApiKey::secret))
+        let keys = self.upstream_key.iter().chain(self.judge_keys.values());
+        Redactor::new(keys.map(ApiKey::secret))
     }
+}
+
+/// Every `api_key_env` of a judge with its own endpoint (keys of other judges are never read).
+pub fn judge_key_names(config: &Config) -> Vec<&str> {
+    let mut names: Vec<&str> = std::iter::once(&config.judge)
+        .chain(config.judges.values())
+        .filter(|j| !j.base_url.is_empty() && !j.api_key_env.is_empty())
+        .map(|j| j.api_key_env.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 pub struct AppState {
@@ -47,41 +64,10 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, secrets: Secrets) -> Result<Arc<AppState>, String> {
-        let client = upstream::build_client(&config.upstream)?;
-        let redactor = secrets.redactor();
-        let main = Upstream::new(
-            client.clone(),
-            &config.upstream.base_url,
-            secrets.upstream_key.clone(),
-            &config.upstream,
-            redactor.clone(),
-        )?;
-        // A judge with its own endpoint uses only its own key: neither the client's credentials
-        // nor the upstream key may travel to a different host.
-        let (judge_endpoint, forward_client_headers) = if config.judge.base_url.is_empty() {
-            (main.clone(), true)
-        } else {
-            let key = secrets.judge_key.clone();
-            if key.is_none() {
-                tracing::warn!(
-                    judge = %upstream::redact_url(&config.judge.base_url),
-                    "judge.base_url is set but judge.api_key_env names no key: judge calls go unauthenticated"
-                );
-            }
-            let mut judge_upstream = config.upstream.clone();
-            judge_upstream.forward_client_auth = false;
-            let endpoint = Upstream::new(
-                client,
-                &config.judge.base_url,
-                key,
-                &judge_upstream,
-                redactor,
-            )?;
-            (endpoint, false)
-        };
+        let (client, main) = connect_upstream(&config, &secrets)?;
         let metrics = Metrics::new();
         let judges =
-            Judges::from_config(&config, judge_endpoint, forward_client_headers, &metrics)?;
+            build_judges(&config, &secrets, &main, &client, &metrics).map_err(|e| e.to_string())?;
         let cache = config
             .cache
             .enabled
@@ -94,4 +80,63 @@ impl AppState {
             cache,
         }))
     }
+}
+
+/// The HTTP client every upstream call shares, and the upstream itself.
+fn connect_upstream(config: &Config, secrets: &Secrets) -> Result<(HttpsClient, Upstream), String> {
+    let client = upstream::build_client(&config.upstream)?;
+    let main = Upstream::new(
+        client.clone(),
+        &config.upstream.base_url,
+        secrets.upstream_key.clone(),
+        &config.upstream,
+        secrets.redactor(),
+    )?;
+    Ok((client, main))
+}
+
+/// Builds the judges as serving would, without serving: `check-config` and start-up run it to
+/// report a judge mistake with its key before anything listens.
+pub fn check_judges(config: &Config, secrets: &Secrets) -> Result<Judges, String> {
+    let (client, main) = connect_upstream(config, secrets)?;
+    build_judges(config, secrets, &main, &client, &Metrics::new()).map_err(|e| e.to_string())
+}
+
+/// Builds every judge, each reaching its model through the upstream or its own endpoint.
+pub fn build_judges(
+    config: &Config,
+    secrets: &Secrets,
+    main: &Upstream,
+    client: &HttpsClient,
+    metrics: &Metrics,
+) -> Result<Judges, ConfigError> {
+    let redactor = secrets.redactor();
+    // Built-in judges share `[judge]`'s endpoint: warn about a missing key once per endpoint.
+    let warned = RefCell::new(HashSet::new());
+    let connect = |judge: &JudgeConfig| -> Result<JudgeCall, ConfigError> {
+        if judge.base_url.is_empty() {
+            return Ok(JudgeCall::new(judge, main.clone(), true, metrics.clone()));
+        }
+        // A judge with its own endpoint uses only its own key: neither the client's
+        // credentials nor the upstream key may travel to a different host.
+        let key = secrets.judge_keys.get(&judge.api_key_env).cloned();
+        if key.is_none() && warned.borrow_mut().insert(judge.base_url.clone()) {
+            tracing::warn!(
+                judge = %upstream::redact_url(&judge.base_url),
+                "a judge base_url is set but its api_key_env names no key: judge calls there go unauthenticated"
+            );
+        }
+        let mut judge_upstream = config.upstream.clone();
+        judge_upstream.forward_client_auth = false;
+        let endpoint = Upstream::new(
+            client.clone(),
+            &judge.base_url,
+            key,
+            &judge_upstream,
+            redactor.clone(),
+        )
+        .map_err(ConfigError)?;
+        Ok(JudgeCall::new(judge, endpoint, false, metrics.clone()))
+    };
+    Judges::build(config, &connect)
 }

@@ -22,7 +22,7 @@ use crate::config::UpstreamConfig;
 use crate::error::ApiError;
 use crate::redact::Redactor;
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// An API key. Its `Debug` never shows the value, so it cannot reach a log line by accident.
 #[derive(Clone)]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use bon_proxy::config::Fallback;
+use bon_proxy::config::{Fallback, Rubrics};
 use common::mock::{Call, MockUpstream, Reply};
 use common::*;
 use serde_json::{json, Value};
@@ -521,7 +521,7 @@ async fn judge_model_and_rubrics_come_from_config() {
     let mock = MockUpstream::start().await;
     let mut config = config_for(&mock);
     config.judge.model = "judge-model".into();
-    config.judge.rubrics = vec!["Prefer answers that mention otters.".into()];
+    config.judge.rubrics = Rubrics::List(vec!["Prefer answers that mention otters.".into()]);
     config.judge.max_tokens = 64;
     let proxy = start_proxy(config).await;
     post_chat(&proxy, &[("x-best-of-n", "2")], chat_body("Hi")).await;

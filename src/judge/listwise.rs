@@ -10,38 +10,47 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::budget;
-use super::call::JudgeCall;
-use super::protocol::{self, PromptTemplate, TemplateCandidate, TemplateMessage};
-use super::{Judge, JudgeOutcome, JudgeRequest, Verdict};
-use crate::config::JudgeConfig;
-use crate::openai::RequestMessage;
+use super::llm::LlmPrompt;
+use super::protocol::{self, TemplateCandidate};
+use super::{Blueprint, Judge, JudgeOutcome, JudgeRequest, Strategy, Verdict};
+use crate::config::ConfigError;
+
+/// The registry entry (see `judge::STRATEGIES`).
+pub const STRATEGY: Strategy = super::register("listwise", Some(TEMPLATE), false, Listwise::build);
+
+/// The built-in listwise prompt. Users replace it with `template`; the context holds
+/// `conversation` (list of `{role, text}`), `rubrics` (list of strings) and `candidates`
+/// (list of `{id, text}`, already shuffled).
+const TEMPLATE: &str = r#"You are an impartial judge. Several assistants answered the same conversation; decide which answer serves the user best.
+
+<conversation>
+{% for message in conversation %}[{{ message.role }}]
+{{ message.text }}
+{% endfor %}</conversation>
+
+Judge the answers against these rubrics, most important first:
+{% for rubric in rubrics %}{{ loop.index }}. {{ rubric }}
+{% endfor %}
+The {{ candidates | length }} candidate answers:
+{% for candidate in candidates %}
+<candidate id="{{ candidate.id }}">
+{{ candidate.text }}
+</candidate>
+{% endfor %}
+The order in which the candidates are shown means nothing, and neither does length on its own. Think briefly, then give the id of the best candidate as <best>ID</best>, and rank all candidates from best to worst as <ranking>ID,ID,...</ranking>."#;
 
 pub struct Listwise {
-    call: JudgeCall,
-    template: PromptTemplate,
-    /// The template's source as configured (empty: the built-in one), for the fingerprint.
-    template_source: String,
-    rubrics: Vec<String>,
+    prompt: LlmPrompt,
     shuffle: bool,
-    max_prompt_bytes: usize,
 }
 
 impl Listwise {
-    /// The registry's constructor (see `judge::STRATEGIES`).
-    pub fn build(config: &JudgeConfig, call: JudgeCall) -> Result<Arc<dyn Judge>, String> {
-        Ok(Arc::new(Listwise::new(config, call)?))
-    }
-
-    pub fn new(config: &JudgeConfig, call: JudgeCall) -> Result<Listwise, String> {
-        Ok(Listwise {
-            call,
-            template: PromptTemplate::new(&config.template)?,
-            template_source: config.template.clone(),
-            rubrics: config.rubrics.clone(),
-            shuffle: config.shuffle,
-            max_prompt_bytes: config.max_prompt_bytes,
-        })
+    fn build(blueprint: Blueprint<'_>) -> Result<Arc<dyn Judge>, ConfigError> {
+        let shuffle = blueprint.config.shuffle;
+        Ok(Arc::new(Listwise {
+            prompt: LlmPrompt::new(blueprint, TEMPLATE)?,
+            shuffle,
+        }))
     }
 
     async fn decide(&self, request: JudgeRequest<'_>) -> Verdict {
@@ -57,25 +66,15 @@ impl Listwise {
     }
 
     async fn ask(&self, request: &JudgeRequest<'_>, order: &[usize]) -> Verdict {
-        let mut shown: Vec<TemplateCandidate> = order
+        let shown: Vec<TemplateCandidate> = order
             .iter()
             .enumerate()
             .map(|(k, &p)| TemplateCandidate {
                 id: (k + 1).to_string(),
-                text: protocol::neutralize_tags(&request.candidates[p].text),
+                text: request.candidates[p].text.clone(),
             })
             .collect();
-        let mut conversation = conversation_for_judge(request.conversation);
-        budget::fit_prompt(&mut conversation, &mut shown, self.max_prompt_bytes);
-        let prompt = match self.template.render(&conversation, &self.rubrics, &shown) {
-            Ok(prompt) => prompt,
-            Err(why) => return Verdict::failed(JudgeOutcome::Error, why),
-        };
-        let (text, usage) = match self
-            .call
-            .complete(request.request_model, prompt, request.client_headers)
-            .await
-        {
+        let (text, usage) = match self.prompt.ask(request, shown).await {
             Ok(answer) => answer,
             Err(failure) => {
                 let mut verdict = Verdict::failed(JudgeOutcome::Error, failure.why);
@@ -83,7 +82,7 @@ impl Listwise {
                 return verdict;
             }
         };
-        let mut verdict = match protocol::parse_listwise(&text, shown.len()) {
+        let mut verdict = match protocol::parse_listwise(&text, order.len()) {
             Ok(parsed) => rank(request, order, parsed),
             Err(why) => Verdict::failed(JudgeOutcome::ParseError, why),
         };
@@ -120,37 +119,49 @@ fn rank(request: &JudgeRequest<'_>, order: &[usize], parsed: protocol::ListwiseV
     verdict
 }
 
-/// The conversation as the judge reads it; tool results say which call they answer.
-fn conversation_for_judge(messages: &[RequestMessage]) -> Vec<TemplateMessage> {
-    messages
-        .iter()
-        .map(|m| {
-            let role = match m.tool_call_id() {
-                Some(id) => format!("{} (result of {id})", m.role),
-                None => m.role.clone(),
-            };
-            TemplateMessage {
-                role,
-                text: m.text_for_judge(),
-            }
-        })
-        .collect()
-}
-
 impl Judge for Listwise {
     fn judge<'a>(&'a self, request: JudgeRequest<'a>) -> BoxFuture<'a, Verdict> {
         self.decide(request).boxed()
     }
 
     fn fingerprint(&self) -> String {
-        serde_json::json!([
-            "listwise",
-            self.call.fingerprint(),
-            self.rubrics,
-            self.template_source,
-            self.shuffle,
-            self.max_prompt_bytes,
-        ])
-        .to_string()
+        serde_json::json!(["listwise", self.prompt.fingerprint(), self.shuffle]).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::protocol::{PromptTemplate, TemplateMessage};
+
+    #[test]
+    fn default_template_renders_candidates_in_the_protocol_format() {
+        let template = PromptTemplate::new("", TEMPLATE).unwrap();
+        let text = template
+            .render(
+                &[TemplateMessage {
+                    role: "user".into(),
+                    text: "Why?".into(),
+                }],
+                &["Be right.".to_string()],
+                &[
+                    TemplateCandidate {
+                        id: "1".into(),
+                        text: "Because.".into(),
+                    },
+                    TemplateCandidate {
+                        id: "2".into(),
+                        text: "- a\n- b".into(),
+                    },
+                ],
+            )
+            .unwrap();
+        assert!(
+            text.contains("<candidate id=\"2\">\n- a\n- b\n</candidate>"),
+            "{text}"
+        );
+        assert!(text.contains("1. Be right."));
+        assert!(text.contains("[user]\nWhy?"));
+        assert!(text.contains("<best>"));
     }
 }

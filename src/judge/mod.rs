@@ -6,22 +6,30 @@
 
 pub mod budget;
 pub mod call;
+pub mod catalog;
 pub mod listwise;
+pub mod llm;
+pub mod pairwise;
+pub mod panel;
+pub mod pointwise;
 pub mod protocol;
+pub mod rubrics;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http::HeaderMap;
+use serde_json::{Map, Value};
 
-use crate::config::{Config, JudgeConfig};
-use crate::metrics::Metrics;
+use crate::config::{ConfigError, JudgeConfig};
 use crate::openai::{RequestMessage, Usage};
-use crate::upstream::Upstream;
+
+pub use catalog::{Judges, NamedJudge};
 
 /// One successful candidate as a judge sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JudgedCandidate {
     /// Position in generation order (0-based), the id everything outside the judge uses.
     pub index: usize,
@@ -38,6 +46,15 @@ pub struct JudgeRequest<'a> {
     pub client_headers: &'a HeaderMap,
     /// Seed of the presentation shuffle, reported so a verdict can be reproduced.
     pub seed: u64,
+    /// Rubrics the request chose (`x-best-of-n-rubric`); `None` means the judge's own.
+    pub rubrics: Option<&'a [String]>,
+}
+
+impl JudgeRequest<'_> {
+    /// The same request with another seed, for a judge that asks other judges.
+    pub fn reseeded(&self, seed: u64) -> JudgeRequest<'_> {
+        JudgeRequest { seed, ..*self }
+    }
 }
 
 /// How the judging went, as `bon_judge_total{outcome}` will count it.
@@ -81,6 +98,9 @@ pub struct Verdict {
     pub latency: Duration,
     /// Seed of the presentation shuffle, to reproduce the verdict.
     pub seed: u64,
+    /// What the strategy adds to the debug object (comparisons, per-candidate calls, panel
+    /// members), under its own keys.
+    pub detail: Map<String, Value>,
 }
 
 impl Verdict {
@@ -109,6 +129,7 @@ impl Verdict {
             failure: None,
             latency: Duration::ZERO,
             seed: 0,
+            detail: Map::new(),
         }
     }
 }
@@ -122,145 +143,72 @@ pub trait Judge: Send + Sync {
     fn fingerprint(&self) -> String;
 }
 
-/// How to build one strategy from the judge settings and the way to reach its model.
-type Build = fn(&JudgeConfig, call::JudgeCall) -> Result<Arc<dyn Judge>, String>;
+/// What a strategy's constructor gets: the judge's table, resolved.
+pub struct Blueprint<'a> {
+    /// The judge's name, for messages.
+    pub name: &'a str,
+    /// Where its table lives (`judge`, `judges.NAME`), for messages.
+    pub key: &'a str,
+    pub config: &'a JudgeConfig,
+    /// The rubrics, a preset already looked up.
+    pub rubrics: Vec<String>,
+    /// `template`, or what `template_file` holds; empty means the built-in template.
+    pub template: String,
+    /// How LLM calls reach the judge's model.
+    pub call: call::JudgeCall,
+    /// The judges built before this one, by name (every plain judge, for panels).
+    pub built: &'a BTreeMap<String, Arc<NamedJudge>>,
+}
+
+/// How to build one strategy from its blueprint.
+type Build = fn(Blueprint<'_>) -> Result<Arc<dyn Judge>, ConfigError>;
+
+/// One strategy as the registry knows it.
+pub struct Strategy {
+    pub name: &'static str,
+    /// The built-in prompt template, for strategies that write one.
+    pub template: Option<&'static str>,
+    /// True for strategies made of other judges (built after them, never their members).
+    pub composite: bool,
+    build: Build,
+}
 
 /// Every strategy this build knows, by name: the one place a name maps to an implementation.
 /// A new strategy is its own file and one line here.
-const STRATEGIES: &[(&str, Build)] = &[("listwise", listwise::Listwise::build)];
+const STRATEGIES: &[Strategy] = &[
+    listwise::STRATEGY,
+    pointwise::STRATEGY,
+    pairwise::STRATEGY,
+    panel::STRATEGY,
+];
+
+/// The strategy called `name`.
+pub fn strategy(name: &str) -> Option<&'static Strategy> {
+    STRATEGIES.iter().find(|s| s.name == name)
+}
 
 /// The names of every strategy, for messages and validation.
 pub fn strategy_names() -> Vec<&'static str> {
-    STRATEGIES.iter().map(|(name, _)| *name).collect()
+    STRATEGIES.iter().map(|s| s.name).collect()
 }
 
-pub fn is_strategy(name: &str) -> bool {
-    STRATEGIES.iter().any(|(known, _)| *known == name)
-}
-
-/// Checks the `[judge]` settings the way building the judges will use them, so that
-/// `check-config` and start-up fail with the key to fix: a known strategy, a template that
-/// compiles and renders.
-pub fn check_config(judge: &JudgeConfig) -> Result<(), String> {
-    if !is_strategy(&judge.strategy) {
-        return Err(format!(
-            "`judge.strategy`: unknown strategy `{}`; allowed: {}",
-            judge.strategy,
-            strategy_names().join(", ")
-        ));
-    }
-    protocol::check_template(&judge.template).map_err(|e| format!("`judge.template`: {e}"))
-}
-
-/// The configured judges, by strategy name, each with its fingerprint.
-pub struct Judges {
-    by_name: Vec<(&'static str, Arc<dyn Judge>, String)>,
-}
-
-impl Judges {
-    /// Builds every strategy from the config. `endpoint` is where LLM judge calls go and
-    /// `forward_client_headers` says whether the client's credentials travel with them.
-    pub fn from_config(
-        config: &Config,
-        endpoint: Upstream,
-        forward_client_headers: bool,
-        metrics: &Metrics,
-    ) -> Result<Judges, String> {
-        check_config(&config.judge)?;
-        let mut by_name = Vec::with_capacity(STRATEGIES.len());
-        for (name, build) in STRATEGIES {
-            let call = call::JudgeCall::new(
-                &config.judge,
-                endpoint.clone(),
-                forward_client_headers,
-                metrics.clone(),
-            );
-            let judge = build(&config.judge, call)?;
-            let fingerprint = blake3::hash(judge.fingerprint().as_bytes())
-                .to_hex()
-                .to_string();
-            by_name.push((*name, judge, fingerprint));
-        }
-        Ok(Judges { by_name })
-    }
-
-    pub fn get(&self, name: &str) -> Option<Arc<dyn Judge>> {
-        self.by_name
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, judge, _)| judge.clone())
-    }
-
-    /// The hashed [`Judge::fingerprint`] of the judge called `name`.
-    pub fn fingerprint(&self, name: &str) -> Option<&str> {
-        self.by_name
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, _, fingerprint)| fingerprint.as_str())
+/// The registry entry of a strategy: its name, template and constructor.
+const fn register(
+    name: &'static str,
+    template: Option<&'static str>,
+    composite: bool,
+    build: Build,
+) -> Strategy {
+    Strategy {
+        name,
+        template,
+        composite,
+        build,
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::redact::Redactor;
-
-    fn judges(config: &Config) -> Judges {
-        let client = crate::upstream::build_client(&config.upstream).unwrap();
-        let endpoint = Upstream::new(
-            client,
-            "http://127.0.0.1:9/v1",
-            None,
-            &config.upstream,
-            Redactor::default(),
-        )
-        .unwrap();
-        Judges::from_config(config, endpoint, true, &Metrics::new()).unwrap()
-    }
-
-    #[test]
-    fn every_registered_strategy_is_built_and_nothing_else() {
-        let judges = judges(&Config::default());
-        for name in strategy_names() {
-            assert!(judges.get(name).is_some(), "{name}");
-        }
-        assert!(judges.get("coin").is_none());
-        assert!(!is_strategy("coin"));
-    }
-
-    #[test]
-    fn the_fingerprint_follows_what_changes_a_verdict() {
-        let base = Config::default();
-        let fingerprint =
-            |config: &Config| judges(config).fingerprint("listwise").unwrap().to_string();
-        let mut rubrics = base.clone();
-        rubrics.judge.rubrics = vec!["Only brevity matters.".into()];
-        let mut model = base.clone();
-        model.judge.model = "judge-model".into();
-        let mut timeout = base.clone();
-        timeout.judge.timeout = std::time::Duration::from_secs(1);
-        assert_ne!(fingerprint(&base), fingerprint(&rubrics));
-        assert_ne!(fingerprint(&base), fingerprint(&model));
-        assert_eq!(
-            fingerprint(&base),
-            fingerprint(&timeout),
-            "a deadline picks nothing"
-        );
-    }
-
-    #[test]
-    fn bad_judge_settings_name_the_key() {
-        let mut judge = JudgeConfig {
-            strategy: "coin".into(),
-            ..JudgeConfig::default()
-        };
-        let err = check_config(&judge).unwrap_err();
-        assert!(
-            err.contains("judge.strategy") && err.contains("listwise"),
-            "{err}"
-        );
-        judge.strategy = "listwise".into();
-        judge.template = "{{ cnadidates }}".into();
-        assert!(check_config(&judge).unwrap_err().contains("judge.template"));
+impl Strategy {
+    pub fn build(&self, blueprint: Blueprint<'_>) -> Result<Arc<dyn Judge>, ConfigError> {
+        (self.build)(blueprint)
     }
 }

@@ -12,27 +12,6 @@ use rand::SeedableRng;
 use serde::Serialize;
 use serde_json::Value;
 
-/// The built-in listwise prompt. Users replace it with `judge.template`; the context holds
-/// `conversation` (list of `{role, text}`), `rubrics` (list of strings) and `candidates`
-/// (list of `{id, text}`, already shuffled).
-pub const DEFAULT_LISTWISE_TEMPLATE: &str = r#"You are an impartial judge. Several assistants answered the same conversation; decide which answer serves the user best.
-
-<conversation>
-{% for message in conversation %}[{{ message.role }}]
-{{ message.text }}
-{% endfor %}</conversation>
-
-Judge the answers against these rubrics, most important first:
-{% for rubric in rubrics %}{{ loop.index }}. {{ rubric }}
-{% endfor %}
-The {{ candidates | length }} candidate answers:
-{% for candidate in candidates %}
-<candidate id="{{ candidate.id }}">
-{{ candidate.text }}
-</candidate>
-{% endfor %}
-The order in which the candidates are shown means nothing, and neither does length on its own. Think briefly, then give the id of the best candidate as <best>ID</best>, and rank all candidates from best to worst as <ranking>ID,ID,...</ranking>."#;
-
 /// One message of the conversation as the template sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TemplateMessage {
@@ -62,10 +41,10 @@ pub struct PromptTemplate {
 const TEMPLATE_NAME: &str = "judge";
 
 impl PromptTemplate {
-    /// Compiles `source`, or the built-in listwise template when `source` is empty.
-    pub fn new(source: &str) -> Result<PromptTemplate, String> {
+    /// Compiles `source`, or `built_in` when `source` is empty.
+    pub fn new(source: &str, built_in: &str) -> Result<PromptTemplate, String> {
         let source = if source.trim().is_empty() {
-            DEFAULT_LISTWISE_TEMPLATE.to_string()
+            built_in.to_string()
         } else {
             source.to_string()
         };
@@ -98,8 +77,8 @@ impl PromptTemplate {
 }
 
 /// Compiles a template and renders it once with sample data, so that mistakes show at start.
-pub fn check_template(source: &str) -> Result<(), String> {
-    let template = PromptTemplate::new(source)?;
+pub fn check_template(source: &str, built_in: &str) -> Result<PromptTemplate, String> {
+    let template = PromptTemplate::new(source, built_in)?;
     let sample = [TemplateCandidate {
         id: "1".into(),
         text: "sample".into(),
@@ -108,9 +87,8 @@ pub fn check_template(source: &str) -> Result<(), String> {
         role: "user".into(),
         text: "sample".into(),
     }];
-    template
-        .render(&conversation, &["sample rubric".to_string()], &sample)
-        .map(|_| ())
+    template.render(&conversation, &["sample rubric".to_string()], &sample)?;
+    Ok(template)
 }
 
 /// Candidate text with the protocol's own tags defused, so an answer containing
@@ -197,14 +175,8 @@ pub struct ListwiseVerdict {
 /// Parses `<best>K</best>` (or `{"best": K}`) and an optional `<ranking>` for `count` candidates.
 pub fn parse_listwise(text: &str, count: usize) -> Result<ListwiseVerdict, String> {
     let text = strip_think(text);
-    let best_raw = match last_tag(&text, "best") {
-        Some(tag) => tag.to_string(),
-        None => match json_field(&text, "best") {
-            Some(Value::String(s)) => s,
-            Some(Value::Number(n)) => n.to_string(),
-            _ => return Err("the judge's answer has no <best> verdict".to_string()),
-        },
-    };
+    let best_raw = verdict_text(&text, "best")
+        .ok_or_else(|| "the judge's answer has no <best> verdict".to_string())?;
     let best = parse_id(&best_raw, count).ok_or_else(|| {
         format!("the judge chose `{best_raw}`, which is not a candidate id 1..={count}")
     })?;
@@ -220,6 +192,67 @@ pub fn parse_listwise(text: &str, count: usize) -> Result<ListwiseVerdict, Strin
     });
     let ranking = ranking_raw.and_then(|raw| parse_ranking(&raw, best, count));
     Ok(ListwiseVerdict { best, ranking })
+}
+
+/// Parses a pointwise `<score>X</score>` (or `{"score": X}`), X from 0 to 10; `X/10` is read
+/// as X.
+pub fn parse_score(text: &str) -> Result<f64, String> {
+    let text = strip_think(text);
+    let raw = verdict_text(&text, "score")
+        .ok_or_else(|| "the judge's answer has no <score> verdict".to_string())?;
+    let number = raw.trim().strip_suffix("/10").unwrap_or(raw.trim()).trim();
+    match number.parse::<f64>() {
+        Ok(score) if score.is_finite() && (0.0..=10.0).contains(&score) => Ok(score),
+        _ => Err(format!(
+            "the judge scored `{raw}`, which is not a number from 0 to 10"
+        )),
+    }
+}
+
+/// A pairwise verdict, in presentation ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Winner {
+    A,
+    B,
+    Tie,
+}
+
+impl Winner {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Winner::A => "A",
+            Winner::B => "B",
+            Winner::Tie => "tie",
+        }
+    }
+}
+
+/// Parses a pairwise `<winner>A|B|tie</winner>` (or `{"winner": "A"}`).
+pub fn parse_winner(text: &str) -> Result<Winner, String> {
+    let text = strip_think(text);
+    let raw = verdict_text(&text, "winner")
+        .ok_or_else(|| "the judge's answer has no <winner> verdict".to_string())?;
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "a" => Ok(Winner::A),
+        "b" => Ok(Winner::B),
+        "tie" => Ok(Winner::Tie),
+        _ => Err(format!(
+            "the judge's winner is `{raw}`; allowed: A, B or tie"
+        )),
+    }
+}
+
+/// The verdict of `tag`: the last `<tag>…</tag>`, else the value of `tag` in a JSON object,
+/// quotes removed.
+fn verdict_text(text: &str, tag: &str) -> Option<String> {
+    if let Some(inner) = last_tag(text, tag) {
+        return Some(inner.to_string());
+    }
+    match json_field(text, tag)? {
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 fn parse_id(raw: &str, count: usize) -> Option<usize> {
@@ -349,40 +382,50 @@ mod tests {
     }
 
     #[test]
-    fn default_template_renders_candidates_in_the_protocol_format() {
-        let template = PromptTemplate::new("").unwrap();
-        let text = template
-            .render(
-                &[TemplateMessage {
-                    role: "user".into(),
-                    text: "Why?".into(),
-                }],
-                &["Be right.".to_string()],
-                &[
-                    TemplateCandidate {
-                        id: "1".into(),
-                        text: "Because.".into(),
-                    },
-                    TemplateCandidate {
-                        id: "2".into(),
-                        text: "- a\n- b".into(),
-                    },
-                ],
-            )
-            .unwrap();
-        assert!(
-            text.contains("<candidate id=\"2\">\n- a\n- b\n</candidate>"),
-            "{text}"
-        );
-        assert!(text.contains("1. Be right."));
-        assert!(text.contains("[user]\nWhy?"));
-        assert!(text.contains("<best>"));
+    fn template_mistakes_fail_the_check() {
+        let check = |source| check_template(source, "built in").map(|_| ());
+        assert!(check("{{ candidates | nosuchfilter }}").is_err());
+        assert!(check("{{ cnadidates }}").is_err());
+        assert!(check("{% for c in candidates %}{{ c.text }}{% endfor %} <best>").is_ok());
+        assert!(check("").is_ok(), "empty means the built-in template");
     }
 
     #[test]
-    fn template_mistakes_fail_the_check() {
-        assert!(check_template("{{ candidates | nosuchfilter }}").is_err());
-        assert!(check_template("{{ cnadidates }}").is_err());
-        assert!(check_template("{% for c in candidates %}{{ c.text }}{% endfor %} <best>").is_ok());
+    fn scores_are_read_and_bounded() {
+        assert_eq!(parse_score("Solid. <score>7.5</score>"), Ok(7.5));
+        assert_eq!(parse_score("<score> 8/10 </score>"), Ok(8.0));
+        assert_eq!(parse_score(r#"{"score": 10}"#), Ok(10.0));
+        assert_eq!(parse_score(r#"{"score": "3"}"#), Ok(3.0));
+        assert_eq!(
+            parse_score("<think><score>1</score></think><score>9</score>"),
+            Ok(9.0)
+        );
+        for bad in [
+            "<score>11</score>",
+            "<score>-1</score>",
+            "<score>NaN</score>",
+            "<score>high</score>",
+            "seven",
+            "<score>inf</score>",
+        ] {
+            assert!(parse_score(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn winners_are_read() {
+        assert_eq!(
+            parse_winner("B is better <winner>B</winner>"),
+            Ok(Winner::B)
+        );
+        assert_eq!(parse_winner("<winner>a</winner>"), Ok(Winner::A));
+        assert_eq!(parse_winner("<winner>Tie</winner>"), Ok(Winner::Tie));
+        assert_eq!(parse_winner(r#"{"winner": "A"}"#), Ok(Winner::A));
+        assert_eq!(
+            parse_winner("<think><winner>A</winner></think> <winner>B</winner>"),
+            Ok(Winner::B)
+        );
+        assert!(parse_winner("<winner>C</winner>").is_err());
+        assert!(parse_winner("A, clearly").is_err());
     }
 }

@@ -1,0 +1,394 @@
+//! The named judges of one process, built once at start, and the rubric presets requests pick.
+//!
+//! Names come from three places, later ones winning: every strategy is a built-in judge of the
+//! same name, configured by `[judge]` (which keeps working as the first release's one judge);
+//! then `[judges.NAME]` tables, each a full judge starting from the defaults. `judge.default`
+//! names the judge a request gets when it names none; without it, that is `[judge]`'s strategy.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::call::JudgeCall;
+use super::rubrics::RubricBook;
+use super::{panel, strategy, strategy_names, Blueprint, Judge, Strategy};
+use crate::config::{Config, ConfigError, Fallback, JudgeConfig, Rubrics};
+
+/// One judge as requests know it.
+pub struct NamedJudge {
+    pub name: String,
+    /// Its strategy's name, the `strategy` label of `bon_judge_total`.
+    pub strategy: &'static str,
+    pub judge: Arc<dyn Judge>,
+    /// What chooses when this judge cannot.
+    pub fallback: Fallback,
+    /// A hash of everything that can change this judge's pick: part of the cache key.
+    pub fingerprint: String,
+    /// One line for `check-config`: model, endpoint, rubrics or members.
+    pub summary: String,
+}
+
+/// Makes the call through which a judge reaches its model: its endpoint and key. The state
+/// supplies it, since it holds the upstream and the secrets.
+pub type Connect<'a> = dyn Fn(&JudgeConfig) -> Result<JudgeCall, ConfigError> + 'a;
+
+/// Every judge of this process, by name.
+pub struct Judges {
+    by_name: BTreeMap<String, Arc<NamedJudge>>,
+    default: String,
+    rubrics: RubricBook,
+}
+
+/// One judge's table and where it lives, for messages.
+struct Table {
+    key: String,
+    config: JudgeConfig,
+}
+
+impl Judges {
+    /// Builds every judge: each strategy's built-in one and each `[judges.NAME]`. Templates
+    /// are test-rendered, presets and members looked up; the first mistake is the error.
+    pub fn build(config: &Config, connect: &Connect<'_>) -> Result<Judges, ConfigError> {
+        let rubrics = RubricBook::new(&config.rubrics);
+        let tables = tables(config)?;
+        let default = default_name(config, &tables)?;
+        let mut by_name: BTreeMap<String, Arc<NamedJudge>> = BTreeMap::new();
+        // Plain judges first: composite ones (panels) are made of them.
+        for composite in [false, true] {
+            for (name, table) in &tables {
+                let strategy = strategy_of(table)?;
+                if strategy.composite == composite {
+                    let judge = build_one(name, table, strategy, &rubrics, connect, &by_name)?;
+                    by_name.insert(name.clone(), Arc::new(judge));
+                }
+            }
+        }
+        Ok(Judges {
+            by_name,
+            default,
+            rubrics,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<NamedJudge>> {
+        self.by_name.get(name)
+    }
+
+    /// The name of the judge a request gets when it names none.
+    pub fn default_name(&self) -> &str {
+        &self.default
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.by_name.keys().map(String::as_str).collect()
+    }
+
+    /// The rubric preset called `name`.
+    pub fn rubric(&self, name: &str) -> Option<&Arc<[String]>> {
+        self.rubrics.get(name)
+    }
+
+    pub fn rubric_names(&self) -> Vec<&str> {
+        self.rubrics.names()
+    }
+
+    /// One line per judge, the default marked, for `check-config`.
+    pub fn describe(&self) -> Vec<String> {
+        self.by_name
+            .values()
+            .map(|judge| {
+                let default = if judge.name == self.default {
+                    " (default)"
+                } else {
+                    ""
+                };
+                format!(
+                    "{}{default}: strategy {}; {}",
+                    judge.name, judge.strategy, judge.summary
+                )
+            })
+            .collect()
+    }
+}
+
+/// Every judge table by name: built-in ones lent from `[judge]`, then `[judges.NAME]`.
+fn tables(config: &Config) -> Result<BTreeMap<String, Table>, ConfigError> {
+    if strategy(&config.judge.strategy).is_none() {
+        return Err(unknown_strategy("judge", &config.judge.strategy));
+    }
+    let mut tables: BTreeMap<String, Table> = strategy_names()
+        .into_iter()
+        .map(|name| {
+            let table = Table {
+                key: "judge".into(),
+                config: config.judge.lent_to(name),
+            };
+            (name.to_string(), table)
+        })
+        .collect();
+    for (name, judge) in &config.judges {
+        let table = Table {
+            key: format!("judges.{name}"),
+            config: judge.clone(),
+        };
+        tables.insert(name.clone(), table);
+    }
+    Ok(tables)
+}
+
+fn default_name(config: &Config, tables: &BTreeMap<String, Table>) -> Result<String, ConfigError> {
+    let name = match config.judge.default.as_str() {
+        "" => &config.judge.strategy,
+        name => name,
+    };
+    if tables.contains_key(name) {
+        return Ok(name.to_string());
+    }
+    let names: Vec<&str> = tables.keys().map(String::as_str).collect();
+    Err(ConfigError(format!(
+        "`judge.default`: there is no judge `{name}`; judges: {}. Add a [judges.{name}] table \
+         or name one of these",
+        names.join(", ")
+    )))
+}
+
+fn strategy_of(table: &Table) -> Result<&'static Strategy, ConfigError> {
+    strategy(&table.config.strategy)
+        .ok_or_else(|| unknown_strategy(&table.key, &table.config.strategy))
+}
+
+fn unknown_strategy(key: &str, name: &str) -> ConfigError {
+    ConfigError(format!(
+        "`{key}.strategy`: unknown strategy `{name}`; allowed: {}",
+        strategy_names().join(", ")
+    ))
+}
+
+fn build_one(
+    name: &str,
+    table: &Table,
+    strategy: &'static Strategy,
+    rubrics: &RubricBook,
+    connect: &Connect<'_>,
+    built: &BTreeMap<String, Arc<NamedJudge>>,
+) -> Result<NamedJudge, ConfigError> {
+    let config = &table.config;
+    let key = table.key.as_str();
+    let has_template = !config.template.is_empty() || !config.template_file.is_empty();
+    if strategy.template.is_none() && has_template {
+        return Err(ConfigError(format!(
+            "`{key}.template`: the {} strategy writes no prompt of its own; set templates on \
+             its members instead",
+            strategy.name
+        )));
+    }
+    let blueprint = Blueprint {
+        name,
+        key,
+        config,
+        rubrics: rubrics.resolve(&config.rubrics, &format!("{key}.rubrics"))?,
+        template: read_template(config, key)?,
+        call: connect(config)?,
+        built,
+    };
+    let judge = strategy.build(blueprint)?;
+    let fingerprint = json!([judge.fingerprint(), config.fallback.as_str()]).to_string();
+    Ok(NamedJudge {
+        name: name.to_string(),
+        strategy: strategy.name,
+        fingerprint: blake3::hash(fingerprint.as_bytes()).to_hex().to_string(),
+        judge,
+        fallback: config.fallback,
+        summary: summary(config, strategy),
+    })
+}
+
+/// `template`, or the contents of `template_file` (already made absolute by the config).
+fn read_template(config: &JudgeConfig, key: &str) -> Result<String, ConfigError> {
+    if config.template_file.is_empty() {
+        return Ok(config.template.clone());
+    }
+    std::fs::read_to_string(&config.template_file).map_err(|e| {
+        ConfigError(format!(
+            "`{key}.template_file`: cannot read {}: {e}",
+            config.template_file
+        ))
+    })
+}
+
+fn summary(config: &JudgeConfig, strategy: &Strategy) -> String {
+    let fallback = config.fallback.as_str();
+    if strategy.composite {
+        let members = panel::member_names(config).join(", ");
+        return format!("members {members}; fallback {fallback}");
+    }
+    let model = match config.model.as_str() {
+        "" => "the request's model",
+        model => model,
+    };
+    let endpoint = match config.base_url.as_str() {
+        "" => "the upstream".to_string(),
+        url if config.api_key_env.is_empty() => {
+            format!("{} (no key)", crate::upstream::redact_url(url))
+        }
+        url => format!(
+            "{} (key from ${}, masked)",
+            crate::upstream::redact_url(url),
+            config.api_key_env
+        ),
+    };
+    let rubrics = match &config.rubrics {
+        Rubrics::Preset(name) => format!("preset {name}"),
+        Rubrics::List(list) => format!("{} listed", list.len()),
+    };
+    let template = match (config.template.is_empty(), config.template_file.as_str()) {
+        (true, "") => "built in".to_string(),
+        (false, _) => "inline".to_string(),
+        (true, file) => file.to_string(),
+    };
+    format!(
+        "model {model}; endpoint {endpoint}; rubrics {rubrics}; template {template}; \
+         fallback {fallback}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{check_judges, Secrets};
+
+    fn build(toml: &str) -> Result<Judges, String> {
+        let config = Config::parse(toml).map_err(|e| e.0)?;
+        check_judges(&config, &Secrets::default())
+    }
+
+    #[test]
+    fn every_strategy_is_a_built_in_judge_and_the_old_table_is_the_default() {
+        let judges = build("").unwrap();
+        assert_eq!(
+            judges.names(),
+            vec!["listwise", "pairwise", "panel", "pointwise"]
+        );
+        assert_eq!(judges.default_name(), "listwise");
+        let judges = build("[judge]\nstrategy = \"pointwise\"\n").unwrap();
+        assert_eq!(judges.default_name(), "pointwise");
+        assert_eq!(judges.get("pairwise").unwrap().strategy, "pairwise");
+    }
+
+    #[test]
+    fn named_judges_are_built_and_the_default_can_name_one() {
+        let judges = build(
+            r#"
+[judge]
+default = "strict"
+[judges.strict]
+strategy = "pairwise"
+model = "judge-model"
+rubrics = "code"
+[judges.trio]
+strategy = "panel"
+members = ["strict", "listwise"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(judges.default_name(), "strict");
+        assert_eq!(judges.get("trio").unwrap().strategy, "panel");
+        let lines = judges.describe();
+        let strict = lines.iter().find(|l| l.starts_with("strict")).unwrap();
+        assert!(
+            strict.contains("(default)")
+                && strict.contains("model judge-model")
+                && strict.contains("preset code"),
+            "{strict}"
+        );
+        let trio = lines.iter().find(|l| l.starts_with("trio")).unwrap();
+        assert!(trio.contains("members strict, listwise"), "{trio}");
+    }
+
+    #[test]
+    fn mistakes_name_the_key_and_the_choices() {
+        let cases = [
+            ("[judge]\nstrategy = \"coin\"\n", "`judge.strategy`"),
+            ("[judges.x]\nstrategy = \"coin\"\n", "`judges.x.strategy`"),
+            ("[judge]\ndefault = \"nobody\"\n", "`judge.default`"),
+            ("[judges.x]\nrubrics = \"poetry\"\n", "`judges.x.rubrics`"),
+            (
+                "[judges.x]\ntemplate = \"{{ cnadidates }}\"\n",
+                "`judges.x.template`",
+            ),
+            (
+                "[judges.x]\nstrategy = \"panel\"\nmembers = [\"ghost\"]\n",
+                "`judges.x.members`",
+            ),
+            (
+                "[judges.x]\nstrategy = \"panel\"\nmembers = [\"panel\"]\n",
+                "`judges.x.members`",
+            ),
+            (
+                "[judges.x]\nstrategy = \"panel\"\ntemplate = \"{{ candidates }}\"\n",
+                "`judges.x.template`",
+            ),
+            (
+                "[judges.x]\ntemplate_file = \"/nonexistent/judge.j2\"\n",
+                "`judges.x.template_file`",
+            ),
+        ];
+        for (toml, key) in cases {
+            let err = build(toml).err().unwrap_or_default();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let err = build("[judges.x]\nstrategy = \"coin\"\n").err().unwrap();
+        assert!(
+            err.contains("listwise, pointwise, pairwise, panel"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fingerprints_follow_what_changes_a_pick() {
+        let fingerprint =
+            |toml: &str, name: &str| build(toml).unwrap().get(name).unwrap().fingerprint.clone();
+        let base = fingerprint("", "listwise");
+        assert_ne!(
+            base,
+            fingerprint("[judge]\nrubrics = \"code\"\n", "listwise")
+        );
+        assert_ne!(base, fingerprint("[judge]\nmodel = \"m\"\n", "listwise"));
+        assert_ne!(
+            base,
+            fingerprint("[judge]\nfallback = \"random\"\n", "listwise")
+        );
+        assert_eq!(
+            base,
+            fingerprint("[judge]\ntimeout = \"1s\"\n", "listwise"),
+            "a deadline picks nothing"
+        );
+        let pairwise = fingerprint("", "pairwise");
+        assert_ne!(pairwise, base);
+        assert_ne!(
+            pairwise,
+            fingerprint("[judge]\nround_robin_max = 3\n", "pairwise")
+        );
+        let panel = fingerprint("", "panel");
+        assert_ne!(panel, fingerprint("[judge]\nmodel = \"m\"\n", "panel"));
+    }
+
+    #[test]
+    fn template_files_are_read() {
+        let dir = std::env::temp_dir().join(format!("bon-judge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("judge.j2");
+        std::fs::write(&file, "{{ candidates | length }} <score>").unwrap();
+        let toml = format!(
+            "[judges.x]\nstrategy = \"pointwise\"\ntemplate_file = \"{}\"\n",
+            file.display()
+        );
+        let judges = build(&toml).unwrap();
+        assert!(judges.describe().iter().any(|l| l.contains("judge.j2")));
+        std::fs::write(&file, "{% if %}").unwrap();
+        let err = build(&toml).err().unwrap();
+        assert!(err.contains("judges.x.template_file"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
