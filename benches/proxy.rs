@@ -21,8 +21,10 @@
 //!    highest rate each sustains (≥ 95 % of the target rate achieved, < 1 % failures,
 //!    p99 < 100 ms);
 //! 2. streaming passthrough: time to first body byte and to the last byte;
-//! 3. best-of-N critical path against a 50 ms upstream, versus the ideal of one candidate plus
-//!    one judge call measured directly in the same run;
+//! 3. best-of-N critical path against a 50 ms upstream: listwise at N = 1, 5, 16, and the
+//!    pointwise, pairwise and panel judges at N = 5, each against its ideal, the same rounds of
+//!    upstream calls made directly in the same run (N candidates at once, then the judge's
+//!    calls at once);
 //! 4. answer-cache hits versus direct calls to the zero-latency demo;
 //! 5. idle and peak RSS with 1,000 open streams and 200 open best-of-5 requests;
 //! 6. CPU time per request of the proxy beside the demo's CPU time per upstream call;
@@ -518,6 +520,9 @@ struct Target {
     expect: Option<(HeaderName, HeaderValue)>,
     /// SSE: the body must end with `data: [DONE]`.
     stream: bool,
+    /// Direct fan-out: one "request" is rounds of this many concurrent calls, one round after
+    /// the other, as a client doing best-of-N itself would make them. Empty: one call.
+    rounds: Vec<usize>,
 }
 
 impl Target {
@@ -540,7 +545,15 @@ impl Target {
             headers: Vec::new(),
             expect: None,
             stream,
+            rounds: Vec::new(),
         }
+    }
+
+    /// The calls best-of-N makes, made directly: `rounds[k]` concurrent calls in round k.
+    fn fan_out(label: &str, service: &Service, rounds: &[usize]) -> Arc<Target> {
+        let mut target = Target::new(label, service, false);
+        target.rounds = rounds.to_vec();
+        Arc::new(target)
     }
 
     /// Best-of-N through a proxy; `store` false adds `Cache-Control: no-store`.
@@ -555,6 +568,13 @@ impl Target {
         }
         target.expect = Some((name, n));
         target
+    }
+
+    /// Names the judge with `x-best-of-n-judge`.
+    fn judged_by(mut self, judge: &'static str) -> Target {
+        let name = HeaderName::from_static("x-best-of-n-judge");
+        self.headers.push((name, HeaderValue::from_static(judge)));
+        self
     }
 
     /// Requires `name: value` on every 2xx answer instead of the default check.
@@ -594,8 +614,27 @@ enum Outcome {
     Error(String),
 }
 
-/// Sends one request and reads the whole body, noting when its first byte came.
+/// Sends one request (or its rounds of direct calls) and reads the whole body.
 async fn exchange(client: &HttpClient, target: &Target) -> Outcome {
+    if target.rounds.is_empty() {
+        return exchange_one(client, target).await;
+    }
+    let mut last = Outcome::Error("no rounds".into());
+    for &calls in &target.rounds {
+        let outcomes =
+            futures_util::future::join_all((0..calls).map(|_| exchange_one(client, target)));
+        for outcome in outcomes.await {
+            match outcome {
+                Outcome::Done { status, .. } if status.is_success() => last = outcome,
+                failed => return failed,
+            }
+        }
+    }
+    last
+}
+
+/// Sends one request and reads the whole body, noting when its first byte came.
+async fn exchange_one(client: &HttpClient, target: &Target) -> Outcome {
     let response = match client.request(target.request()).await {
         Ok(response) => response,
         Err(e) => return Outcome::Error(error_chain(&e)),
@@ -1327,11 +1366,36 @@ fn scenario_streaming(load: &Load, services: &Services, settings: &Settings) -> 
 
 fn scenario_best_of_n(load: &Load, services: &Services, settings: &Settings) -> Value {
     let direct = Target::chat("direct", &services.demo50, false);
-    let ns = [1_u32, 5, 16];
+    // (N, judge, judge calls): the default listwise judge at three sizes, then every other
+    // strategy at N = 5. Each judges in one round of concurrent calls (pairwise plays a round
+    // robin up to 6 candidates, a panel's members run at once).
+    let levels: [(u32, Option<&'static str>, usize); 6] = [
+        (1, None, 0),
+        (5, None, 1),
+        (16, None, 1),
+        (5, Some("pointwise"), 5),
+        (5, Some("pairwise"), 20),
+        (5, Some("panel"), 26),
+    ];
     let mut targets = vec![direct];
-    for n in ns {
-        let label = format!("N={n}");
-        targets.push(Target::best_of(&label, &services.proxy50, n, false).shared());
+    for (n, judge, judge_calls) in levels {
+        let label = format!("N={n} {}", judge.unwrap_or("listwise"));
+        let target = Target::best_of(&label, &services.proxy50, n, false);
+        targets.push(match judge {
+            Some(judge) => target.judged_by(judge).shared(),
+            None => target.shared(),
+        });
+        // The ideal: the same rounds of calls made directly, measured in the same windows.
+        let rounds = if n == 1 {
+            vec![1]
+        } else {
+            vec![n as usize, judge_calls]
+        };
+        targets.push(Target::fan_out(
+            &format!("{label} direct"),
+            &services.demo50,
+            &rounds,
+        ));
     }
     let recs = load.interleave(
         &targets,
@@ -1340,31 +1404,44 @@ fn scenario_best_of_n(load: &Load, services: &Services, settings: &Settings) -> 
         settings.bon_rounds,
     );
     let call = &recs[0];
-    let mut rows = vec![bon_row("direct call", 1, call, call)];
+    let mut rows = vec![bon_row("direct call", "1", call, call)];
     let mut out = Vec::new();
-    for (n, r) in ns.iter().zip(&recs[1..]) {
-        let calls = if *n >= 2 { 2 } else { 1 };
-        rows.push(bon_row(&format!("best-of-{n}"), calls, r, call));
-        print_errors(&format!("best-of-{n}"), r);
+    for ((n, judge, judge_calls), pair) in levels.iter().zip(recs[1..].chunks(2)) {
+        let (r, ideal) = (&pair[0], &pair[1]);
+        let shape = if *n >= 2 {
+            format!("{n} + {judge_calls}")
+        } else {
+            "1".to_string()
+        };
+        let label = match judge {
+            Some(judge) => format!("best-of-{n} {judge}"),
+            None => format!("best-of-{n}"),
+        };
+        rows.push(bon_row(&label, &shape, r, ideal));
+        print_errors(&label, r);
+        print_errors(&format!("{label} direct"), ideal);
         out.push(json!({
             "n": n,
-            "critical_path_calls": calls,
+            "judge": judge.unwrap_or("listwise"),
+            "upstream_calls": shape,
             "measured": r.to_json(),
-            "ideal_us": {"p50": calls * call.p(0.5), "p99": calls * call.p(0.99)},
+            "ideal": ideal.to_json(),
+            "ideal_us": {"p50": ideal.p(0.5), "p99": ideal.p(0.99)},
             "proxy_share_us": {
-                "p50": r.p(0.5) as i64 - (calls * call.p(0.5)) as i64,
-                "p99": r.p(0.99) as i64 - (calls * call.p(0.99)) as i64,
+                "p50": r.p(0.5) as i64 - ideal.p(0.5) as i64,
+                "p99": r.p(0.99) as i64 - ideal.p(0.99) as i64,
             },
         }));
     }
     let title = format!(
-        "3. Best-of-N critical path, upstream 50 ms, {:.0} req/s, no-store \
-         (ideal = calls x direct call)",
+        "3. Best-of-N critical path, upstream 50 ms, {:.0} req/s, no-store (ideal = the \
+         same upstream calls made directly: the N candidates at once, then the judge's calls \
+         at once)",
         settings.bon_rate
     );
     let header = [
         "request",
-        "calls",
+        "upstream calls",
         "n",
         "fail",
         "ideal p50",
@@ -1383,9 +1460,11 @@ fn scenario_best_of_n(load: &Load, services: &Services, settings: &Settings) -> 
     })
 }
 
-fn bon_row(label: &str, calls: u64, r: &Recorder, call: &Recorder) -> Vec<String> {
-    let ideal50 = calls * call.p(0.5);
-    let ideal99 = calls * call.p(0.99);
+/// One row of scenario 3: the proxy's figures against `ideal`, the same upstream calls made
+/// directly.
+fn bon_row(label: &str, calls: &str, r: &Recorder, ideal: &Recorder) -> Vec<String> {
+    let ideal50 = ideal.p(0.5);
+    let ideal99 = ideal.p(0.99);
     vec![
         label.to_string(),
         calls.to_string(),

@@ -54,9 +54,10 @@ pub(super) fn judge_reply(prompt: &str) -> Option<String> {
         return Some(format!("{reason} <winner>{best}</winner>"));
     }
     if prompt.contains("<score>") {
-        let score = best_score.min(10);
+        // 0 to 10 with diminishing returns, so structured answers still differ.
+        let score = 10.0 * best_score as f64 / (best_score as f64 + 6.0);
         return Some(format!(
-            "Rated on structure and length. <score>{score}</score>"
+            "Rated on structure and length. <score>{score:.1}</score>"
         ));
     }
     let ranking: Vec<&str> = ranked.iter().map(|&(id, _)| id).collect();
