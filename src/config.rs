@@ -156,6 +156,8 @@ pub struct BestOfNConfig {
     /// sent. A client's own temperature always wins.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+    /// How the candidates are asked for: N calls, or one call with `n = N`.
+    pub generation: Generation,
     /// Largest best-of-N request body; smaller than `server.max_body_bytes` because the proxy
     /// multiplies what it sends by N.
     pub max_body_bytes: usize,
@@ -189,6 +191,26 @@ impl Diversity {
     }
 }
 
+/// How the N candidates are asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Generation {
+    /// N concurrent calls, one choice each.
+    Parallel,
+    /// One call with `"n": N`; the N choices become the N candidates. Falls back to parallel
+    /// calls when the upstream refuses `n` or returns fewer choices.
+    NParam,
+}
+
+impl Generation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Generation::Parallel => "parallel",
+            Generation::NParam => "n_param",
+        }
+    }
+}
+
 /// Built-in instructions for `diversity = "variations"`, in the spirit of RM-Gallery's
 /// best-of-N seed prompts: each pushes an answer towards a different, legitimate shape.
 pub const DEFAULT_VARIATIONS: [&str; 6] = [
@@ -211,6 +233,7 @@ impl Default for BestOfNConfig {
             diversity: Diversity::Seed,
             variations: DEFAULT_VARIATIONS.iter().map(|v| v.to_string()).collect(),
             temperature: None,
+            generation: Generation::Parallel,
             max_body_bytes: 4 * 1024 * 1024,
             memory_budget_bytes: 256 * 1024 * 1024,
             memory_wait: Duration::from_secs(1),
@@ -219,7 +242,7 @@ impl Default for BestOfNConfig {
 }
 
 impl BestOfNConfig {
-    /// The candidate settings: variations and temperature.
+    /// The candidate settings: variations, temperature, and how they combine with generation.
     fn validate_candidates(&self) -> Result<(), ConfigError> {
         let fail = |key: &str, msg: String| Err(ConfigError(format!("`{key}`: {msg}")));
         if self.diversity == Diversity::Variations && self.variations.is_empty() {
@@ -242,6 +265,15 @@ impl BestOfNConfig {
                 format!(
                     "is {t}; allowed: 0.0 to 2.0, or leave the key out to keep each request's own"
                 ),
+            );
+        }
+        if self.generation == Generation::NParam && self.diversity == Diversity::Variations {
+            return fail(
+                "best_of_n.generation",
+                "\"n_param\" asks for all candidates in one call, which cannot give each its own \
+                 instruction, and best_of_n.diversity is \"variations\". Use generation = \
+                 \"parallel\" with variations, or diversity = \"seed\" or \"none\" with n_param"
+                    .into(),
             );
         }
         Ok(())
@@ -615,6 +647,11 @@ mod tests {
             ("variations = [\"be brief\", \" \"]", "best_of_n.variations"),
             ("temperature = 2.5", "best_of_n.temperature"),
             ("temperature = -0.1", "best_of_n.temperature"),
+            (
+                "diversity = \"variations\"\ngeneration = \"n_param\"",
+                "best_of_n.generation",
+            ),
+            ("generation = \"both\"", "n_param"),
         ];
         for (keys, named) in cases {
             let err = Config::parse(&format!("[best_of_n]\n{keys}\n")).unwrap_err();
@@ -626,7 +663,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.best_of_n.diversity, Diversity::Variations);
         assert_eq!(config.best_of_n.temperature, Some(0.7));
-        let config = Config::parse("").unwrap();
+        let config = Config::parse("[best_of_n]\ngeneration = \"n_param\"\n").unwrap();
+        assert_eq!(config.best_of_n.generation, Generation::NParam);
         assert_eq!(config.best_of_n.variations.len(), DEFAULT_VARIATIONS.len());
     }
 

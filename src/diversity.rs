@@ -52,6 +52,20 @@ pub fn candidate_bodies(
         .collect())
 }
 
+/// The body of one call asking for all N candidates as `"n": N`: the client's request, not
+/// streamed, with the default temperature. One call has one seed, so a client's `seed` stays as
+/// it is, and there is no per-candidate instruction (configuration refuses variations here).
+pub fn n_param_body(
+    request: &ChatRequest,
+    n: u32,
+    config: &BestOfNConfig,
+) -> Result<SharedJson, Failed> {
+    let mut base = request.candidate_body();
+    with_default_temperature(&mut base, config.temperature);
+    base.n = Some(n);
+    encode(&base).map(SharedJson::from)
+}
+
 /// Sets `temperature` when the client sent none (or `null`); a client's own value is kept.
 fn with_default_temperature(body: &mut ChatRequest, temperature: Option<f64>) {
     let Some(temperature) = temperature else {
@@ -195,5 +209,17 @@ mod tests {
             let out = decoded(&candidate_bodies(&request(body), 1, &config).unwrap());
             assert_eq!(out[0]["temperature"], expected);
         }
+    }
+
+    #[test]
+    fn n_param_body_asks_for_n_and_keeps_unknown_fields() {
+        let body = json!({"model": "m", "n": 2, "stream": true, "seed": 3, "vendor": {"x": 1},
+            "messages": [{"role": "user", "content": "q"}]});
+        let out = n_param_body(&request(body), 5, &BestOfNConfig::default()).unwrap();
+        let out: Value = serde_json::from_slice(&out.to_vec()).unwrap();
+        assert_eq!(out["n"], 5);
+        assert_eq!(out["stream"], false);
+        assert_eq!(out["seed"], 3);
+        assert_eq!(out["vendor"]["x"], 1);
     }
 }

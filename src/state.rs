@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::cache::AnswerCache;
 use crate::config::Config;
+use crate::generation::ModelsWithoutN;
 use crate::judge::Judges;
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// `None` when `cache.enabled` is false.
     pub cache: Option<AnswerCache>,
+    /// Models whose upstream refused `n`, for `best_of_n.generation = "n_param"`.
+    pub models_without_n: ModelsWithoutN,
 }
 
 impl AppState {
@@ -92,6 +95,7 @@ impl AppState {
             judges,
             metrics,
             cache,
+            models_without_n: ModelsWithoutN::default(),
         }))
     }
 }
