@@ -14,11 +14,11 @@ use futures_util::FutureExt;
 use http::{header, HeaderMap, Response};
 
 use crate::answer::{Failed, Ready};
-use crate::body::{Body, SharedJson};
+use crate::body::Body;
 use crate::cache::{self, KeyBuilder};
-use crate::config::Diversity;
 use crate::error::ApiError;
-use crate::fanout::{self, Candidate};
+use crate::fanout::Candidate;
+use crate::generation;
 use crate::openai::ChatRequest;
 use crate::plan::BestOfN;
 use crate::respond;
@@ -167,7 +167,8 @@ fn cache_key(
     headers: &HeaderMap,
 ) -> cache::CacheKey {
     // The judge's own fingerprint (fallback included) and the rubric the request chose:
-    // everything that can change the pick.
+    // everything that can change the pick; and the candidate settings: everything that can
+    // change what is picked from.
     let judge = state
         .judges
         .get(&plan.judge)
@@ -186,6 +187,10 @@ fn cache_key(
         plan.judge,
         judge.unwrap_or_default(),
         rubric.unwrap_or_default(),
+    );
+    let scope = format!(
+        "{scope}|{}",
+        generation::fingerprint(&state.config.best_of_n)
     );
     KeyBuilder::new(scope.as_bytes())
         .request(request)
@@ -231,18 +236,9 @@ async fn generate_and_select(
     request: &ChatRequest,
     timing: &Timing,
 ) -> Result<Ready, Failed> {
-    let bodies = candidate_bodies(request, plan.n, state.config.best_of_n.diversity)?;
-    let fan_out_started = Instant::now();
-    let candidates = fanout::generate(
-        &state.upstream,
-        &state.metrics,
-        target,
-        headers,
-        bodies,
-        state.config.best_of_n.candidate_timeout,
-    )
-    .await;
-    timing.waited(fan_out_started);
+    let generation_started = Instant::now();
+    let candidates = generation::generate(state, target, headers, request, plan.n).await?;
+    timing.waited(generation_started);
     check_enough(state, plan, request, &candidates)?;
     let selection = selection::select(state, plan, request, &candidates, headers).await?;
     // The judge's time is waiting on an upstream call too.
@@ -255,42 +251,6 @@ async fn generate_and_select(
         &selection,
         request.choices_wanted() as usize,
     )
-}
-
-/// The N candidate request bodies, serialised once and shared. A client that fixes `seed`
-/// would get N identical answers from a deterministic upstream; with `diversity = "seed"`
-/// candidate k asks with `seed + k`, written as a small head before the shared rest.
-fn candidate_bodies(
-    request: &ChatRequest,
-    n: u32,
-    diversity: Diversity,
-) -> Result<Vec<SharedJson>, Failed> {
-    let mut base = request.candidate_body();
-    let seed = match diversity {
-        Diversity::Seed => base.extra.get("seed").and_then(serde_json::Value::as_i64),
-        Diversity::None => None,
-    };
-    if seed.is_some() {
-        base.extra.shift_remove("seed");
-    }
-    let encoded = serde_json::to_vec(&base).map(Bytes::from).map_err(|e| {
-        Failed::Proxy(ApiError::internal(format!(
-            "cannot encode the candidate request: {e}"
-        )))
-    })?;
-    drop(base);
-    let Some(seed) = seed else {
-        return Ok(vec![SharedJson::from(encoded); n as usize]);
-    };
-    // `encoded` is a JSON object with at least `model` and `messages`: `{"seed":S,` + the
-    // rest after its opening brace is the same object with `seed` first.
-    let rest = encoded.slice(1..);
-    Ok((0..n)
-        .map(|k| {
-            let head = format!("{{\"seed\":{},", seed.wrapping_add(i64::from(k)));
-            SharedJson::new(Bytes::from(head), rest.clone())
-        })
-        .collect())
 }
 
 /// Enough candidates succeeded: at least one, `best_of_n.min_candidates`, and `n`.

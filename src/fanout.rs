@@ -1,4 +1,5 @@
-//! Fan-out: N concurrent candidate calls to the upstream, each with its own deadline.
+//! Fan-out: concurrent candidate calls to the upstream, one per body, each with its own
+//! deadline. This is the parallel path of `generation`, which decides how many calls to make.
 //!
 //! A failed candidate is recorded, not fatal; the caller decides what to do with however many
 //! succeeded. Dropping the future returned by [`generate`] drops every call still in flight,
@@ -66,6 +67,15 @@ impl Failure {
     }
 }
 
+impl From<UpstreamError> for Failure {
+    fn from(error: UpstreamError) -> Failure {
+        match error {
+            UpstreamError::Timeout(d) => Failure::Timeout(d),
+            other => Failure::Transport(other.to_string()),
+        }
+    }
+}
+
 impl Candidate {
     pub fn answer(&self) -> Option<&Answer> {
         self.result.as_ref().ok()
@@ -73,6 +83,7 @@ impl Candidate {
 }
 
 /// Sends every body in `bodies` (one per candidate) concurrently and waits for all of them.
+/// Candidates are numbered from 0 in the order of `bodies`.
 pub async fn generate(
     upstream: &Upstream,
     metrics: &Metrics,
@@ -81,7 +92,6 @@ pub async fn generate(
     bodies: Vec<SharedJson>,
     timeout: Duration,
 ) -> Vec<Candidate> {
-    let n = bodies.len();
     let calls = bodies
         .into_iter()
         .enumerate()
@@ -89,25 +99,26 @@ pub async fn generate(
             let started = Instant::now();
             let result =
                 one_candidate(upstream, metrics, path, client_headers, body, timeout).await;
-            metrics.candidate(match &result {
-                Ok(_) => "ok",
-                Err(failure) => failure.outcome(),
-            });
-            if let Some(usage) = result
-                .as_ref()
-                .ok()
-                .and_then(|a| a.completion.usage.as_ref())
-            {
-                metrics.tokens("candidate", usage.prompt_tokens, usage.completion_tokens);
-            }
-            Candidate {
+            let candidate = Candidate {
                 index,
                 latency: started.elapsed(),
                 result,
-            }
+            };
+            record(metrics, &candidate);
+            candidate
         });
-    metrics.fan_out(n);
     join_all(calls).await
+}
+
+/// Counts one candidate: its outcome, and the tokens its answer reports.
+pub fn record(metrics: &Metrics, candidate: &Candidate) {
+    metrics.candidate(match &candidate.result {
+        Ok(_) => "ok",
+        Err(failure) => failure.outcome(),
+    });
+    if let Some(usage) = candidate.answer().and_then(|a| a.completion.usage.as_ref()) {
+        metrics.tokens("candidate", usage.prompt_tokens, usage.completion_tokens);
+    }
 }
 
 async fn one_candidate(
@@ -123,10 +134,7 @@ async fn one_candidate(
         .post_json(path, client_headers, body, timeout)
         .await;
     metrics.upstream_call("candidate", &call_status(&sent), started.elapsed());
-    let reply = sent.map_err(|e| match e {
-        UpstreamError::Timeout(d) => Failure::Timeout(d),
-        other => Failure::Transport(other.to_string()),
-    })?;
+    let reply = sent.map_err(Failure::from)?;
     if !reply.status.is_success() {
         return Err(Failure::Status(reply));
     }

@@ -1,9 +1,10 @@
 //! bon-proxy: an OpenAI-compatible reverse proxy that answers one chat completion with the
 //! best of N, chosen by a judge.
 //!
-//! The request path, top to bottom: [`server`] routes, [`plan`] decides, [`fanout`] generates
-//! candidates, [`selection`] has the [`judge`] pick (or falls back), [`respond`] builds the
-//! [`answer`]; [`passthrough`] carries everything else.
+//! The request path, top to bottom: [`server`] routes, [`plan`] decides, `generation` asks for
+//! the candidates (`diversity` writes their bodies, [`fanout`] makes parallel calls),
+//! [`selection`] has the [`judge`] pick (or falls back), [`respond`] builds the [`answer`];
+//! [`passthrough`] carries everything else.
 //! `main.rs` is only the command line; tests and benches use this library directly.
 
 pub(crate) mod admission;
@@ -17,8 +18,10 @@ pub mod config;
 pub(crate) mod conn;
 pub(crate) mod connections;
 pub mod demo;
+pub(crate) mod diversity;
 pub mod error;
 pub mod fanout;
+pub(crate) mod generation;
 pub mod intake;
 pub mod judge;
 pub mod metrics;

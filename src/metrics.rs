@@ -157,7 +157,7 @@ impl Metrics {
             candidates: counter(
                 &r,
                 "bon_candidates_total",
-                "Candidate calls by outcome",
+                "Candidates by outcome (one n_param call makes several)",
                 &["outcome"],
             ),
             candidates_per_request,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::cache::AnswerCache;
 use crate::config::{Config, ConfigError, JudgeConfig};
+use crate::generation::ModelsWithoutN;
 use crate::judge::call::JudgeCall;
 use crate::judge::Judges;
 use crate::metrics::Metrics;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// `None` when `cache.enabled` is false.
     pub cache: Option<AnswerCache>,
+    /// Models whose upstream refused `n`, for `best_of_n.generation = "n_param"`.
+    pub models_without_n: ModelsWithoutN,
 }
 
 impl AppState {
@@ -78,6 +81,7 @@ impl AppState {
             judges,
             metrics,
             cache,
+            models_without_n: ModelsWithoutN::default(),
         }))
     }
 }

@@ -238,7 +238,11 @@ mod tests {
         assert_eq!(between(&reply, "<winner>", "</winner>"), "tie");
         let pointwise = "<candidate id=\"1\">\n- a\n- b\nReply <score>N</score>";
         let reply = client.ask(pointwise).await;
-        assert_eq!(between(&reply, "<score>", "</score>"), "6");
+        assert_eq!(
+            between(&reply, "<score>", "</score>"),
+            "5.0",
+            "10 x 6 / (6 + 6)"
+        );
     }
 
     #[test]
