@@ -520,9 +520,10 @@ struct Target {
     expect: Option<(HeaderName, HeaderValue)>,
     /// SSE: the body must end with `data: [DONE]`.
     stream: bool,
-    /// Direct fan-out: one "request" is rounds of this many concurrent calls, one round after
-    /// the other, as a client doing best-of-N itself would make them. Empty: one call.
-    rounds: Vec<usize>,
+    /// Direct fan-out: one "request" is rounds of concurrent calls, one round after the other,
+    /// each call with its own body, as a client doing best-of-N itself would make them.
+    /// Empty: one call with `body`.
+    rounds: Vec<Vec<Bytes>>,
 }
 
 impl Target {
@@ -531,8 +532,7 @@ impl Target {
     }
 
     fn new(label: &str, service: &Service, stream: bool) -> Target {
-        let mut body =
-            json!({"model": "demo", "messages": [{"role": "user", "content": QUESTION}]});
+        let mut body = chat_request(QUESTION);
         if stream {
             body["stream"] = json!(true);
         }
@@ -549,10 +549,11 @@ impl Target {
         }
     }
 
-    /// The calls best-of-N makes, made directly: `rounds[k]` concurrent calls in round k.
-    fn fan_out(label: &str, service: &Service, rounds: &[usize]) -> Arc<Target> {
+    /// The calls best-of-N makes, made directly: round k sends every body of `rounds[k]` at
+    /// once.
+    fn fan_out(label: &str, service: &Service, rounds: Vec<Vec<Bytes>>) -> Arc<Target> {
         let mut target = Target::new(label, service, false);
-        target.rounds = rounds.to_vec();
+        target.rounds = rounds;
         Arc::new(target)
     }
 
@@ -589,7 +590,11 @@ impl Target {
     }
 
     fn request(&self) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(self.body.clone()));
+        self.request_with(self.body.clone())
+    }
+
+    fn request_with(&self, body: Bytes) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.uri.clone();
         let headers = request.headers_mut();
@@ -617,13 +622,14 @@ enum Outcome {
 /// Sends one request (or its rounds of direct calls) and reads the whole body.
 async fn exchange(client: &HttpClient, target: &Target) -> Outcome {
     if target.rounds.is_empty() {
-        return exchange_one(client, target).await;
+        return exchange_one(client, target, target.request()).await;
     }
     let mut last = Outcome::Error("no rounds".into());
-    for &calls in &target.rounds {
-        let outcomes =
-            futures_util::future::join_all((0..calls).map(|_| exchange_one(client, target)));
-        for outcome in outcomes.await {
+    for round in &target.rounds {
+        let calls = round
+            .iter()
+            .map(|body| exchange_one(client, target, target.request_with(body.clone())));
+        for outcome in futures_util::future::join_all(calls).await {
             match outcome {
                 Outcome::Done { status, .. } if status.is_success() => last = outcome,
                 failed => return failed,
@@ -634,8 +640,12 @@ async fn exchange(client: &HttpClient, target: &Target) -> Outcome {
 }
 
 /// Sends one request and reads the whole body, noting when its first byte came.
-async fn exchange_one(client: &HttpClient, target: &Target) -> Outcome {
-    let response = match client.request(target.request()).await {
+async fn exchange_one(
+    client: &HttpClient,
+    target: &Target,
+    request: Request<Full<Bytes>>,
+) -> Outcome {
+    let response = match client.request(request).await {
         Ok(response) => response,
         Err(e) => return Outcome::Error(error_chain(&e)),
     };
@@ -1378,7 +1388,7 @@ fn scenario_best_of_n(load: &Load, services: &Services, settings: &Settings) -> 
         (5, Some("panel"), 26),
     ];
     let mut targets = vec![direct];
-    for (n, judge, judge_calls) in levels {
+    for (n, judge, _) in levels {
         let label = format!("N={n} {}", judge.unwrap_or("listwise"));
         let target = Target::best_of(&label, &services.proxy50, n, false);
         targets.push(match judge {
@@ -1386,15 +1396,11 @@ fn scenario_best_of_n(load: &Load, services: &Services, settings: &Settings) -> 
             None => target.shared(),
         });
         // The ideal: the same rounds of calls made directly, measured in the same windows.
-        let rounds = if n == 1 {
-            vec![1]
-        } else {
-            vec![n as usize, judge_calls]
-        };
+        let rounds = ideal_rounds(n as usize, judge.unwrap_or("listwise"));
         targets.push(Target::fan_out(
             &format!("{label} direct"),
             &services.demo50,
-            &rounds,
+            rounds,
         ));
     }
     let recs = load.interleave(
@@ -1477,6 +1483,59 @@ fn bon_row(label: &str, calls: &str, r: &Recorder, ideal: &Recorder) -> Vec<Stri
         ms(r.p(0.99)),
         ms_diff(r.p(0.99), ideal99),
     ]
+}
+
+/// The chat completion every scenario sends, asking `question`.
+fn chat_request(question: &str) -> Value {
+    json!({"model": "demo", "messages": [{"role": "user", "content": question}]})
+}
+
+/// The upstream calls of best-of-`n` judged by `judge`, as bodies: the candidates, then the
+/// judge's prompts (listwise one with every candidate, pointwise one per candidate, pairwise
+/// one per ordered pair, a panel all three), written like the built-in templates so that the
+/// demo does the same judging work as behind the proxy.
+fn ideal_rounds(n: usize, judge: &str) -> Vec<Vec<Bytes>> {
+    let candidate = Bytes::from(chat_request(QUESTION).to_string());
+    if n == 1 {
+        return vec![vec![candidate]];
+    }
+    let prompts = match judge {
+        "listwise" => vec![judge_prompt(n, "<best>ID</best> <ranking>ID,...</ranking>")],
+        "pointwise" => vec![judge_prompt(1, "<score>X</score>"); n],
+        "pairwise" => vec![judge_prompt(2, "<winner>A</winner>"); n * (n - 1)],
+        _ => ["listwise", "pointwise", "pairwise"]
+            .into_iter()
+            .flat_map(|member| ideal_rounds(n, member).pop().unwrap_or_default())
+            .collect(),
+    };
+    vec![vec![candidate; n], prompts]
+}
+
+/// A chat completion asking a judge about `shown` demo-sized answers.
+fn judge_prompt(shown: usize, verdict: &str) -> Bytes {
+    const ANSWER: &str = "A balanced diet matters for several reasons:\n\
+        1. It gives the body the energy and nutrients it needs.\n\
+        2. It supports the immune system.\n\
+        3. It lowers the risk of chronic disease.\n\
+        In short, variety and moderation keep you healthy.";
+    let rubric = "1. Answers what the user actually asked, directly and completely.\n";
+    let mut prompt = format!(
+        "You are an impartial judge. Decide which answer serves the user best.\n\n\
+         <conversation>\n[user]\n{QUESTION}\n</conversation>\n\nJudge the answers against \
+         these rubrics, most important first:\n{}\n",
+        rubric.repeat(5)
+    );
+    for k in 0..shown {
+        let id = match shown {
+            2 => ["A", "B"][k].to_string(),
+            _ => (k + 1).to_string(),
+        };
+        prompt.push_str(&format!(
+            "<candidate id=\"{id}\">\n{ANSWER}\n</candidate>\n"
+        ));
+    }
+    prompt.push_str(&format!("Think briefly, then answer {verdict}."));
+    Bytes::from(chat_request(&prompt).to_string())
 }
 
 fn scenario_cache(load: &Load, services: &Services, settings: &Settings) -> Value {

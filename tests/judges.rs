@@ -305,7 +305,7 @@ async fn pairwise_round_robin_judges_every_pair_in_both_orders() {
 }
 
 #[tokio::test]
-async fn pairwise_position_bias_cancels_into_ties_decided_by_presentation_order() {
+async fn pairwise_position_bias_cancels_and_an_all_tie_tournament_falls_back() {
     // A judge that always prefers whatever is shown first.
     let always_a = |_: &Call| Reply::completion("<winner>A</winner>");
     let (_mock, proxy) = setup(THREE, always_a, |_| {}).await;
@@ -319,12 +319,15 @@ async fn pairwise_position_bias_cancels_into_ties_decided_by_presentation_order(
             (&json!("A"), &json!("A"))
         );
     }
-    // All ties is a decision (pairwise.rs: Copeland, then wins, then presentation order), not
-    // a judge failure: no fallback, and the candidate presented first wins.
-    assert_eq!(judge["outcome"], "ok");
-    assert!(answer.header("x-best-of-n-fallback").is_none());
-    assert_eq!(selected(&answer), judge["presentation_order"][0]);
-    assert_eq!(scores(&answer), ["0.5", "0.5", "0.5"]);
+    // The judge told nothing apart: picking by presentation order would be a coin toss
+    // passed off as a verdict, so the fallback chooses and says so (and nothing is cached).
+    assert_eq!(judge["outcome"], "undecided");
+    assert_eq!(
+        answer.header("x-best-of-n-fallback"),
+        Some("first_ok (undecided)")
+    );
+    assert_eq!(selected(&answer), 0);
+    assert_eq!(scores(&answer), ["-", "-", "-"]);
 }
 
 #[tokio::test]

@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::JudgeConfig;
 use crate::metrics::Metrics;
-use crate::openai::{ChatCompletion, Usage};
+use crate::openai::Usage;
 use crate::upstream::{call_status, snippet, JsonReply, Upstream};
 
 /// How LLM judges reach their model.
@@ -109,13 +110,22 @@ impl JudgeCall {
                 snippet(&reply.body)
             )));
         }
-        let completion =
-            ChatCompletion::parse(&reply.body).map_err(|why| fail(self.endpoint.redact(&why)))?;
-        let usage = completion.usage.clone().unwrap_or_default();
+        let answer: JudgeAnswer = serde_json::from_slice(&reply.body).map_err(|e| {
+            fail(
+                self.endpoint
+                    .redact(&format!("the judge's answer is not a chat completion: {e}")),
+            )
+        })?;
+        let usage = answer.usage.unwrap_or_default();
         self.metrics
             .tokens("judge", usage.prompt_tokens, usage.completion_tokens);
-        match completion.first_choice().and_then(|c| c.content()) {
-            Some(text) => Ok((text.to_string(), usage)),
+        let text = answer
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content);
+        match text {
+            Some(text) => Ok((text, usage)),
             None => Err(CallFailure {
                 why: "the judge's answer has no text content".into(),
                 usage,
@@ -151,24 +161,66 @@ impl JudgeCall {
     }
 
     fn body(&self, model: &str, prompt: &str, sampling: Sampling) -> Bytes {
-        let mut body = json!({
-            "model": model,
-            "messages": [{"role": "user", "content": prompt}],
-        });
+        let limit = (self.max_tokens > 0).then_some(self.max_tokens);
+        let mut body = JudgeBody {
+            model,
+            messages: [JudgeMessage {
+                role: "user",
+                content: prompt,
+            }],
+            temperature: None,
+            max_tokens: None,
+            max_completion_tokens: None,
+        };
         match sampling {
             Sampling::Configured => {
-                body["temperature"] = Value::from(self.temperature);
-                if self.max_tokens > 0 {
-                    body["max_tokens"] = Value::from(self.max_tokens);
-                }
+                body.temperature = Some(self.temperature);
+                body.max_tokens = limit;
             }
-            Sampling::ModelDefaults if self.max_tokens > 0 => {
-                body["max_completion_tokens"] = Value::from(self.max_tokens);
-            }
-            Sampling::ModelDefaults => {}
+            Sampling::ModelDefaults => body.max_completion_tokens = limit,
         }
-        Bytes::from(body.to_string())
+        // Plain strings and numbers: serialising cannot fail.
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
+}
+
+/// A judge call's request body, written straight from borrowed text: judges with many calls
+/// per request (pairwise, panels) should not copy each prompt into a JSON tree first.
+#[derive(Serialize)]
+struct JudgeBody<'a> {
+    model: &'a str,
+    messages: [JudgeMessage<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct JudgeMessage<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+/// The parts of a judge's chat completion the proxy reads; everything else is skipped
+/// unparsed.
+#[derive(Deserialize)]
+struct JudgeAnswer {
+    #[serde(default)]
+    choices: Vec<AnswerChoice>,
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct AnswerChoice {
+    message: AnswerMessage,
+}
+
+#[derive(Deserialize)]
+struct AnswerMessage {
+    content: Option<String>,
 }
 
 /// Which sampling parameters a judge call carries.

@@ -65,6 +65,8 @@ pub enum JudgeOutcome {
     ParseError,
     /// The judge call itself failed (unreachable, timeout, error status, bad template).
     Error,
+    /// The judge answered but preferred no candidate (every pairwise comparison a tie).
+    Undecided,
 }
 
 impl JudgeOutcome {
@@ -73,6 +75,7 @@ impl JudgeOutcome {
             JudgeOutcome::Ok => "ok",
             JudgeOutcome::ParseError => "parse_error",
             JudgeOutcome::Error => "error",
+            JudgeOutcome::Undecided => "undecided",
         }
     }
 }

@@ -10,6 +10,8 @@
 //! Copeland score (wins minus losses), then wins, then the seeded presentation order. More
 //! candidates play a knockout bracket in presentation order (each match still in both orders),
 //! where a tied or failed match sends the candidate placed earlier in the bracket through.
+//! When no comparison had a winner at all (a judge that always names the same position), the
+//! judge is undecided and the fallback chooses, saying so.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -293,6 +295,7 @@ fn verdict_from(
     let calls = comparisons.iter().flat_map(|c| c.calls.iter());
     calls.clone().for_each(|call| usage.add(&call.usage));
     let raw: Vec<String> = calls.clone().filter_map(|c| c.raw.clone()).collect();
+    let decided = |c: &Comparison| matches!(c.outcome(), Outcome::Won(_));
     let mut verdict = if comparisons.iter().all(|c| c.outcome() == Outcome::Failed) {
         let outcome = if raw.is_empty() {
             JudgeOutcome::Error
@@ -305,6 +308,13 @@ fn verdict_from(
             .next()
             .unwrap_or("no comparison was made");
         Verdict::failed(outcome, format!("no comparison was decided ({why})"))
+    } else if !comparisons.iter().any(decided) {
+        // A judge that always names the same position ends here: ranking by presentation
+        // order would be a coin toss passed off as a verdict.
+        Verdict::failed(
+            JudgeOutcome::Undecided,
+            "every comparison was a tie: the judge preferred no candidate in both orders".into(),
+        )
     } else {
         let tallies = tallies(comparisons, count);
         let mut verdict = Verdict::empty(JudgeOutcome::Ok);

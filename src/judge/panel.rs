@@ -99,8 +99,14 @@ fn combine(members: &[Arc<NamedJudge>], verdicts: &[Verdict], presentation: &[us
                 )
             })
             .collect();
+        // Reported as the members failed: unreadable verdicts, or calls that broke.
+        let outcome = verdicts
+            .iter()
+            .map(|v| v.outcome)
+            .find(|o| *o != JudgeOutcome::Error)
+            .unwrap_or(JudgeOutcome::Error);
         Verdict::failed(
-            JudgeOutcome::Error,
+            outcome,
             format!("every panel member failed ({})", reasons.join("; ")),
         )
     } else {
