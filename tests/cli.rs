@@ -348,6 +348,59 @@ fn check_config_rejects_an_unknown_judge_strategy_or_a_broken_template() {
 }
 
 #[test]
+fn check_config_lists_every_judge_with_its_endpoint_and_the_key_masked() {
+    const KEY: &str = "sk-judge-CHECKCONFIG-5555";
+    let toml = r#"
+[judge]
+default = "careful"
+
+[judges.careful]
+strategy = "pairwise"
+model = "judge-b"
+base_url = "https://judge.example/v1"
+api_key_env = "CAREFUL_JUDGE_KEY"
+rubrics = "code"
+
+[judges.jury]
+strategy = "panel"
+members = ["careful", "pointwise"]
+"#;
+    let out = check_config(toml, &[("CAREFUL_JUDGE_KEY", KEY)]);
+    assert!(out.status.success(), "stderr:\n{}", out.stderr);
+    let expected = [
+        "judge API key: set (from $CAREFUL_JUDGE_KEY, value masked)",
+        "careful (default): strategy pairwise; model judge-b; endpoint \
+         https://judge.example/v1 (key from $CAREFUL_JUDGE_KEY, masked); rubrics preset code",
+        "jury: strategy panel; members careful, pointwise",
+        "listwise: strategy listwise; model the request's model; endpoint the upstream",
+        "pointwise: strategy pointwise;",
+    ];
+    for line in expected {
+        assert!(
+            out.stdout.contains(line),
+            "{line} missing from:\n{}",
+            out.stdout
+        );
+    }
+    assert!(!out.all_output().contains("CHECKCONFIG"), "key printed");
+    let toml_start = out.stdout.find("\n[").expect("a TOML table in stdout");
+    let printed: toml::Table = out.stdout[toml_start..].parse().expect("TOML");
+    assert_eq!(
+        printed["judges"]["careful"]["rubrics"].as_str(),
+        Some("code")
+    );
+}
+
+#[test]
+fn check_config_names_a_panel_member_that_does_not_exist() {
+    let toml = "[judges.jury]\nstrategy = \"panel\"\nmembers = [\"ghost\"]\n";
+    let out = check_config(toml, &[]);
+    assert!(!out.status.success(), "stdout:\n{}", out.stdout);
+    assert!(out.stderr.contains("judges.jury.members"), "{}", out.stderr);
+    assert!(out.stderr.contains("ghost"), "{}", out.stderr);
+}
+
+#[test]
 fn check_config_rejects_an_unknown_key_with_its_line_and_the_allowed_keys() {
     let out = check_config(
         "[server]\nlisten = \"127.0.0.1:8080\"\nlistn = \"127.0.0.1:9000\"\n",

@@ -736,3 +736,58 @@ async fn a_custom_template_is_what_the_judge_reads() {
         assert!(!prompt.contains("You are an impartial judge"), "{prompt}");
     }
 }
+
+/// A named judge with its own endpoint gets its own key there and nowhere else, and a key that
+/// endpoint echoes back never reaches the client.
+#[tokio::test]
+async fn a_named_judges_key_goes_only_to_its_endpoint_and_never_back() {
+    const JUDGE_KEY: &str = "sk-judge-NAMED-SECRET-0123456789";
+    let judge_mock = MockUpstream::with_handler(|_: &Call| {
+        let message = format!("Incorrect API key provided: {JUDGE_KEY}");
+        Reply::error(401, &message, "invalid_api_key")
+    })
+    .await;
+    let upstream = MockUpstream::with_handler(|call: &Call| {
+        Reply::completion(&format!("candidate {}", call.seq))
+    })
+    .await;
+    let mut config = config_for(&upstream);
+    let table = JudgeConfig {
+        base_url: judge_mock.base_url(),
+        api_key_env: "NAMED_JUDGE_KEY".into(),
+        ..judge_table("pointwise")
+    };
+    config.judges.insert("remote".into(), table);
+    let mut secrets = bon_proxy::Secrets {
+        upstream_key: Some(bon_proxy::upstream::ApiKey::new(UPSTREAM_KEY)),
+        ..Default::default()
+    };
+    let key = bon_proxy::upstream::ApiKey::new(JUDGE_KEY);
+    secrets.judge_keys.insert("NAMED_JUDGE_KEY".into(), key);
+    let proxy = start_proxy_with(config, secrets).await;
+
+    let answer = judged_by(&proxy, "remote").await;
+    assert_first_ok_fallback(&answer);
+    let shown = String::from_utf8_lossy(&answer.body).to_string();
+    assert!(!shown.contains("NAMED-SECRET"), "key echoed: {shown}");
+    assert!(
+        shown.contains("[redacted]"),
+        "the echo is there, hidden: {shown}"
+    );
+    let bearer = |call: &Call| {
+        let auth = call.headers.get("authorization");
+        auth.and_then(|v| v.to_str().ok()).map(str::to_string)
+    };
+    let judge_calls = judge_mock.calls();
+    assert_eq!(judge_calls.len(), 3, "one pointwise call per candidate");
+    for call in &judge_calls {
+        assert_eq!(bearer(call), Some(format!("Bearer {JUDGE_KEY}")));
+    }
+    for call in upstream.calls() {
+        assert!(
+            !call.is_judge(),
+            "judge calls go to the judge's endpoint only"
+        );
+        assert_eq!(bearer(&call), Some(format!("Bearer {UPSTREAM_KEY}")));
+    }
+}
