@@ -87,12 +87,7 @@ async fn check_variations(messages: Value) -> Vec<Call> {
         body.to_string(),
     )
     .await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    answer.expect_ok();
     let debug = &answer.json()["best_of_n"]["candidates"];
     for k in 0..3 {
         let expected = format!("answer under variation {k}");
@@ -254,12 +249,7 @@ async fn n_param_makes_one_call_and_counts_its_usage_once() {
         chat_body("Hi"),
     )
     .await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    answer.expect_ok();
     let calls = mock.wait_for_calls(2, WAIT).await;
     let candidates = candidate_calls(&calls);
     assert_eq!(candidates.len(), 1, "one upstream call for all candidates");
@@ -369,12 +359,7 @@ async fn fewer_choices_than_asked_are_made_up_by_parallel_calls() {
         chat_body("Hi"),
     )
     .await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    answer.expect_ok();
     let calls = mock.wait_for_calls(4, WAIT).await;
     assert_eq!(candidate_calls(&calls).len(), 3, "the n call and two more");
     let judge = calls.iter().find(|c| c.is_judge()).unwrap();
@@ -401,12 +386,7 @@ async fn a_client_asking_for_two_choices_gets_two_under_n_param() {
     let body =
         json!({"model": "gpt-test", "n": 2, "messages": [{"role": "user", "content": "Hi"}]});
     let answer = post_chat(&proxy, &[("x-best-of-n", "4")], body.to_string()).await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    answer.expect_ok();
     let calls = mock.wait_for_calls(2, WAIT).await;
     let candidates = candidate_calls(&calls);
     assert_eq!(candidates.len(), 1);

@@ -21,23 +21,15 @@ pub const STRATEGY: Strategy = super::register("listwise", Some(TEMPLATE), false
 /// The built-in listwise prompt. Users replace it with `template`; the context holds
 /// `conversation` (list of `{role, text}`), `rubrics` (list of strings) and `candidates`
 /// (list of `{id, text}`, already shuffled).
-const TEMPLATE: &str = r#"You are an impartial judge. Several assistants answered the same conversation; decide which answer serves the user best.
-
-<conversation>
-{% for message in conversation %}[{{ message.role }}]
-{{ message.text }}
-{% endfor %}</conversation>
-
-Judge the answers against these rubrics, most important first:
-{% for rubric in rubrics %}{{ loop.index }}. {{ rubric }}
-{% endfor %}
-The {{ candidates | length }} candidate answers:
-{% for candidate in candidates %}
-<candidate id="{{ candidate.id }}">
-{{ candidate.text }}
-</candidate>
-{% endfor %}
-The order in which the candidates are shown means nothing, and neither does length on its own. Think briefly, then give the id of the best candidate as <best>ID</best>, and rank all candidates from best to worst as <ranking>ID,ID,...</ranking>."#;
+const TEMPLATE: &str = protocol::judge_template!(
+    "You are an impartial judge. Several assistants answered the same conversation; decide \
+     which answer serves the user best.",
+    "the answers",
+    "The {{ candidates | length }} candidate answers:",
+    "The order in which the candidates are shown means nothing, and neither does length on its \
+     own. Think briefly, then give the id of the best candidate as <best>ID</best>, and rank all \
+     candidates from best to worst as <ranking>ID,ID,...</ranking>."
+);
 
 pub struct Listwise {
     prompt: LlmPrompt,

@@ -30,23 +30,15 @@ use crate::openai::Usage;
 pub const STRATEGY: Strategy = super::register("pairwise", Some(TEMPLATE), false, Pairwise::build);
 
 /// The built-in pairwise prompt; `candidates` holds two, ids `A` and `B`.
-const TEMPLATE: &str = r#"You are an impartial judge. Two assistants answered the same conversation; decide which answer serves the user better.
-
-<conversation>
-{% for message in conversation %}[{{ message.role }}]
-{{ message.text }}
-{% endfor %}</conversation>
-
-Judge the answers against these rubrics, most important first:
-{% for rubric in rubrics %}{{ loop.index }}. {{ rubric }}
-{% endfor %}
-The two answers:
-{% for candidate in candidates %}
-<candidate id="{{ candidate.id }}">
-{{ candidate.text }}
-</candidate>
-{% endfor %}
-The order in which the answers are shown means nothing, and neither does length on its own. Think briefly, then give your verdict as <winner>A</winner> or <winner>B</winner>, or <winner>tie</winner> when neither is better."#;
+const TEMPLATE: &str = protocol::judge_template!(
+    "You are an impartial judge. Two assistants answered the same conversation; decide which \
+     answer serves the user better.",
+    "the answers",
+    "The two answers:",
+    "The order in which the answers are shown means nothing, and neither does length on its \
+     own. Think briefly, then give your verdict as <winner>A</winner> or <winner>B</winner>, or \
+     <winner>tie</winner> when neither is better."
+);
 
 pub struct Pairwise {
     prompt: LlmPrompt,

@@ -25,23 +25,14 @@ pub const STRATEGY: Strategy =
     super::register("pointwise", Some(TEMPLATE), false, Pointwise::build);
 
 /// The built-in pointwise prompt; `candidates` holds the one candidate, id `1`.
-const TEMPLATE: &str = r#"You are an impartial judge. Rate how well one assistant answer serves the user in the conversation below.
-
-<conversation>
-{% for message in conversation %}[{{ message.role }}]
-{{ message.text }}
-{% endfor %}</conversation>
-
-Judge the answer against these rubrics, most important first:
-{% for rubric in rubrics %}{{ loop.index }}. {{ rubric }}
-{% endfor %}
-The answer:
-{% for candidate in candidates %}
-<candidate id="{{ candidate.id }}">
-{{ candidate.text }}
-</candidate>
-{% endfor %}
-Length on its own is neither good nor bad. Think briefly, then give a score from 0 (useless or harmful) to 10 (could not be better), decimals allowed, as <score>X</score>."#;
+const TEMPLATE: &str = protocol::judge_template!(
+    "You are an impartial judge. Rate how well one assistant answer serves the user in the \
+     conversation below.",
+    "the answer",
+    "The answer:",
+    "Length on its own is neither good nor bad. Think briefly, then give a score from 0 \
+     (useless or harmful) to 10 (could not be better), decimals allowed, as <score>X</score>."
+);
 
 pub struct Pointwise {
     prompt: LlmPrompt,

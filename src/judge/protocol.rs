@@ -12,6 +12,27 @@ use rand::SeedableRng;
 use serde::Serialize;
 use serde_json::Value;
 
+/// A built-in judge template: `$intro`, the conversation, the rubrics for judging `$judged`,
+/// `$shown` over the candidate blocks, then `$ask` for the verdict. The strategies share the
+/// frame and differ in what they show and the verdict tag they ask for.
+macro_rules! judge_template {
+    ($intro:literal, $judged:literal, $shown:literal, $ask:literal) => {
+        concat!(
+            $intro,
+            "\n\n<conversation>\n{% for message in conversation %}[{{ message.role }}]\n",
+            "{{ message.text }}\n{% endfor %}</conversation>\n\nJudge ",
+            $judged,
+            " against these rubrics, most important first:\n",
+            "{% for rubric in rubrics %}{{ loop.index }}. {{ rubric }}\n{% endfor %}\n",
+            $shown,
+            "\n{% for candidate in candidates %}\n<candidate id=\"{{ candidate.id }}\">\n",
+            "{{ candidate.text }}\n</candidate>\n{% endfor %}\n",
+            $ask
+        )
+    };
+}
+pub(crate) use judge_template;
+
 /// One message of the conversation as the template sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TemplateMessage {

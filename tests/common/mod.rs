@@ -100,6 +100,16 @@ impl Answer {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// Asserts a 200, showing the body when it is not.
+    pub fn expect_ok(&self) {
+        assert_eq!(
+            self.status.as_u16(),
+            200,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+
     /// Asserts an OpenAI-shaped error with `status`, returning the error object.
     pub fn expect_error(&self, status: u16) -> Value {
         assert_eq!(

@@ -1,0 +1,194 @@
+//! `[best_of_n]`: how many candidates, how they are made to differ, how they are asked for,
+//! and the limits on what best-of-N requests may hold.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BestOfNConfig {
+    /// N used when a chat completion has no `x-best-of-n` header; 0 leaves such requests alone.
+    pub default_n: u32,
+    /// Largest N a client may ask for.
+    pub max_n: u32,
+    /// Deadline of each candidate call.
+    #[serde(with = "humantime_serde")]
+    pub candidate_timeout: Duration,
+    /// Fewest successful candidates that still make an answer.
+    pub min_candidates: u32,
+    /// For streaming clients: when no answer is ready after this long, the proxy commits to
+    /// 200 and sends SSE keep-alive comments at this interval until it is.
+    #[serde(with = "humantime_serde")]
+    pub stream_keepalive: Duration,
+    /// How candidates are made to differ from each other.
+    pub diversity: Diversity,
+    /// With `diversity = "variations"`: candidate k gets `variations[k % len]` appended to the
+    /// last user message of its request.
+    pub variations: Vec<String>,
+    /// The temperature candidates use when the client sent none; `None` leaves requests as
+    /// sent. A client's own temperature always wins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// How the candidates are asked for: N calls, or one call with `n = N`.
+    pub generation: Generation,
+    /// Largest best-of-N request body; smaller than `server.max_body_bytes` because the proxy
+    /// multiplies what it sends by N.
+    pub max_body_bytes: usize,
+    /// Memory that best-of-N requests in flight may claim together, weighed as body size x N.
+    pub memory_budget_bytes: u64,
+    /// How long a best-of-N request waits for its share of `memory_budget_bytes` before 503.
+    #[serde(with = "humantime_serde")]
+    pub memory_wait: Duration,
+}
+
+/// How the N candidate requests differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Diversity {
+    /// Identical requests; variety comes from the model's own sampling.
+    None,
+    /// When the request fixes `seed`, candidate k uses `seed + k`.
+    Seed,
+    /// Candidate k gets instruction `k % len` of `best_of_n.variations` appended to the last
+    /// user message (and `seed + k`, as with `Seed`, when the request fixes one).
+    Variations,
+}
+
+impl Diversity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Diversity::None => "none",
+            Diversity::Seed => "seed",
+            Diversity::Variations => "variations",
+        }
+    }
+}
+
+/// How the N candidates are asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Generation {
+    /// N concurrent calls, one choice each.
+    Parallel,
+    /// One call with `"n": N`; the N choices become the N candidates. Falls back to parallel
+    /// calls when the upstream refuses `n` or returns fewer choices.
+    NParam,
+}
+
+impl Generation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Generation::Parallel => "parallel",
+            Generation::NParam => "n_param",
+        }
+    }
+}
+
+/// Built-in instructions for `diversity = "variations"`, in the spirit of RM-Gallery's
+/// best-of-N seed prompts: each pushes an answer towards a different, legitimate shape.
+pub const DEFAULT_VARIATIONS: [&str; 6] = [
+    "Keep the answer short: say what is needed and nothing more.",
+    "Organise the answer as a list of bullet points.",
+    "Work through the reasoning one step at a time before giving the conclusion.",
+    "Illustrate the answer with one concrete, realistic example.",
+    "Open with the direct answer in a single sentence, then give the supporting details.",
+    "Point out the most common mistake or caveat the reader should watch for.",
+];
+
+impl Default for BestOfNConfig {
+    fn default() -> Self {
+        BestOfNConfig {
+            default_n: 0,
+            max_n: 16,
+            candidate_timeout: Duration::from_secs(120),
+            min_candidates: 1,
+            stream_keepalive: Duration::from_secs(5),
+            diversity: Diversity::Seed,
+            variations: DEFAULT_VARIATIONS.iter().map(|v| v.to_string()).collect(),
+            temperature: None,
+            generation: Generation::Parallel,
+            max_body_bytes: 4 * 1024 * 1024,
+            memory_budget_bytes: 256 * 1024 * 1024,
+            memory_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+impl BestOfNConfig {
+    /// The candidate settings: variations, temperature, and how they combine with generation.
+    pub(super) fn validate_candidates(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, msg: String| Err(ConfigError(format!("`{key}`: {msg}")));
+        if self.diversity == Diversity::Variations && self.variations.is_empty() {
+            return fail(
+                "best_of_n.variations",
+                "is empty but best_of_n.diversity is \"variations\"; list at least one \
+                 instruction, or remove the key to use the built-in list"
+                    .into(),
+            );
+        }
+        if let Some(k) = self.variations.iter().position(|v| v.trim().is_empty()) {
+            return fail(
+                "best_of_n.variations",
+                format!("entry {k} is empty; every instruction needs some text, or remove it"),
+            );
+        }
+        if let Some(t) = self.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
+            return fail(
+                "best_of_n.temperature",
+                format!(
+                    "is {t}; allowed: 0.0 to 2.0, or leave the key out to keep each request's own"
+                ),
+            );
+        }
+        if self.generation == Generation::NParam && self.diversity == Diversity::Variations {
+            return fail(
+                "best_of_n.generation",
+                "\"n_param\" asks for all candidates in one call, which cannot give each its own \
+                 instruction, and best_of_n.diversity is \"variations\". Use generation = \
+                 \"parallel\" with variations, or diversity = \"seed\" or \"none\" with n_param"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+
+    #[test]
+    fn candidate_settings_are_checked_and_errors_name_the_key() {
+        let cases = [
+            (
+                "diversity = \"variations\"\nvariations = []",
+                "best_of_n.variations",
+            ),
+            ("variations = [\"be brief\", \" \"]", "best_of_n.variations"),
+            ("temperature = 2.5", "best_of_n.temperature"),
+            ("temperature = -0.1", "best_of_n.temperature"),
+            (
+                "diversity = \"variations\"\ngeneration = \"n_param\"",
+                "best_of_n.generation",
+            ),
+            ("generation = \"both\"", "n_param"),
+        ];
+        for (keys, named) in cases {
+            let err = Config::parse(&format!("[best_of_n]\n{keys}\n")).unwrap_err();
+            assert!(err.0.contains(named), "{keys}: {err}");
+        }
+        let config = Config::parse(
+            "[best_of_n]\ndiversity = \"variations\"\ntemperature = 0.7\nvariations = [\"a\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.best_of_n.diversity, Diversity::Variations);
+        assert_eq!(config.best_of_n.temperature, Some(0.7));
+        let config = Config::parse("[best_of_n]\ngeneration = \"n_param\"\n").unwrap();
+        assert_eq!(config.best_of_n.generation, Generation::NParam);
+        assert_eq!(config.best_of_n.variations.len(), DEFAULT_VARIATIONS.len());
+    }
+}
