@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use http::HeaderMap;
 
 use crate::body::SharedJson;
@@ -107,7 +106,7 @@ pub async fn generate(
             record(metrics, &candidate);
             candidate
         });
-    join_all(calls).await
+    crate::concurrently::all(calls).await
 }
 
 /// Counts one candidate: its outcome, and the tokens its answer reports.

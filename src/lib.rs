@@ -14,6 +14,7 @@ pub mod best_of_n;
 pub mod body;
 pub mod body_deadline;
 pub mod cache;
+pub(crate) mod concurrently;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod connections;

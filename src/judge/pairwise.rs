@@ -16,13 +16,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::future::{join_all, BoxFuture};
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 
 use super::llm::LlmPrompt;
 use super::protocol::{self, TemplateCandidate, Winner};
 use super::{Blueprint, Judge, JudgeOutcome, JudgeRequest, Strategy, Verdict};
+use crate::concurrently;
 use crate::config::ConfigError;
 use crate::openai::Usage;
 
@@ -130,11 +131,17 @@ impl Pairwise {
 
     /// Every pair, all at once; the candidate placed earlier is shown first.
     async fn round_robin(&self, request: &JudgeRequest<'_>, order: &[usize]) -> Vec<Comparison> {
-        let pairs = order
+        // Collected first: a lazy iterator of borrowing closures held across the await would
+        // not be `Send`.
+        let pairs: Vec<(usize, usize)> = order
             .iter()
             .enumerate()
-            .flat_map(|(i, &a)| order[i + 1..].iter().map(move |&b| (a, b)));
-        join_all(pairs.map(|(a, b)| self.compare(request, a, b, None))).await
+            .flat_map(|(i, &a)| order[i + 1..].iter().map(move |&b| (a, b)))
+            .collect();
+        let comparisons = pairs
+            .into_iter()
+            .map(|(a, b)| self.compare(request, a, b, None));
+        concurrently::all(comparisons).await
     }
 
     /// A bracket in presentation order; returns the comparisons and the final places.
@@ -150,7 +157,8 @@ impl Pairwise {
         let mut round = 0;
         while alive.len() > 1 {
             let matches = alive.chunks(2).filter(|m| m.len() == 2);
-            let played = join_all(matches.map(|m| self.compare(request, m[0], m[1], Some(round))));
+            let played =
+                concurrently::all(matches.map(|m| self.compare(request, m[0], m[1], Some(round))));
             let played = played.await;
             let mut next = Vec::with_capacity(alive.len() / 2 + 1);
             for pair in alive.chunks(2) {

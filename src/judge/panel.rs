@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::future::{join_all, BoxFuture};
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 
@@ -73,7 +73,7 @@ impl Panel {
             let seed = request.seed.wrapping_add(k as u64 + 1);
             member.judge.judge(request.reseeded(seed))
         });
-        let verdicts = join_all(asks).await;
+        let verdicts = crate::concurrently::all(asks).await;
         let mut verdict = combine(&self.members, &verdicts, &presentation);
         verdict.presentation = presentation;
         verdict.latency = started.elapsed();

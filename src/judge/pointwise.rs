@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::future::{join_all, BoxFuture};
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 
@@ -63,7 +63,7 @@ impl Pointwise {
             protocol::presentation_order(request.candidates.len(), request.seed, self.shuffle);
         let presentation: Vec<usize> = order.iter().map(|&p| request.candidates[p].index).collect();
         let calls = request.candidates.iter().map(|c| self.score(&request, c));
-        let scored = join_all(calls).await;
+        let scored = crate::concurrently::all(calls).await;
         let mut verdict = verdict_from(&scored, &presentation);
         verdict.presentation = presentation;
         verdict.latency = started.elapsed();
