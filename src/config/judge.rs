@@ -139,10 +139,15 @@ impl JudgeConfig {
         if self.max_prompt_bytes == 0 {
             return fail("max_prompt_bytes", "must be at least 1".into());
         }
-        if self.round_robin_max < 2 {
+        if !(2..=16).contains(&self.round_robin_max) {
+            // A round robin of m candidates is m(m-1) judge calls at once: 240 at 16.
             return fail(
                 "round_robin_max",
-                format!("is {}; allowed: 2 or more", self.round_robin_max),
+                format!(
+                    "is {}; allowed: 2 to 16 (a round robin of m candidates makes m(m-1) judge \
+                     calls at once; above it, a knockout makes 2(m-1))",
+                    self.round_robin_max
+                ),
             );
         }
         check_duration(&format!("{key}.timeout"), self.timeout)?;
@@ -284,6 +289,8 @@ legal = ["Cites the statute."]
         assert!(err.0.contains("judges.x.template_file"), "{err}");
         let err = Config::parse("[judges.x]\nround_robin_max = 1\n").unwrap_err();
         assert!(err.0.contains("round_robin_max"), "{err}");
+        let err = Config::parse("[judges.x]\nround_robin_max = 17\n").unwrap_err();
+        assert!(err.0.contains("2 to 16"), "{err}");
         let err = Config::parse("[judges.x]\ntimeout = \"0s\"\n").unwrap_err();
         assert!(err.0.contains("judges.x.timeout"), "{err}");
         let err = Config::parse("[rubrics]\nempty = []\n").unwrap_err();
