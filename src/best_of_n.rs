@@ -237,7 +237,13 @@ async fn generate_and_select(
     timing: &Timing,
 ) -> Result<Ready, Failed> {
     let generation_started = Instant::now();
-    let candidates = generation::generate(state, target, headers, request, plan.n).await?;
+    let generator = generation::Generator {
+        upstream: &state.upstream,
+        metrics: &state.metrics,
+        config: &state.config.best_of_n,
+        models_without_n: &state.models_without_n,
+    };
+    let candidates = generation::generate(&generator, target, headers, request, plan.n).await?;
     timing.waited(generation_started);
     check_enough(state, plan, request, &candidates)?;
     let selection = selection::select(state, plan, request, &candidates, headers).await?;

@@ -11,7 +11,7 @@
 //! `n` (or answered with one choice, ignoring it) is remembered, so that its later requests go
 //! straight to parallel calls instead of paying a wasted round trip each time.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,50 +22,71 @@ use crate::answer::Failed;
 use crate::config::{BestOfNConfig, Diversity, Generation};
 use crate::diversity;
 use crate::fanout::{self, Answer, Candidate, Failure};
+use crate::metrics::Metrics;
 use crate::openai::{ChatCompletion, ChatRequest};
-use crate::state::AppState;
-use crate::upstream::{call_status, JsonReply, UpstreamError};
+use crate::upstream::{call_status, JsonReply, Upstream, UpstreamError};
 
 /// Most model names remembered as refusing `n`: names come from clients, so what they can make
 /// the proxy keep is capped.
 const MAX_REMEMBERED_MODELS: usize = 1024;
 
-/// Models whose upstream refused (or ignored) `n`; their candidates use parallel calls.
+/// How long a model is remembered as refusing `n`: an upstream may be upgraded, or a
+/// misread error may have put the model here, so it is asked again now and then.
+const REMEMBER_FOR: Duration = Duration::from_secs(3600);
+
+/// Models whose upstream refused (or ignored) `n`, with when; their candidates use parallel
+/// calls.
 #[derive(Default)]
-pub struct ModelsWithoutN(Mutex<HashSet<String>>);
+pub struct ModelsWithoutN(Mutex<HashMap<String, Instant>>);
 
 impl ModelsWithoutN {
     pub fn contains(&self, model: &str) -> bool {
         self.0
             .lock()
-            .map(|models| models.contains(model))
+            .map(|models| {
+                models
+                    .get(model)
+                    .is_some_and(|at| at.elapsed() < REMEMBER_FOR)
+            })
             .unwrap_or(false)
     }
 
     fn remember(&self, model: &str) {
         if let Ok(mut models) = self.0.lock() {
-            if models.len() < MAX_REMEMBERED_MODELS && models.insert(model.to_string()) {
-                tracing::info!(%model, "the upstream does not take `n` for this model; its candidates use parallel calls from now on");
+            models.retain(|_, at| at.elapsed() < REMEMBER_FOR);
+            if models.len() < MAX_REMEMBERED_MODELS
+                && models.insert(model.to_string(), Instant::now()).is_none()
+            {
+                tracing::info!(%model, "the upstream does not take `n` for this model; its candidates use parallel calls for the next hour");
             }
         }
     }
 }
 
+/// What generating candidates needs from the process: where they go, what is counted, the
+/// settings and what was learnt about models.
+pub struct Generator<'a> {
+    pub upstream: &'a Upstream,
+    pub metrics: &'a Metrics,
+    pub config: &'a BestOfNConfig,
+    pub models_without_n: &'a ModelsWithoutN,
+}
+
 /// The N candidates of `request`, in generation order.
 pub async fn generate(
-    state: &AppState,
+    generator: &Generator<'_>,
     target: &str,
     headers: &HeaderMap,
     request: &ChatRequest,
     n: u32,
 ) -> Result<Vec<Candidate>, Failed> {
-    let config = &state.config.best_of_n;
-    state.metrics.fan_out(n as usize);
+    let config = &generator.config;
+    generator.metrics.fan_out(n as usize);
     let one_call = config.generation == Generation::NParam
         && n > 1
-        && !state.models_without_n.contains(&request.model);
+        && !generator.models_without_n.contains(&request.model);
     let mut candidates = if one_call {
-        n_param(state, target, headers, request, n).await?
+        n_param(generator, target, headers, request, n).await?
     } else {
         Vec::new()
     };
@@ -76,8 +97,8 @@ pub async fn generate(
         let bodies = diversity::candidate_bodies(request, n, config)?.split_off(made);
         let timeout = config.candidate_timeout;
         let more = fanout::generate(
-            &state.upstream,
-            &state.metrics,
+            generator.upstream,
+            generator.metrics,
             target,
             headers,
             bodies,
@@ -129,33 +150,33 @@ enum NReply {
 /// One call with `"n": N`. Returns the candidates it made: up to N, none when `n` was refused,
 /// or N failed ones when the call failed for another reason.
 async fn n_param(
-    state: &AppState,
+    generator: &Generator<'_>,
     target: &str,
     headers: &HeaderMap,
     request: &ChatRequest,
     n: u32,
 ) -> Result<Vec<Candidate>, Failed> {
-    let body = diversity::n_param_body(request, n, &state.config.best_of_n)?;
+    let body = diversity::n_param_body(request, n, generator.config)?;
     let started = Instant::now();
-    let timeout = state.config.best_of_n.candidate_timeout;
-    let sent = state
+    let timeout = generator.config.candidate_timeout;
+    let sent = generator
         .upstream
         .post_json(target, headers, body, timeout)
         .await;
     let latency = started.elapsed();
-    state
+    generator
         .metrics
         .upstream_call("candidate", &call_status(&sent), latency);
-    let candidates = match read_reply(sent, |why| state.upstream.redact(why)) {
+    let candidates = match read_reply(sent, |why| generator.upstream.redact(why)) {
         NReply::Choices(completion, headers) => {
             // One choice for N > 1: the upstream ignores `n`.
             if completion.choices.len() == 1 {
-                state.models_without_n.remember(&request.model);
+                generator.models_without_n.remember(&request.model);
             }
             split(*completion, headers, latency, n)
         }
         NReply::RefusesN => {
-            state.models_without_n.remember(&request.model);
+            generator.models_without_n.remember(&request.model);
             Vec::new()
         }
         NReply::Unclear => Vec::new(),
@@ -168,7 +189,7 @@ async fn n_param(
             .collect(),
     };
     for candidate in &candidates {
-        fanout::record(&state.metrics, candidate);
+        fanout::record(generator.metrics, candidate);
     }
     Ok(candidates)
 }
@@ -202,12 +223,17 @@ enum Refusal {
     Other,
 }
 
-/// A 4xx whose error `param` is `n`, or which names no parameter but has the word `n` in its
+/// A 400 or 422 whose error `param` is `n`, or which names no parameter but has the word `n` in its
 /// message (`'n'`, `` `n` ``, "n must be…"), refuses `n`. A 400 naming no parameter and no `n`
 /// is unclear. Anything else (another `param`, another status) has nothing to do with `n`. Error shapes read: OpenAI's `{"error": {"param", "message"}}`,
 /// TGI's `{"error": "text"}` and vLLM's older top-level `{"message"}`.
 fn refusal(reply: &JsonReply) -> Refusal {
-    if !reply.status.is_client_error() {
+    // 401, 403, 404, 429…: about the key, the model or the rate, never about `n`.
+    let invalid = [
+        http::StatusCode::BAD_REQUEST,
+        http::StatusCode::UNPROCESSABLE_ENTITY,
+    ];
+    if !invalid.contains(&reply.status) {
         return Refusal::Other;
     }
     let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
@@ -368,10 +394,11 @@ mod tests {
             generation: Generation::NParam,
             ..base.clone()
         };
-        let prints: HashSet<String> = [&base, &variations, &other_list, &warm, &one_call]
-            .into_iter()
-            .map(fingerprint)
-            .collect();
+        let prints: std::collections::HashSet<String> =
+            [&base, &variations, &other_list, &warm, &one_call]
+                .into_iter()
+                .map(fingerprint)
+                .collect();
         assert_eq!(prints.len(), 5);
     }
 }

@@ -119,7 +119,7 @@ fn load_config(path: &Path, demo: bool) -> Result<Config, String> {
         return Ok(config);
     }
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    bon_proxy::state::check_judges(&config, &Secrets::default())
+    bon_proxy::state::check_judges(&config, &Secrets::from_env(&config))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(config)
 }

@@ -60,7 +60,7 @@ pub async fn select(
         // JSON mode and no candidate produced JSON: the fallback picks among all successes.
         state.metrics.judged(judge.strategy, "fallback");
         let succeeded = succeeded_candidates(candidates);
-        fall_back(judge.fallback, &succeeded, None, "no_valid_json")?
+        fall_back(judge, &succeeded, None, "no_valid_json")?
     } else {
         let ask = Ask {
             judge,
@@ -77,7 +77,6 @@ pub async fn select(
         .collect();
     selection.ranking.extend(unranked);
     selection.disqualified = disqualified;
-    selection.strategy = judge.strategy;
     Ok(selection)
 }
 
@@ -125,12 +124,12 @@ async fn choose(
             if let Some(position) = verdict.presentation.iter().position(|&i| i == winner) {
                 state.metrics.selected_position(position);
             }
-            Ok(ranked_by(verdict, eligible))
+            Ok(ranked_by(verdict, eligible, strategy))
         }
         None => {
             state.metrics.judged(strategy, "fallback");
             let why = verdict.outcome.as_str();
-            fall_back(ask.judge.fallback, eligible, Some(verdict), why)
+            fall_back(ask.judge, eligible, Some(verdict), why)
         }
     }
 }
@@ -179,7 +178,7 @@ fn succeeded_candidates(candidates: &[Candidate]) -> Vec<JudgedCandidate> {
 }
 
 /// The judge's ranking, completed with the unranked eligible candidates in generation order.
-fn ranked_by(verdict: Verdict, eligible: &[JudgedCandidate]) -> Selection {
+fn ranked_by(verdict: Verdict, eligible: &[JudgedCandidate], strategy: &'static str) -> Selection {
     let mut ranking = verdict.ranking.clone();
     ranking.extend(
         eligible
@@ -193,12 +192,13 @@ fn ranked_by(verdict: Verdict, eligible: &[JudgedCandidate]) -> Selection {
         verdict: Some(verdict),
         fallback: None,
         disqualified: Vec::new(),
-        strategy: "",
+        strategy,
     }
 }
 
+/// The judge's `fallback` picks from `pool`, and the selection says why.
 fn fall_back(
-    fallback: Fallback,
+    judge: &NamedJudge,
     pool: &[JudgedCandidate],
     verdict: Option<Verdict>,
     why: &str,
@@ -208,6 +208,7 @@ fn fall_back(
         .and_then(|v| v.failure.clone())
         .unwrap_or_else(|| why.to_string());
     tracing::warn!(%why, %detail, "judge could not choose; falling back");
+    let fallback = judge.fallback;
     let first = match fallback {
         Fallback::FirstOk => 0,
         Fallback::Random => rand::random_range(0..pool.len()),
@@ -233,6 +234,6 @@ fn fall_back(
         verdict,
         fallback: Some(format!("{} ({why})", fallback.as_str())),
         disqualified: Vec::new(),
-        strategy: "",
+        strategy: judge.strategy,
     })
 }

@@ -83,8 +83,7 @@ pub struct JudgeConfig {
     /// Pairwise: the most candidates judged as a round robin (every pair); above it, a
     /// knockout bracket.
     pub round_robin_max: usize,
-    /// Panel: the named judges whose rankings are combined; empty means listwise, pointwise
-    /// and pairwise.
+    /// Panel: the named judges whose rankings are combined.
     pub members: Vec<String>,
 }
 
@@ -106,7 +105,9 @@ impl Default for JudgeConfig {
             shuffle: true,
             max_prompt_bytes: 512 * 1024,
             round_robin_max: 6,
-            members: Vec::new(),
+            members: ["listwise", "pointwise", "pairwise"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::call::JudgeCall;
 use super::rubrics::RubricBook;
-use super::{panel, strategy, strategy_names, Blueprint, Judge, Strategy};
+use super::{strategy, strategy_names, Blueprint, Judge, Strategy};
 use crate::config::{Config, ConfigError, Fallback, JudgeConfig, Rubrics};
 
 /// One judge as requests know it.
@@ -20,6 +20,8 @@ pub struct NamedJudge {
     pub name: String,
     /// Its strategy's name, the `strategy` label of `bon_judge_total`.
     pub strategy: &'static str,
+    /// True when it is made of other judges (a panel), which therefore cannot include it.
+    pub composite: bool,
     pub judge: Arc<dyn Judge>,
     /// What chooses when this judge cannot.
     pub fallback: Fallback,
@@ -127,6 +129,15 @@ fn tables(config: &Config) -> Result<BTreeMap<String, Table>, ConfigError> {
             (name.to_string(), table)
         })
         .collect();
+    let own = &config.judge.strategy;
+    if config.judge.default.is_empty() && config.judges.contains_key(own) {
+        // `[judge]` would describe the default judge, yet `[judges.{own}]` replaces it.
+        return Err(ConfigError(format!(
+            "`judges.{own}`: replaces the built-in `{own}` judge that `[judge]` describes, so \
+             `[judge]`'s own settings would go unused. Name the default explicitly \
+             (`judge.default = \"{own}\"`) or give the table another name"
+        )));
+    }
     for (name, judge) in &config.judges {
         let table = Table {
             key: format!("judges.{name}"),
@@ -175,13 +186,8 @@ fn build_one(
 ) -> Result<NamedJudge, ConfigError> {
     let config = &table.config;
     let key = table.key.as_str();
-    let has_template = !config.template.is_empty() || !config.template_file.is_empty();
-    if strategy.template.is_none() && has_template {
-        return Err(ConfigError(format!(
-            "`{key}.template`: the {} strategy writes no prompt of its own; set templates on \
-             its members instead",
-            strategy.name
-        )));
+    if strategy.template.is_none() {
+        check_no_prompt_settings(table, strategy)?;
     }
     let blueprint = Blueprint {
         name,
@@ -189,7 +195,8 @@ fn build_one(
         config,
         rubrics: rubrics.resolve(&config.rubrics, &format!("{key}.rubrics"))?,
         template: read_template(config, key)?,
-        call: connect(config)?,
+        // Only judges that write prompts reach a model (and read a key) themselves.
+        call: strategy.template.map(|_| connect(config)).transpose()?,
         built,
     };
     let judge = strategy.build(blueprint)?;
@@ -197,11 +204,39 @@ fn build_one(
     Ok(NamedJudge {
         name: name.to_string(),
         strategy: strategy.name,
+        composite: strategy.composite,
         fingerprint: blake3::hash(fingerprint.as_bytes()).to_hex().to_string(),
         judge,
         fallback: config.fallback,
         summary: summary(config, strategy),
     })
+}
+
+/// A strategy that writes no prompt (a panel) asks its members: a `[judges.NAME]` table that
+/// gives it a model, an endpoint, rubrics or a template would be silently ignored, so it is an
+/// error. `[judge]` is exempt: its settings also configure the built-in judges a panel asks.
+fn check_no_prompt_settings(table: &Table, strategy: &Strategy) -> Result<(), ConfigError> {
+    let config = &table.config;
+    let defaults = JudgeConfig::default();
+    let set = [
+        ("model", !config.model.is_empty()),
+        ("base_url", !config.base_url.is_empty()),
+        ("api_key_env", !config.api_key_env.is_empty()),
+        ("rubrics", config.rubrics != defaults.rubrics),
+        ("template", !config.template.is_empty()),
+        ("template_file", !config.template_file.is_empty()),
+    ];
+    if table.key == "judge" {
+        return Ok(());
+    }
+    match set.iter().find(|(_, set)| *set) {
+        Some((field, _)) => Err(ConfigError(format!(
+            "`{}.{field}`: a {} asks its members and uses no {field} of its own; set it on the \
+             members (or, for rubrics, send x-best-of-n-rubric, which reaches every member)",
+            table.key, strategy.name
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `template`, or the contents of `template_file` (already made absolute by the config).
@@ -220,7 +255,7 @@ fn read_template(config: &JudgeConfig, key: &str) -> Result<String, ConfigError>
 fn summary(config: &JudgeConfig, strategy: &Strategy) -> String {
     let fallback = config.fallback.as_str();
     if strategy.composite {
-        let members = panel::member_names(config).join(", ");
+        let members = config.members.join(", ");
         return format!("members {members}; fallback {fallback}");
     }
     let model = match config.model.as_str() {
@@ -333,6 +368,19 @@ members = ["strict", "listwise"]
                 "[judges.x]\ntemplate_file = \"/nonexistent/judge.j2\"\n",
                 "`judges.x.template_file`",
             ),
+            (
+                "[judges.x]\nstrategy = \"panel\"\nrubrics = \"code\"\n",
+                "`judges.x.rubrics`",
+            ),
+            (
+                "[judges.x]\nstrategy = \"panel\"\nmodel = \"m\"\n",
+                "`judges.x.model`",
+            ),
+            (
+                "[judges.x]\nstrategy = \"panel\"\nmembers = []\n",
+                "`judges.x.members`",
+            ),
+            ("[judges.listwise]\nmodel = \"m\"\n", "`judges.listwise`"),
         ];
         for (toml, key) in cases {
             let err = build(toml).err().unwrap_or_default();

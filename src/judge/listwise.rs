@@ -40,7 +40,7 @@ impl Listwise {
     fn build(blueprint: Blueprint<'_>) -> Result<Arc<dyn Judge>, ConfigError> {
         let shuffle = blueprint.config.shuffle;
         Ok(Arc::new(Listwise {
-            prompt: LlmPrompt::new(blueprint, TEMPLATE)?,
+            prompt: LlmPrompt::new(blueprint, TEMPLATE, &["1", "2", "3"])?,
             shuffle,
         }))
     }
@@ -66,7 +66,8 @@ impl Listwise {
                 text: request.candidates[p].text.clone(),
             })
             .collect();
-        let (text, usage) = match self.prompt.ask(request, shown).await {
+        let decision = self.prompt.decision(request);
+        let (text, usage) = match self.prompt.ask(&decision, shown).await {
             Ok(answer) => answer,
             Err(failure) => {
                 let mut verdict = Verdict::failed(JudgeOutcome::Error, failure.why);
@@ -117,7 +118,7 @@ impl Judge for Listwise {
     }
 
     fn fingerprint(&self) -> String {
-        serde_json::json!(["listwise", self.prompt.fingerprint(), self.shuffle]).to_string()
+        serde_json::json!([STRATEGY.name, self.prompt.fingerprint(), self.shuffle]).to_string()
     }
 }
 

@@ -24,10 +24,16 @@ pub struct LlmPrompt {
 }
 
 impl LlmPrompt {
-    /// Takes the LLM settings out of `blueprint`; `built_in` is the strategy's own template.
-    /// The template is compiled and test-rendered here, so a mistake stops the start.
-    pub fn new(blueprint: Blueprint<'_>, built_in: &str) -> Result<LlmPrompt, ConfigError> {
-        let template = protocol::check_template(&blueprint.template, built_in).map_err(|why| {
+    /// Takes the LLM settings out of `blueprint`; `built_in` is the strategy's own template and
+    /// `ids` the candidate ids one of its prompts shows. The template is compiled and
+    /// test-rendered here, so a mistake stops the start.
+    pub fn new(
+        blueprint: Blueprint<'_>,
+        built_in: &str,
+        ids: &[&str],
+    ) -> Result<LlmPrompt, ConfigError> {
+        let checked = protocol::check_template(&blueprint.template, built_in, ids);
+        let template = checked.map_err(|why| {
             let key = blueprint.key;
             let setting = match blueprint.config.template_file.as_str() {
                 "" => format!("`{key}.template`"),
@@ -35,8 +41,14 @@ impl LlmPrompt {
             };
             ConfigError(format!("{setting}: {why}"))
         })?;
+        let call = blueprint.call.ok_or_else(|| {
+            ConfigError(format!(
+                "`{}`: this judge has no model to call",
+                blueprint.key
+            ))
+        })?;
         Ok(LlmPrompt {
-            call: blueprint.call,
+            call,
             template,
             template_source: blueprint.template,
             rubrics: blueprint.rubrics,
@@ -44,16 +56,30 @@ impl LlmPrompt {
         })
     }
 
+    /// Starts one decision: the conversation is read, and cut to the prompt budget, once for
+    /// all of its calls, so that a judge making many calls (pairwise, twenty at N = 5) neither
+    /// redoes that work nor holds a copy of a long request per call.
+    pub fn decision<'a>(&self, request: &'a JudgeRequest<'a>) -> Decision<'a> {
+        let mut conversation = conversation_for_judge(request.conversation);
+        budget::fit_prompt(&mut conversation, &mut [], self.max_prompt_bytes);
+        Decision {
+            request,
+            conversation,
+        }
+    }
+
     /// Shows `shown` (ids already assigned) to the judge model and returns its text.
     pub async fn ask(
         &self,
-        request: &JudgeRequest<'_>,
+        decision: &Decision<'_>,
         mut shown: Vec<TemplateCandidate>,
     ) -> Result<(String, Usage), CallFailure> {
+        let request = decision.request;
         for candidate in &mut shown {
             candidate.text = protocol::neutralize_tags(&candidate.text);
         }
-        let mut conversation = conversation_for_judge(request.conversation);
+        // Cut again with this prompt's candidates in: they get at least half of the budget.
+        let mut conversation = decision.conversation.clone();
         budget::fit_prompt(&mut conversation, &mut shown, self.max_prompt_bytes);
         let rubrics = request.rubrics.unwrap_or(&self.rubrics);
         let prompt = self
@@ -77,6 +103,12 @@ impl LlmPrompt {
             self.max_prompt_bytes
         ])
     }
+}
+
+/// One decision of an LLM judge: the request, and its conversation as every prompt shows it.
+pub struct Decision<'a> {
+    pub request: &'a JudgeRequest<'a>,
+    conversation: Vec<TemplateMessage>,
 }
 
 /// The conversation as the judge reads it; tool results say which call they answer.

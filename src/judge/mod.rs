@@ -78,6 +78,16 @@ impl JudgeOutcome {
             JudgeOutcome::Undecided => "undecided",
         }
     }
+
+    /// How a judge that decided nothing failed: it could not read what a judge model answered,
+    /// or no call got an answer at all.
+    pub fn of_failure(any_answered: bool) -> JudgeOutcome {
+        if any_answered {
+            JudgeOutcome::ParseError
+        } else {
+            JudgeOutcome::Error
+        }
+    }
 }
 
 /// A judge's decision and what it cost.
@@ -157,8 +167,9 @@ pub struct Blueprint<'a> {
     pub rubrics: Vec<String>,
     /// `template`, or what `template_file` holds; empty means the built-in template.
     pub template: String,
-    /// How LLM calls reach the judge's model.
-    pub call: call::JudgeCall,
+    /// How LLM calls reach the judge's model; `None` for composite strategies, which ask
+    /// other judges instead.
+    pub call: Option<call::JudgeCall>,
     /// The judges built before this one, by name (every plain judge, for panels).
     pub built: &'a BTreeMap<String, Arc<NamedJudge>>,
 }

@@ -20,7 +20,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 
-use super::llm::LlmPrompt;
+use super::llm::{Decision, LlmPrompt};
 use super::protocol::{self, TemplateCandidate, Winner};
 use super::{Blueprint, Judge, JudgeOutcome, JudgeRequest, Strategy, Verdict};
 use crate::concurrently;
@@ -96,7 +96,7 @@ impl Pairwise {
         let shuffle = blueprint.config.shuffle;
         let round_robin_max = blueprint.config.round_robin_max;
         Ok(Arc::new(Pairwise {
-            prompt: LlmPrompt::new(blueprint, TEMPLATE)?,
+            prompt: LlmPrompt::new(blueprint, TEMPLATE, &["A", "B"])?,
             shuffle,
             round_robin_max,
         }))
@@ -106,18 +106,19 @@ impl Pairwise {
         let started = Instant::now();
         let count = request.candidates.len();
         let order = protocol::presentation_order(count, request.seed, self.shuffle);
+        let decision = self.prompt.decision(&request);
         let (comparisons, places) = if count <= self.round_robin_max {
-            let comparisons = self.round_robin(&request, &order).await;
+            let comparisons = self.round_robin(&decision, &order).await;
             let places = round_robin_places(&comparisons, &order);
             (comparisons, places)
         } else {
-            self.knockout(&request, &order).await
+            self.knockout(&decision, &order).await
         };
         let to_index = |p: usize| request.candidates[p].index;
         let mut verdict = verdict_from(&comparisons, &places, count, to_index);
         verdict.presentation = order.iter().map(|&p| to_index(p)).collect();
-        verdict.fully_ranked = count <= self.round_robin_max
-            && comparisons.iter().all(|c| c.outcome() != Outcome::Failed);
+        // Both tournaments order every candidate: by points, or by the round it fell in.
+        verdict.fully_ranked = verdict.winner().is_some();
         verdict.latency = started.elapsed();
         verdict.seed = request.seed;
         let format = if count <= self.round_robin_max {
@@ -130,7 +131,7 @@ impl Pairwise {
     }
 
     /// Every pair, all at once; the candidate placed earlier is shown first.
-    async fn round_robin(&self, request: &JudgeRequest<'_>, order: &[usize]) -> Vec<Comparison> {
+    async fn round_robin(&self, decision: &Decision<'_>, order: &[usize]) -> Vec<Comparison> {
         // Collected first: a lazy iterator of borrowing closures held across the await would
         // not be `Send`.
         let pairs: Vec<(usize, usize)> = order
@@ -140,14 +141,14 @@ impl Pairwise {
             .collect();
         let comparisons = pairs
             .into_iter()
-            .map(|(a, b)| self.compare(request, a, b, None));
+            .map(|(a, b)| self.compare(decision, a, b, None));
         concurrently::all(comparisons).await
     }
 
     /// A bracket in presentation order; returns the comparisons and the final places.
     async fn knockout(
         &self,
-        request: &JudgeRequest<'_>,
+        decision: &Decision<'_>,
         order: &[usize],
     ) -> (Vec<Comparison>, Vec<usize>) {
         let mut alive = order.to_vec();
@@ -158,7 +159,7 @@ impl Pairwise {
         while alive.len() > 1 {
             let matches = alive.chunks(2).filter(|m| m.len() == 2);
             let played =
-                concurrently::all(matches.map(|m| self.compare(request, m[0], m[1], Some(round))));
+                concurrently::all(matches.map(|m| self.compare(decision, m[0], m[1], Some(round))));
             let played = played.await;
             let mut next = Vec::with_capacity(alive.len() / 2 + 1);
             for pair in alive.chunks(2) {
@@ -193,12 +194,12 @@ impl Pairwise {
     /// Judges `a` against `b` in both orders, concurrently.
     async fn compare(
         &self,
-        request: &JudgeRequest<'_>,
+        decision: &Decision<'_>,
         a: usize,
         b: usize,
         round: Option<usize>,
     ) -> Comparison {
-        let (one, two) = futures_util::join!(self.call(request, a, b), self.call(request, b, a));
+        let (one, two) = futures_util::join!(self.call(decision, a, b), self.call(decision, b, a));
         Comparison {
             first: a,
             second: b,
@@ -208,14 +209,14 @@ impl Pairwise {
     }
 
     /// One call showing `a` as A and `b` as B.
-    async fn call(&self, request: &JudgeRequest<'_>, a: usize, b: usize) -> Call {
+    async fn call(&self, decision: &Decision<'_>, a: usize, b: usize) -> Call {
         let shown = |id: &str, p: usize| TemplateCandidate {
             id: id.into(),
-            text: request.candidates[p].text.clone(),
+            text: decision.request.candidates[p].text.clone(),
         };
         match self
             .prompt
-            .ask(request, vec![shown("A", a), shown("B", b)])
+            .ask(decision, vec![shown("A", a), shown("B", b)])
             .await
         {
             Ok((text, usage)) => Call {
@@ -297,11 +298,7 @@ fn verdict_from(
     let raw: Vec<String> = calls.clone().filter_map(|c| c.raw.clone()).collect();
     let decided = |c: &Comparison| matches!(c.outcome(), Outcome::Won(_));
     let mut verdict = if comparisons.iter().all(|c| c.outcome() == Outcome::Failed) {
-        let outcome = if raw.is_empty() {
-            JudgeOutcome::Error
-        } else {
-            JudgeOutcome::ParseError
-        };
+        let outcome = JudgeOutcome::of_failure(!raw.is_empty());
         let why = calls
             .filter_map(|c| c.winner.as_ref().err())
             .map(|(_, why)| why.as_str())
@@ -361,7 +358,7 @@ impl Judge for Pairwise {
 
     fn fingerprint(&self) -> String {
         json!([
-            "pairwise",
+            STRATEGY.name,
             self.prompt.fingerprint(),
             self.shuffle,
             self.round_robin_max

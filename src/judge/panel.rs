@@ -15,23 +15,11 @@ use futures_util::FutureExt;
 use serde_json::{json, Value};
 
 use super::{Blueprint, Judge, JudgeOutcome, JudgeRequest, NamedJudge, Strategy, Verdict};
-use crate::config::{ConfigError, JudgeConfig};
+use crate::config::ConfigError;
 use crate::openai::Usage;
 
 /// The registry entry (see `judge::STRATEGIES`).
 pub const STRATEGY: Strategy = super::register("panel", None, true, Panel::build);
-
-/// Members of a panel whose table lists none.
-const DEFAULT_MEMBERS: [&str; 3] = ["listwise", "pointwise", "pairwise"];
-
-/// The members a panel table names, or the default ones.
-pub fn member_names(config: &JudgeConfig) -> Vec<String> {
-    if config.members.is_empty() {
-        DEFAULT_MEMBERS.iter().map(|m| m.to_string()).collect()
-    } else {
-        config.members.clone()
-    }
-}
 
 pub struct Panel {
     members: Vec<Arc<NamedJudge>>,
@@ -41,12 +29,15 @@ pub struct Panel {
 impl Panel {
     fn build(blueprint: Blueprint<'_>) -> Result<Arc<dyn Judge>, ConfigError> {
         let key = blueprint.key;
+        if blueprint.config.members.is_empty() {
+            return Err(ConfigError(format!(
+                "`{key}.members`: a panel needs at least one member, e.g. \
+                 [\"listwise\", \"pointwise\", \"pairwise\"]"
+            )));
+        }
         let mut members = Vec::new();
-        for name in member_names(blueprint.config) {
-            let member = blueprint
-                .built
-                .get(&name)
-                .filter(|m| super::strategy(m.strategy).is_some_and(|s| !s.composite));
+        for name in &blueprint.config.members {
+            let member = blueprint.built.get(name).filter(|m| !m.composite);
             let Some(member) = member else {
                 let known: Vec<&str> = blueprint.built.keys().map(String::as_str).collect();
                 return Err(ConfigError(format!(
@@ -136,7 +127,7 @@ fn borda(ballots: &[&Verdict], presentation: &[usize]) -> Verdict {
         };
         for total in &mut totals {
             match ballot.ranking.iter().position(|&i| i == total.0) {
-                Some(place) => total.1 += (m - 1 - place) as f64,
+                Some(place) => total.1 += (m - 1).saturating_sub(place) as f64,
                 None => total.1 += share,
             }
         }
@@ -183,7 +174,7 @@ impl Judge for Panel {
             .iter()
             .map(|m| m.fingerprint.as_str())
             .collect();
-        json!(["panel", members, self.shuffle]).to_string()
+        json!([STRATEGY.name, members, self.shuffle]).to_string()
     }
 }
 

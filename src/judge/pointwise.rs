@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 
-use super::llm::LlmPrompt;
+use super::llm::{Decision, LlmPrompt};
 use super::protocol::{self, TemplateCandidate};
 use super::{Blueprint, Judge, JudgeOutcome, JudgeRequest, JudgedCandidate, Strategy, Verdict};
 use crate::config::ConfigError;
@@ -52,7 +52,7 @@ impl Pointwise {
     fn build(blueprint: Blueprint<'_>) -> Result<Arc<dyn Judge>, ConfigError> {
         let shuffle = blueprint.config.shuffle;
         Ok(Arc::new(Pointwise {
-            prompt: LlmPrompt::new(blueprint, TEMPLATE)?,
+            prompt: LlmPrompt::new(blueprint, TEMPLATE, &["1"])?,
             shuffle,
         }))
     }
@@ -62,7 +62,8 @@ impl Pointwise {
         let order =
             protocol::presentation_order(request.candidates.len(), request.seed, self.shuffle);
         let presentation: Vec<usize> = order.iter().map(|&p| request.candidates[p].index).collect();
-        let calls = request.candidates.iter().map(|c| self.score(&request, c));
+        let decision = self.prompt.decision(&request);
+        let calls = request.candidates.iter().map(|c| self.score(&decision, c));
         let scored = crate::concurrently::all(calls).await;
         let mut verdict = verdict_from(&scored, &presentation);
         verdict.presentation = presentation;
@@ -71,12 +72,12 @@ impl Pointwise {
         verdict
     }
 
-    async fn score(&self, request: &JudgeRequest<'_>, candidate: &JudgedCandidate) -> Scored {
+    async fn score(&self, decision: &Decision<'_>, candidate: &JudgedCandidate) -> Scored {
         let shown = vec![TemplateCandidate {
             id: "1".into(),
             text: candidate.text.clone(),
         }];
-        let (score, raw, usage) = match self.prompt.ask(request, shown).await {
+        let (score, raw, usage) = match self.prompt.ask(decision, shown).await {
             Ok((text, usage)) => {
                 let score =
                     protocol::parse_score(&text).map_err(|why| (JudgeOutcome::ParseError, why));
@@ -124,12 +125,7 @@ fn verdict_from(scored: &[Scored], presentation: &[usize]) -> Verdict {
 
 /// No call gave a score: a parse error when any judge answered, else a call error.
 fn nobody_scored(scored: &[Scored]) -> Verdict {
-    let answered = scored.iter().any(|c| c.raw.is_some());
-    let outcome = if answered {
-        JudgeOutcome::ParseError
-    } else {
-        JudgeOutcome::Error
-    };
+    let outcome = JudgeOutcome::of_failure(scored.iter().any(|c| c.raw.is_some()));
     let reasons: Vec<String> = scored
         .iter()
         .filter_map(|c| Some(format!("#{}: {}", c.index, c.score.as_ref().err()?.1)))
@@ -155,7 +151,7 @@ impl Judge for Pointwise {
     }
 
     fn fingerprint(&self) -> String {
-        json!(["pointwise", self.prompt.fingerprint(), self.shuffle]).to_string()
+        json!([STRATEGY.name, self.prompt.fingerprint(), self.shuffle]).to_string()
     }
 }
 

@@ -97,13 +97,22 @@ impl PromptTemplate {
     }
 }
 
-/// Compiles a template and renders it once with sample data, so that mistakes show at start.
-pub fn check_template(source: &str, built_in: &str) -> Result<PromptTemplate, String> {
+/// Compiles a template and renders it once with sample candidates shown as `ids` (the
+/// strategy's own shape: `1`, `2`, `3` for listwise, `1` for pointwise, `A`, `B` for pairwise),
+/// so that mistakes show at start and a template may index the candidates it always gets.
+pub fn check_template(
+    source: &str,
+    built_in: &str,
+    ids: &[&str],
+) -> Result<PromptTemplate, String> {
     let template = PromptTemplate::new(source, built_in)?;
-    let sample = [TemplateCandidate {
-        id: "1".into(),
-        text: "sample".into(),
-    }];
+    let sample: Vec<TemplateCandidate> = ids
+        .iter()
+        .map(|id| TemplateCandidate {
+            id: id.to_string(),
+            text: format!("sample answer {id}"),
+        })
+        .collect();
     let conversation = [TemplateMessage {
         role: "user".into(),
         text: "sample".into(),
@@ -404,11 +413,13 @@ mod tests {
 
     #[test]
     fn template_mistakes_fail_the_check() {
-        let check = |source| check_template(source, "built in").map(|_| ());
+        let check = |source| check_template(source, "built in", &["1"]).map(|_| ());
         assert!(check("{{ candidates | nosuchfilter }}").is_err());
         assert!(check("{{ cnadidates }}").is_err());
         assert!(check("{% for c in candidates %}{{ c.text }}{% endfor %} <best>").is_ok());
         assert!(check("").is_ok(), "empty means the built-in template");
+        let pair = "{{ candidates[0].text }} vs {{ candidates[1].text }}";
+        assert!(check_template(pair, "x", &["A", "B"]).is_ok());
     }
 
     #[test]
