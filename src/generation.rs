@@ -34,8 +34,8 @@ const MAX_REMEMBERED_MODELS: usize = 1024;
 /// misread error may have put the model here, so it is asked again now and then.
 const REMEMBER_FOR: Duration = Duration::from_secs(3600);
 
-/// Models whose upstream refused (or ignored) `n`, with when; their candidates use parallel
-/// calls.
+/// Models whose upstream refused (or ignored) `n`, with when to forget it; their candidates
+/// use parallel calls.
 #[derive(Default)]
 pub struct ModelsWithoutN(Mutex<HashMap<String, Instant>>);
 
@@ -46,16 +46,19 @@ impl ModelsWithoutN {
             .map(|models| {
                 models
                     .get(model)
-                    .is_some_and(|at| at.elapsed() < REMEMBER_FOR)
+                    .is_some_and(|&forget_at| Instant::now() < forget_at)
             })
             .unwrap_or(false)
     }
 
     fn remember(&self, model: &str) {
         if let Ok(mut models) = self.0.lock() {
-            models.retain(|_, at| at.elapsed() < REMEMBER_FOR);
+            let now = Instant::now();
+            models.retain(|_, forget_at| now < *forget_at);
             if models.len() < MAX_REMEMBERED_MODELS
-                && models.insert(model.to_string(), Instant::now()).is_none()
+                && models
+                    .insert(model.to_string(), now + REMEMBER_FOR)
+                    .is_none()
             {
                 tracing::info!(%model, "the upstream does not take `n` for this model; its candidates use parallel calls for the next hour");
             }
@@ -311,6 +314,17 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_model_is_asked_with_n_again_after_an_hour() {
+        let models = ModelsWithoutN::default();
+        models.remember("m");
+        assert!(models.contains("m"));
+        if let Some(forget_at) = models.0.lock().unwrap().get_mut("m") {
+            *forget_at = Instant::now();
+        }
+        assert!(!models.contains("m"), "forgotten after REMEMBER_FOR");
+    }
+
+    #[test]
     fn a_refusal_of_n_is_told_from_other_errors() {
         let openai = |param: Value, message: &str| {
             json!({"error": {"message": message, "type": "invalid_request_error",
@@ -341,6 +355,9 @@ mod tests {
             ),
             (400, json!("<html>"), Refusal::Unclear),
             (401, openai(Value::Null, "bad key"), Refusal::Other),
+            // About the key or the model, even when the message happens to say `n`.
+            (401, openai(Value::Null, "key n is revoked"), Refusal::Other),
+            (404, openai(json!("n"), "no such model"), Refusal::Other),
             (500, openai(json!("n"), "n"), Refusal::Other),
         ] {
             assert_eq!(refusal(&reply(status, body.clone())), expected, "{body}");
