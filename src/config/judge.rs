@@ -85,6 +85,15 @@ pub struct JudgeConfig {
     pub round_robin_max: usize,
     /// Panel: the named judges whose rankings are combined.
     pub members: Vec<String>,
+    /// Reward model: the wire format of its server (`tei_rerank`, `cohere_rerank`,
+    /// `vllm_reward`).
+    pub format: String,
+    /// Cascade: the cheap judge that ranks every candidate.
+    pub first: String,
+    /// Cascade: the judge that picks among the first judge's top `keep`.
+    pub then: String,
+    /// Cascade: how many of the first judge's best go on to the second.
+    pub keep: usize,
 }
 
 impl Default for JudgeConfig {
@@ -108,6 +117,10 @@ impl Default for JudgeConfig {
             members: ["listwise", "pointwise", "pairwise"]
                 .map(String::from)
                 .to_vec(),
+            format: "tei_rerank".into(),
+            first: "pointwise".into(),
+            then: "pairwise".into(),
+            keep: 3,
         }
     }
 }
@@ -150,6 +163,9 @@ impl JudgeConfig {
                     self.round_robin_max
                 ),
             );
+        }
+        if !(1..=64).contains(&self.keep) {
+            return fail("keep", format!("is {}; allowed: 1 to 64", self.keep));
         }
         check_duration(&format!("{key}.timeout"), self.timeout)?;
         if !self.base_url.is_empty() {

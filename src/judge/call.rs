@@ -25,6 +25,8 @@ pub struct JudgeCall {
     temperature: f64,
     max_tokens: u32,
     timeout: Duration,
+    /// The `kind` label of `bon_upstream_requests_total`: `judge`, or `reward_model`.
+    kind: &'static str,
 }
 
 /// A judge call that produced no usable text; `usage` is what it cost anyway.
@@ -50,7 +52,31 @@ impl JudgeCall {
             temperature: config.temperature,
             max_tokens: config.max_tokens,
             timeout: config.timeout,
+            kind: "judge",
         }
+    }
+
+    /// The same call, counted in metrics as `kind` (`reward_model` for model servers).
+    pub fn counted_as(mut self, kind: &'static str) -> JudgeCall {
+        self.kind = kind;
+        self
+    }
+
+    /// POSTs `body` to `path` under the judge's endpoint and reads the whole answer, within
+    /// the judge's timeout; for judges with their own wire format (reward models).
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Bytes,
+        client_headers: &HeaderMap,
+    ) -> Result<JsonReply, CallFailure> {
+        let empty = HeaderMap::new();
+        let headers = if self.forward_client_headers {
+            client_headers
+        } else {
+            &empty
+        };
+        self.send_to(path, body, headers).await
     }
 
     /// Every setting of the call that can change a verdict: where it goes, which model, how
@@ -134,14 +160,28 @@ impl JudgeCall {
     }
 
     async fn send(&self, body: Bytes, headers: &HeaderMap) -> Result<JsonReply, CallFailure> {
+        self.send_to("/chat/completions", body, headers).await
+    }
+
+    async fn send_to(
+        &self,
+        path: &str,
+        body: Bytes,
+        headers: &HeaderMap,
+    ) -> Result<JsonReply, CallFailure> {
         let started = Instant::now();
         let sent = self
             .endpoint
-            .post_json("/chat/completions", headers, body.into(), self.timeout)
+            .post_json(path, headers, body.into(), self.timeout)
             .await;
         self.metrics
-            .upstream_call("judge", &call_status(&sent), started.elapsed());
-        sent.map_err(|e| fail(format!("the judge call failed: {e}")))
+            .upstream_call(self.kind, &call_status(&sent), started.elapsed());
+        sent.map_err(|e| fail(format!("the {} call failed: {e}", self.kind)))
+    }
+
+    /// Hides every known key in `text` (an error body quoted in a failure).
+    pub fn redact(&self, text: &str) -> String {
+        self.endpoint.redact(text)
     }
 
     fn takes_no_sampling(&self, model: &str) -> bool {

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::call::JudgeCall;
 use super::rubrics::RubricBook;
-use super::{strategy, strategy_names, Blueprint, Judge, Strategy};
+use super::{strategy, strategy_names, Blueprint, Judge, Shape, Strategy};
 use crate::config::{Config, ConfigError, Fallback, JudgeConfig, Rubrics};
 
 /// One judge as requests know it.
@@ -60,7 +60,7 @@ impl Judges {
         for composite in [false, true] {
             for (name, table) in &tables {
                 let strategy = strategy_of(table)?;
-                if strategy.composite == composite {
+                if (strategy.shape == Shape::Composite) == composite {
                     let judge = build_one(name, table, strategy, &rubrics, connect, &by_name)?;
                     by_name.insert(name.clone(), Arc::new(judge));
                 }
@@ -186,53 +186,70 @@ fn build_one(
 ) -> Result<NamedJudge, ConfigError> {
     let config = &table.config;
     let key = table.key.as_str();
-    if strategy.template.is_none() {
-        check_no_prompt_settings(table, strategy)?;
-    }
+    check_settings_it_uses(table, strategy)?;
     let blueprint = Blueprint {
         name,
         key,
         config,
         rubrics: rubrics.resolve(&config.rubrics, &format!("{key}.rubrics"))?,
         template: read_template(config, key)?,
-        // Only judges that write prompts reach a model (and read a key) themselves.
-        call: strategy.template.map(|_| connect(config)).transpose()?,
+        // Only judges that call a model reach it (and read a key) themselves.
+        call: match strategy.shape.calls_a_model() {
+            true => Some(connect(config)?),
+            false => None,
+        },
         built,
     };
     let judge = strategy.build(blueprint)?;
     let fingerprint = json!([judge.fingerprint(), config.fallback.as_str()]).to_string();
+    let summary = summary(config, strategy, judge.as_ref());
     Ok(NamedJudge {
         name: name.to_string(),
         strategy: strategy.name,
-        composite: strategy.composite,
+        composite: strategy.shape == Shape::Composite,
         fingerprint: blake3::hash(fingerprint.as_bytes()).to_hex().to_string(),
         judge,
         fallback: config.fallback,
-        summary: summary(config, strategy),
+        summary,
     })
 }
 
-/// A strategy that writes no prompt (a panel) asks its members: a `[judges.NAME]` table that
-/// gives it a model, an endpoint, rubrics or a template would be silently ignored, so it is an
-/// error. `[judge]` is exempt: its settings also configure the built-in judges a panel asks.
-fn check_no_prompt_settings(table: &Table, strategy: &Strategy) -> Result<(), ConfigError> {
+/// Settings a strategy does not use are refused on a `[judges.NAME]` table rather than
+/// silently ignored: a judge that writes no prompt takes no rubrics or template, and one that
+/// calls no model takes no model or endpoint either. `[judge]` is exempt: its settings also
+/// configure the built-in judges of every other strategy.
+fn check_settings_it_uses(table: &Table, strategy: &Strategy) -> Result<(), ConfigError> {
     let config = &table.config;
     let defaults = JudgeConfig::default();
-    let set = [
-        ("model", !config.model.is_empty()),
-        ("base_url", !config.base_url.is_empty()),
-        ("api_key_env", !config.api_key_env.is_empty()),
+    let prompt = [
         ("rubrics", config.rubrics != defaults.rubrics),
         ("template", !config.template.is_empty()),
         ("template_file", !config.template_file.is_empty()),
     ];
+    let model = [
+        ("model", !config.model.is_empty()),
+        ("base_url", !config.base_url.is_empty()),
+        ("api_key_env", !config.api_key_env.is_empty()),
+    ];
+    let (unused, why): (Vec<_>, &str) = match strategy.shape {
+        Shape::Prompt { .. } => return Ok(()),
+        Shape::Remote => (
+            prompt.to_vec(),
+            "calls its model server and writes no prompt",
+        ),
+        Shape::Local => (
+            [model, prompt].concat(),
+            "decides from the candidates alone, with no call",
+        ),
+        Shape::Composite => ([model, prompt].concat(), "asks its members"),
+    };
     if table.key == "judge" {
         return Ok(());
     }
-    match set.iter().find(|(_, set)| *set) {
+    match unused.iter().find(|(_, set)| *set) {
         Some((field, _)) => Err(ConfigError(format!(
-            "`{}.{field}`: a {} asks its members and uses no {field} of its own; set it on the \
-             members (or, for rubrics, send x-best-of-n-rubric, which reaches every member)",
+            "`{}.{field}`: a {} judge {why}, so it has no use for `{field}`; remove it (for \
+             rubrics on a panel, set them on the members or send x-best-of-n-rubric)",
             table.key, strategy.name
         ))),
         None => Ok(()),
@@ -252,12 +269,22 @@ fn read_template(config: &JudgeConfig, key: &str) -> Result<String, ConfigError>
     })
 }
 
-fn summary(config: &JudgeConfig, strategy: &Strategy) -> String {
-    let fallback = config.fallback.as_str();
-    if strategy.composite {
-        let members = config.members.join(", ");
-        return format!("members {members}; fallback {fallback}");
-    }
+/// One line about a judge for `check-config`: its connection and prompt settings where it has
+/// them, then what the judge says about itself.
+fn summary(config: &JudgeConfig, strategy: &Strategy, judge: &dyn Judge) -> String {
+    let fallback = format!("fallback {}", config.fallback.as_str());
+    let own = judge.describe();
+    let parts: Vec<String> = match strategy.shape {
+        Shape::Prompt { .. } => vec![connection(config), prompt_settings(config), fallback],
+        Shape::Remote => vec![connection(config), own, fallback],
+        Shape::Local | Shape::Composite => vec![own, fallback],
+    };
+    let parts: Vec<String> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+    parts.join("; ")
+}
+
+/// The judge's model and endpoint, key masked.
+fn connection(config: &JudgeConfig) -> String {
     let model = match config.model.as_str() {
         "" => "the request's model",
         model => model,
@@ -273,6 +300,11 @@ fn summary(config: &JudgeConfig, strategy: &Strategy) -> String {
             config.api_key_env
         ),
     };
+    format!("model {model}; endpoint {endpoint}")
+}
+
+/// The judge's rubrics and template.
+fn prompt_settings(config: &JudgeConfig) -> String {
     let rubrics = match &config.rubrics {
         Rubrics::Preset(name) => format!("preset {name}"),
         Rubrics::List(list) => format!("{} listed", list.len()),
@@ -282,10 +314,7 @@ fn summary(config: &JudgeConfig, strategy: &Strategy) -> String {
         (false, _) => "inline".to_string(),
         (true, file) => file.to_string(),
     };
-    format!(
-        "model {model}; endpoint {endpoint}; rubrics {rubrics}; template {template}; \
-         fallback {fallback}"
-    )
+    format!("rubrics {rubrics}; template {template}")
 }
 
 #[cfg(test)]

@@ -12,11 +12,15 @@ use futures_util::FutureExt;
 
 use super::llm::LlmPrompt;
 use super::protocol::{self, TemplateCandidate};
-use super::{Blueprint, Judge, JudgeOutcome, JudgeRequest, Strategy, Verdict};
+use super::{Blueprint, Judge, JudgeOutcome, JudgeRequest, Shape, Strategy, Verdict};
 use crate::config::ConfigError;
 
 /// The registry entry (see `judge::STRATEGIES`).
-pub const STRATEGY: Strategy = super::register("listwise", Some(TEMPLATE), false, Listwise::build);
+pub const STRATEGY: Strategy = super::register(
+    "listwise",
+    Shape::Prompt { template: TEMPLATE },
+    Listwise::build,
+);
 
 /// The built-in listwise prompt. Users replace it with `template`; the context holds
 /// `conversation` (list of `{role, text}`), `rubrics` (list of strings) and `candidates`

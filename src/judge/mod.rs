@@ -154,6 +154,12 @@ pub trait Judge: Send + Sync {
     /// Every setting that can change which candidate this judge picks, as text: part of the
     /// cache key, so an answer is only reused under the judge that chose it.
     fn fingerprint(&self) -> String;
+
+    /// What `check-config` says about this judge beyond its model, endpoint and prompt (a
+    /// panel's members, a reward model's wire format); empty when nothing.
+    fn describe(&self) -> String {
+        String::new()
+    }
 }
 
 /// What a strategy's constructor gets: the judge's table, resolved.
@@ -167,8 +173,8 @@ pub struct Blueprint<'a> {
     pub rubrics: Vec<String>,
     /// `template`, or what `template_file` holds; empty means the built-in template.
     pub template: String,
-    /// How LLM calls reach the judge's model; `None` for composite strategies, which ask
-    /// other judges instead.
+    /// How calls reach the judge's model; `None` for strategies that call none (see
+    /// [`Shape::calls_a_model`]).
     pub call: Option<call::JudgeCall>,
     /// The judges built before this one, by name (every plain judge, for panels).
     pub built: &'a BTreeMap<String, Arc<NamedJudge>>,
@@ -177,13 +183,30 @@ pub struct Blueprint<'a> {
 /// How to build one strategy from its blueprint.
 type Build = fn(Blueprint<'_>) -> Result<Arc<dyn Judge>, ConfigError>;
 
+/// What a strategy needs to decide, which says what its table may set and what it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Writes prompts for an LLM judge from its built-in `template` (or the table's own).
+    Prompt { template: &'static str },
+    /// Calls a model server of its own (a reward model): an endpoint and a model, no prompt.
+    Remote,
+    /// Decides from the candidates alone, with no call.
+    Local,
+    /// Asks other named judges; built after them, and never one of their members.
+    Composite,
+}
+
+impl Shape {
+    /// True when judges of this shape call a model through a [`call::JudgeCall`].
+    pub fn calls_a_model(self) -> bool {
+        matches!(self, Shape::Prompt { .. } | Shape::Remote)
+    }
+}
+
 /// One strategy as the registry knows it.
 pub struct Strategy {
     pub name: &'static str,
-    /// The built-in prompt template, for strategies that write one.
-    pub template: Option<&'static str>,
-    /// True for strategies made of other judges (built after them, never their members).
-    pub composite: bool,
+    pub shape: Shape,
     build: Build,
 }
 
@@ -206,19 +229,9 @@ pub fn strategy_names() -> Vec<&'static str> {
     STRATEGIES.iter().map(|s| s.name).collect()
 }
 
-/// The registry entry of a strategy: its name, template and constructor.
-const fn register(
-    name: &'static str,
-    template: Option<&'static str>,
-    composite: bool,
-    build: Build,
-) -> Strategy {
-    Strategy {
-        name,
-        template,
-        composite,
-        build,
-    }
+/// The registry entry of a strategy: its name, shape and constructor.
+const fn register(name: &'static str, shape: Shape, build: Build) -> Strategy {
+    Strategy { name, shape, build }
 }
 
 impl Strategy {

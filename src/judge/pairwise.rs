@@ -22,13 +22,17 @@ use serde_json::{json, Value};
 
 use super::llm::{Decision, LlmPrompt};
 use super::protocol::{self, TemplateCandidate, Winner};
-use super::{Blueprint, Judge, JudgeOutcome, JudgeRequest, Strategy, Verdict};
+use super::{Blueprint, Judge, JudgeOutcome, JudgeRequest, Shape, Strategy, Verdict};
 use crate::concurrently;
 use crate::config::ConfigError;
 use crate::openai::Usage;
 
 /// The registry entry (see `judge::STRATEGIES`).
-pub const STRATEGY: Strategy = super::register("pairwise", Some(TEMPLATE), false, Pairwise::build);
+pub const STRATEGY: Strategy = super::register(
+    "pairwise",
+    Shape::Prompt { template: TEMPLATE },
+    Pairwise::build,
+);
 
 /// The built-in pairwise prompt; `candidates` holds two, ids `A` and `B`.
 const TEMPLATE: &str = protocol::judge_template!(

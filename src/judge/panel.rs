@@ -14,12 +14,12 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 
-use super::{Blueprint, Judge, JudgeOutcome, JudgeRequest, NamedJudge, Strategy, Verdict};
+use super::{Blueprint, Judge, JudgeOutcome, JudgeRequest, NamedJudge, Shape, Strategy, Verdict};
 use crate::config::ConfigError;
 use crate::openai::Usage;
 
 /// The registry entry (see `judge::STRATEGIES`).
-pub const STRATEGY: Strategy = super::register("panel", None, true, Panel::build);
+pub const STRATEGY: Strategy = super::register("panel", Shape::Composite, Panel::build);
 
 pub struct Panel {
     members: Vec<Arc<NamedJudge>>,
@@ -166,6 +166,11 @@ fn member_detail(member: &NamedJudge, verdict: &Verdict) -> Value {
 impl Judge for Panel {
     fn judge<'a>(&'a self, request: JudgeRequest<'a>) -> BoxFuture<'a, Verdict> {
         self.decide(request).boxed()
+    }
+
+    fn describe(&self) -> String {
+        let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
+        format!("members {}", names.join(", "))
     }
 
     fn fingerprint(&self) -> String {

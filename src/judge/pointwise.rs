@@ -16,13 +16,18 @@ use serde_json::{json, Value};
 
 use super::llm::{Decision, LlmPrompt};
 use super::protocol::{self, TemplateCandidate};
-use super::{Blueprint, Judge, JudgeOutcome, JudgeRequest, JudgedCandidate, Strategy, Verdict};
+use super::{
+    Blueprint, Judge, JudgeOutcome, JudgeRequest, JudgedCandidate, Shape, Strategy, Verdict,
+};
 use crate::config::ConfigError;
 use crate::openai::Usage;
 
 /// The registry entry (see `judge::STRATEGIES`).
-pub const STRATEGY: Strategy =
-    super::register("pointwise", Some(TEMPLATE), false, Pointwise::build);
+pub const STRATEGY: Strategy = super::register(
+    "pointwise",
+    Shape::Prompt { template: TEMPLATE },
+    Pointwise::build,
+);
 
 /// The built-in pointwise prompt; `candidates` holds the one candidate, id `1`.
 const TEMPLATE: &str = protocol::judge_template!(
