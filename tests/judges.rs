@@ -456,6 +456,107 @@ async fn a_panel_whose_members_all_fail_falls_back() {
 
 // ---------------------------------------------------------------- named judges
 
+// ---------------------------------------------------------------- cascade
+
+/// A best-of-4 request for `judge`, which must succeed.
+async fn four_for(proxy: &Proxy, judge: &str) -> Answer {
+    let headers = [
+        ("x-best-of-n", "4"),
+        ("x-best-of-n-debug", "1"),
+        ("x-best-of-n-judge", judge),
+    ];
+    let answer = post_chat(proxy, &headers, chat_body("Q")).await;
+    answer.expect_ok();
+    answer
+}
+
+/// A cascade from pointwise to pairwise keeping two, over the four texts.
+fn with_cascade(config: &mut Config) {
+    let table = JudgeConfig {
+        first: "pointwise".into(),
+        then: "pairwise".into(),
+        keep: 2,
+        ..judge_table("cascade")
+    };
+    config.judges.insert("funnel".into(), table);
+}
+
+#[tokio::test]
+async fn a_cascade_sends_only_the_first_judges_best_to_the_second() {
+    let (mock, proxy) = setup(FOUR, fair_verdict, with_cascade).await;
+    let answer = four_for(&proxy, "funnel").await;
+    assert_eq!(answer.content(), "answer-best");
+    let calls = judge_calls(&mock);
+    let pointwise = calls.iter().filter(|c| kind(c) == Kind::Pointwise).count();
+    let pairwise: Vec<&Call> = calls.iter().filter(|c| kind(c) == Kind::Pairwise).collect();
+    assert_eq!(pointwise, 4, "the first judge scores every candidate");
+    assert_eq!(pairwise.len(), 2, "one pair, in both orders");
+    for call in pairwise {
+        let texts: Vec<String> = call.judge_candidates().into_iter().map(|c| c.1).collect();
+        assert_eq!(
+            sorted(texts),
+            ["answer-best", "answer-fair"],
+            "the top two only"
+        );
+    }
+    let debug = debug_of(&answer);
+    let judge = &debug["judge"];
+    assert_eq!(judge["first"]["strategy"], "pointwise");
+    assert_eq!(judge["then"]["strategy"], "pairwise");
+    let texts = generated(&debug);
+    let kept: Vec<&str> = judge["kept"]
+        .as_array()
+        .expect("kept")
+        .iter()
+        .filter_map(|i| Some(texts[usize::try_from(i.as_u64()?).ok()?].as_str()))
+        .collect();
+    assert_eq!(
+        kept,
+        ["answer-best", "answer-fair"],
+        "the first judge's order"
+    );
+    // Usage counts both stages: six judge calls of 15 tokens.
+    assert_eq!(debug["usage"]["judge"]["total_tokens"], 6 * 15);
+}
+
+#[tokio::test]
+async fn a_cascade_whose_first_judge_fails_lets_the_second_judge_everyone() {
+    let garbled_scores = |call: &Call| match kind(call) {
+        Kind::Pointwise => Reply::completion("no idea"),
+        _ => fair_verdict(call),
+    };
+    let (mock, proxy) = setup(FOUR, garbled_scores, with_cascade).await;
+    let answer = four_for(&proxy, "funnel").await;
+    assert_eq!(answer.content(), "answer-best");
+    assert!(answer.header("x-best-of-n-fallback").is_none());
+    let pairwise = judge_calls(&mock)
+        .iter()
+        .filter(|c| kind(c) == Kind::Pairwise)
+        .count();
+    assert_eq!(pairwise, 12, "every pair of four, both orders");
+    let judge = &debug_of(&answer)["judge"];
+    assert_eq!(judge["first"]["outcome"], "parse_error");
+}
+
+#[tokio::test]
+async fn a_cascade_whose_second_judge_fails_keeps_the_first_judges_pick() {
+    let dead_pairs = |call: &Call| match kind(call) {
+        Kind::Pairwise => Reply::error(500, "down", "server_error"),
+        _ => fair_verdict(call),
+    };
+    let (_mock, proxy) = setup(FOUR, dead_pairs, with_cascade).await;
+    let answer = four_for(&proxy, "funnel").await;
+    assert_eq!(answer.content(), "answer-best", "the scores still rank");
+    assert!(answer.header("x-best-of-n-fallback").is_none());
+    assert_eq!(debug_of(&answer)["judge"]["then"]["outcome"], "error");
+
+    let all_dead = |_: &Call| Reply::error(500, "down", "server_error");
+    let (_mock, proxy) = setup(FOUR, all_dead, with_cascade).await;
+    let answer = four_for(&proxy, "funnel").await;
+    let fallback = answer.header("x-best-of-n-fallback").unwrap_or_default();
+    assert!(fallback.starts_with("first_ok ("), "{fallback}");
+}
+
 #[tokio::test]
 async fn every_strategy_is_a_built_in_judge_by_name() {
     let (mock, proxy) = setup(THREE, fair_verdict, |_| {}).await;

@@ -332,7 +332,7 @@ mod tests {
         let judges = build("").unwrap();
         assert_eq!(
             judges.names(),
-            vec!["listwise", "pairwise", "panel", "pointwise"]
+            vec!["cascade", "listwise", "pairwise", "panel", "pointwise"]
         );
         assert_eq!(judges.default_name(), "listwise");
         let judges = build("[judge]\nstrategy = \"pointwise\"\n").unwrap();
@@ -410,6 +410,18 @@ members = ["strict", "listwise"]
                 "`judges.x.members`",
             ),
             ("[judges.listwise]\nmodel = \"m\"\n", "`judges.listwise`"),
+            (
+                "[judges.c]\nstrategy = \"cascade\"\nfirst = \"panel\"\n",
+                "`judges.c.first`",
+            ),
+            (
+                "[judges.c]\nstrategy = \"cascade\"\nthen = \"nobody\"\n",
+                "`judges.c.then`",
+            ),
+            (
+                "[judges.c]\nstrategy = \"cascade\"\nkeep = 0\n",
+                "`judges.c.keep`",
+            ),
         ];
         for (toml, key) in cases {
             let err = build(toml).err().unwrap_or_default();

@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod call;
+pub mod cascade;
 pub mod catalog;
 pub mod listwise;
 pub mod llm;
@@ -129,6 +130,23 @@ impl Verdict {
         }
     }
 
+    /// The verdict as a judge made of other judges (a panel, a cascade) reports one of them
+    /// in its debug object: who, how it went, what it ranked and cost, and its own detail.
+    pub fn reported_by(&self, judge: &NamedJudge) -> Map<String, Value> {
+        let mut report = Map::new();
+        report.insert("name".into(), Value::from(judge.name.as_str()));
+        report.insert("strategy".into(), Value::from(judge.strategy));
+        report.insert("outcome".into(), Value::from(self.outcome.as_str()));
+        report.insert("ranking".into(), serde_json::json!(self.ranking));
+        report.insert("failure".into(), serde_json::json!(self.failure));
+        report.insert("raw".into(), serde_json::json!(self.raw));
+        let millis = (self.latency.as_secs_f64() * 1e6).round() / 1e3;
+        report.insert("latency_ms".into(), Value::from(millis));
+        report.insert("usage".into(), serde_json::json!(self.usage));
+        report.extend(self.detail.clone());
+        report
+    }
+
     /// A verdict with nothing filled in yet.
     pub fn empty(outcome: JudgeOutcome) -> Verdict {
         Verdict {
@@ -217,6 +235,7 @@ const STRATEGIES: &[Strategy] = &[
     pointwise::STRATEGY,
     pairwise::STRATEGY,
     panel::STRATEGY,
+    cascade::STRATEGY,
 ];
 
 /// The strategy called `name`.

@@ -104,10 +104,11 @@ fn combine(members: &[Arc<NamedJudge>], verdicts: &[Verdict], presentation: &[us
         borda(&ballots, presentation)
     };
     verdict.usage = usage;
-    let detail = members
-        .iter()
-        .zip(verdicts)
-        .map(|(m, v)| member_detail(m, v));
+    let detail = members.iter().zip(verdicts).map(|(member, verdict)| {
+        let mut report = verdict.reported_by(member);
+        report.insert("counted".into(), json!(verdict.winner().is_some()));
+        Value::Object(report)
+    });
     verdict.detail.insert("members".into(), detail.collect());
     verdict
 }
@@ -143,24 +144,6 @@ fn borda(ballots: &[&Verdict], presentation: &[usize]) -> Verdict {
     verdict.scores = totals.iter().map(|t| (t.0, t.1 / most)).collect();
     verdict.fully_ranked = true;
     verdict
-}
-
-fn member_detail(member: &NamedJudge, verdict: &Verdict) -> Value {
-    let mut detail = json!({
-        "name": member.name,
-        "strategy": member.strategy,
-        "outcome": verdict.outcome.as_str(),
-        "counted": verdict.winner().is_some(),
-        "ranking": verdict.ranking,
-        "failure": verdict.failure,
-        "raw": verdict.raw,
-        "latency_ms": (verdict.latency.as_secs_f64() * 1e6).round() / 1e3,
-        "usage": verdict.usage,
-    });
-    if let Value::Object(map) = &mut detail {
-        map.extend(verdict.detail.clone());
-    }
-    detail
 }
 
 impl Judge for Panel {
