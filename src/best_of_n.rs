@@ -16,8 +16,10 @@ use http::{header, HeaderMap, Response};
 use crate::answer::{Failed, Ready};
 use crate::body::Body;
 use crate::cache::{self, KeyBuilder};
+use crate::config::{Mode, DEFAULT_RUBRIC_PRESET};
 use crate::error::ApiError;
 use crate::fanout::Candidate;
+use crate::fusion::FuserFailed;
 use crate::generation;
 use crate::openai::ChatRequest;
 use crate::plan::BestOfN;
@@ -87,6 +89,17 @@ async fn read_request(
         .as_ref()
         .map(|_| cache_key(state, &plan, &target, &value, &headers));
     let request = ChatRequest::from_value(value)?;
+    if plan.mode == Mode::Fuse && request.choices_wanted() > 1 {
+        return Err(ApiError::invalid_request(
+            "n",
+            format!(
+                "`n` is {} but x-best-of-n-mode is `fuse`, which writes one answer. Send `n: 1`, \
+                 or use x-best-of-n-mode: select to get the {} best candidates.",
+                request.choices_wanted(),
+                request.choices_wanted()
+            ),
+        ));
+    }
     if request.choices_wanted() > plan.n {
         return Err(ApiError::invalid_request(
             "n",
@@ -192,6 +205,11 @@ fn cache_key(
         "{scope}|{}",
         generation::fingerprint(&state.config.best_of_n)
     );
+    // In fuse mode the fuser writes the answer: its settings matter, the judge's do not.
+    let scope = match plan.mode {
+        Mode::Select => scope,
+        Mode::Fuse => format!("{scope}|fuse|{}", state.fuser.fingerprint()),
+    };
     KeyBuilder::new(scope.as_bytes())
         .request(request)
         .tenant(headers)
@@ -246,6 +264,9 @@ async fn generate_and_select(
     let candidates = generation::generate(&generator, target, headers, request, plan.n).await?;
     timing.waited(generation_started);
     check_enough(state, plan, request, &candidates)?;
+    if plan.mode == Mode::Fuse {
+        return fuse(state, plan, request, &candidates, headers, timing).await;
+    }
     let selection = selection::select(state, plan, request, &candidates, headers).await?;
     // The judge's time is waiting on an upstream call too.
     if let Some(verdict) = &selection.verdict {
@@ -257,6 +278,34 @@ async fn generate_and_select(
         &selection,
         request.choices_wanted() as usize,
     )
+}
+
+/// Fuse mode: the fuser writes the answer from the candidates; when it cannot, the first
+/// successful candidate answers and the response says so.
+async fn fuse(
+    state: &AppState,
+    plan: &BestOfN,
+    request: &ChatRequest,
+    candidates: &[Candidate],
+    headers: &HeaderMap,
+    timing: &Timing,
+) -> Result<Ready, Failed> {
+    let preset = plan.rubric.as_deref().unwrap_or(DEFAULT_RUBRIC_PRESET);
+    let rubrics = state.judges.rubric(preset).map(|r| r.to_vec());
+    let fusing_started = Instant::now();
+    let fused = state
+        .fuser
+        .fuse(request, candidates, &rubrics.unwrap_or_default(), headers)
+        .await;
+    timing.waited(fusing_started);
+    match fused {
+        Ok(fused) => Ok(respond::fused(plan, candidates, fused)),
+        Err(FuserFailed(why)) => {
+            tracing::warn!(%why, "the fuser wrote nothing; answering with a candidate");
+            let selection = selection::without_fuser(candidates, why);
+            respond::build(plan, candidates, &selection, 1)
+        }
+    }
 }
 
 /// Enough candidates succeeded: at least one, `best_of_n.min_candidates`, and `n`.

@@ -6,6 +6,7 @@
 //! [`Config::validate`] names the key for the checks that toml cannot express.
 
 mod best_of_n;
+mod fuser;
 mod judge;
 
 use std::collections::BTreeMap;
@@ -15,7 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use best_of_n::{BestOfNConfig, Diversity, Generation, DEFAULT_VARIATIONS};
+pub use best_of_n::{BestOfNConfig, Diversity, Generation, Mode, DEFAULT_VARIATIONS};
+pub use fuser::FuserConfig;
 pub use judge::{Fallback, JudgeConfig, Rubrics, DEFAULT_RUBRIC_PRESET};
 
 /// The whole configuration file.
@@ -31,6 +33,8 @@ pub struct Config {
     pub judges: BTreeMap<String, JudgeConfig>,
     /// Rubric presets, `[rubrics] NAME = [...]`, besides the built-in ones.
     pub rubrics: BTreeMap<String, Vec<String>>,
+    /// The model that writes fused answers (`fuse` mode).
+    pub fuser: FuserConfig,
     pub cache: CacheConfig,
     pub metrics: MetricsConfig,
 }
@@ -328,6 +332,7 @@ impl Config {
                 ),
             );
         }
+        self.fuser.validate()?;
         judge::validate(&self.judge, &self.judges, &self.rubrics)
     }
 

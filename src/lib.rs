@@ -22,6 +22,7 @@ pub mod demo;
 pub(crate) mod diversity;
 pub mod error;
 pub mod fanout;
+pub mod fusion;
 pub(crate) mod generation;
 pub mod intake;
 pub mod judge;

@@ -6,13 +6,14 @@
 use http::{HeaderMap, Method};
 
 use crate::cache::Policy;
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::error::ApiError;
 use crate::judge::Judges;
 
 pub const HEADER_N: &str = "x-best-of-n";
 pub const HEADER_JUDGE: &str = "x-best-of-n-judge";
 pub const HEADER_RUBRIC: &str = "x-best-of-n-rubric";
+pub const HEADER_MODE: &str = "x-best-of-n-mode";
 pub const HEADER_DEBUG: &str = "x-best-of-n-debug";
 
 /// What the proxy does with one request.
@@ -31,6 +32,8 @@ pub struct BestOfN {
     pub judge: String,
     /// A rubric preset that replaces the judge's own rubrics (`x-best-of-n-rubric`).
     pub rubric: Option<String>,
+    /// Return the best candidate, or an answer the fuser writes from all of them.
+    pub mode: Mode,
     /// Add the `best_of_n` breakdown to the response body.
     pub debug: bool,
     /// What `Cache-Control` allows the answer cache to do.
@@ -76,6 +79,7 @@ pub fn plan(
         n,
         judge: judge_name(headers, judges)?,
         rubric: rubric_name(headers, judges)?,
+        mode: mode(headers, config)?,
         debug: debug_requested(headers),
         cache: Policy::from_headers(headers),
     }))
@@ -147,6 +151,24 @@ fn rubric_name(headers: &HeaderMap, judges: &Judges) -> Result<Option<String>, A
     ))
 }
 
+/// `x-best-of-n-mode`, or `best_of_n.mode`.
+fn mode(headers: &HeaderMap, config: &Config) -> Result<Mode, ApiError> {
+    let Some(value) = headers.get(HEADER_MODE) else {
+        return Ok(config.best_of_n.mode);
+    };
+    let name = value.to_str().unwrap_or("").trim();
+    Mode::from_name(&name.to_ascii_lowercase()).ok_or_else(|| {
+        ApiError::invalid_request(
+            HEADER_MODE,
+            format!(
+                "`{HEADER_MODE}: {}` is not a mode; use `select` (the best candidate) or `fuse` \
+                 (an answer written from all candidates by the [fuser] model).",
+                String::from_utf8_lossy(value.as_bytes())
+            ),
+        )
+    })
+}
+
 fn debug_requested(headers: &HeaderMap) -> bool {
     headers
         .get(HEADER_DEBUG)
@@ -185,6 +207,10 @@ mod tests {
             (plan.judge.as_str(), plan.rubric.as_deref()),
             ("pairwise", Some("code"))
         );
+        let picked = plan_with(&[("x-best-of-n", "2"), ("x-best-of-n-mode", "fuse")], 0);
+        assert!(matches!(picked, Ok(Plan::BestOfN(p)) if p.mode == Mode::Fuse));
+        let err = plan_with(&[("x-best-of-n", "2"), ("x-best-of-n-mode", "blend")], 0).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("x-best-of-n-mode"));
         let err =
             plan_with(&[("x-best-of-n", "2"), ("x-best-of-n-rubric", "poetry")], 0).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("x-best-of-n-rubric"));

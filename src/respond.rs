@@ -9,8 +9,10 @@ use http::{header, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
 use crate::answer::{copy_upstream_headers, Failed, Ready};
+use crate::config::Mode;
 use crate::error::ApiError;
 use crate::fanout::{Candidate, Failure};
+use crate::fusion::Fused;
 use crate::openai::{ChatCompletion, Usage};
 use crate::plan::BestOfN;
 use crate::selection::Selection;
@@ -56,6 +58,41 @@ pub fn build(
     })
 }
 
+/// The fuser's answer as the response: its completion with usage summed over the candidates
+/// and the fuser, the fuser's upstream headers, `x-best-of-n-mode: fuse`.
+pub fn fused(plan: &BestOfN, candidates: &[Candidate], fused: Fused) -> Ready {
+    let mut candidate_usage = Usage::default();
+    for usage in candidates
+        .iter()
+        .filter_map(|c| c.answer()?.completion.usage.as_ref())
+    {
+        candidate_usage.add(usage);
+    }
+    let mut completion = fused.completion;
+    let fuser_usage = completion.usage.take().unwrap_or_default();
+    let mut total = candidate_usage.clone();
+    total.add(&fuser_usage);
+    completion.usage = Some(total);
+    let debug = json!({
+        "n": plan.n,
+        "mode": "fuse",
+        "candidates": candidates.iter().map(|c| candidate_debug(c, false, None)).collect::<Vec<_>>(),
+        "fuser": {"latency_ms": millis(fused.latency), "usage": fuser_usage},
+        "usage": {"candidates": candidate_usage, "fuser": fuser_usage},
+    });
+    let mut headers = HeaderMap::new();
+    copy_upstream_headers(&fused.headers, &mut headers);
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert("x-best-of-n", HeaderValue::from(plan.n));
+    headers.insert("x-best-of-n-mode", HeaderValue::from_static("fuse"));
+    Ready {
+        completion,
+        headers,
+        debug: Some(Arc::new(debug)),
+        cacheable: candidates.iter().all(|c| c.answer().is_some()),
+    }
+}
+
 /// Tokens spent: (all candidates, all judge calls).
 fn spent(candidates: &[Candidate], selection: &Selection) -> (Usage, Usage) {
     let mut candidate_usage = Usage::default();
@@ -87,7 +124,10 @@ fn insert_best_of_n_headers(
     set("x-best-of-n", plan.n.to_string());
     set("x-best-of-n-selected", selection.winner().to_string());
     set("x-best-of-n-scores", scores_header(candidates, selection));
-    set("x-best-of-n-judge", plan.judge.clone());
+    // A fuse-mode answer that fell back to a candidate was chosen by no judge.
+    if plan.mode == Mode::Select {
+        set("x-best-of-n-judge", plan.judge.clone());
+    }
     if let Some(fallback) = &selection.fallback {
         set("x-best-of-n-fallback", fallback.clone());
     }
@@ -183,20 +223,22 @@ fn debug_object(
         "disqualified": selection.disqualified,
         "fallback": selection.fallback,
         "seed": selection.verdict.as_ref().map(|v| v.seed),
-        "candidates": candidates.iter().map(|c| candidate_debug(c, selection)).collect::<Vec<_>>(),
+        "candidates": candidates.iter().map(|c| {
+            let disqualified = selection.disqualified.contains(&c.index);
+            candidate_debug(c, disqualified, score_of(c, selection))
+        }).collect::<Vec<_>>(),
         "judge": judge,
         "usage": {"candidates": candidate_usage, "judge": judge_usage},
     })
 }
 
-fn candidate_debug(candidate: &Candidate, selection: &Selection) -> Value {
+fn candidate_debug(candidate: &Candidate, disqualified: bool, score: Option<f64>) -> Value {
     let mut entry = Map::new();
     entry.insert("index".into(), json!(candidate.index));
     entry.insert("latency_ms".into(), json!(millis(candidate.latency)));
     match &candidate.result {
         Ok(answer) => {
             let choice = answer.completion.first_choice();
-            let disqualified = selection.disqualified.contains(&candidate.index);
             entry.insert(
                 "status".into(),
                 json!(if disqualified { "disqualified" } else { "ok" }),
@@ -215,7 +257,7 @@ fn candidate_debug(candidate: &Candidate, selection: &Selection) -> Value {
                 "finish_reason".into(),
                 json!(choice.and_then(|c| c.finish_reason.clone())),
             );
-            entry.insert("score".into(), json!(score_of(candidate, selection)));
+            entry.insert("score".into(), json!(score));
             entry.insert("usage".into(), json!(answer.completion.usage));
         }
         Err(failure) => {

@@ -12,7 +12,7 @@ use crate::answer::Failed;
 use crate::config::Fallback;
 use crate::error::ApiError;
 use crate::fanout::Candidate;
-use crate::judge::{JudgeRequest, JudgedCandidate, NamedJudge, Verdict};
+use crate::judge::{JudgeOutcome, JudgeRequest, JudgedCandidate, NamedJudge, Verdict};
 use crate::openai::ChatRequest;
 use crate::plan::BestOfN;
 use crate::state::AppState;
@@ -131,6 +131,22 @@ async fn choose(
             let why = verdict.outcome.as_str();
             fall_back(ask.judge, eligible, Some(verdict), why)
         }
+    }
+}
+
+/// The answer when the fuser wrote nothing: the first successful candidate, saying why.
+pub fn without_fuser(candidates: &[Candidate], why: String) -> Selection {
+    let ranking: Vec<usize> = succeeded_candidates(candidates)
+        .iter()
+        .map(|c| c.index)
+        .collect();
+    Selection {
+        ranking,
+        fully_ranked: false,
+        verdict: Some(Verdict::failed(JudgeOutcome::Error, why)),
+        fallback: Some(format!("{} (fuser_failed)", Fallback::FirstOk.as_str())),
+        disqualified: Vec::new(),
+        strategy: "fuse",
     }
 }
 

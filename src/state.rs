@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::cache::AnswerCache;
 use crate::config::{Config, ConfigError, JudgeConfig};
+use crate::fusion::Fuser;
 use crate::generation::ModelsWithoutN;
 use crate::judge::call::JudgeCall;
 use crate::judge::Judges;
@@ -42,12 +43,16 @@ impl Secrets {
     }
 }
 
-/// Every `api_key_env` of a judge with its own endpoint (keys of other judges are never read).
+/// Every `api_key_env` of a judge or the fuser with its own endpoint (keys of the others are
+/// never read).
 pub fn judge_key_names(config: &Config) -> Vec<&str> {
-    let mut names: Vec<&str> = std::iter::once(&config.judge)
-        .chain(config.judges.values())
-        .filter(|j| !j.base_url.is_empty() && !j.api_key_env.is_empty())
-        .map(|j| j.api_key_env.as_str())
+    let judges = std::iter::once(&config.judge).chain(config.judges.values());
+    let endpoints = judges.map(|j| (&j.base_url, &j.api_key_env));
+    let fuser = (&config.fuser.base_url, &config.fuser.api_key_env);
+    let mut names: Vec<&str> = endpoints
+        .chain(std::iter::once(fuser))
+        .filter(|(base_url, env)| !base_url.is_empty() && !env.is_empty())
+        .map(|(_, env)| env.as_str())
         .collect();
     names.sort_unstable();
     names.dedup();
@@ -58,6 +63,8 @@ pub struct AppState {
     pub config: Config,
     pub upstream: Upstream,
     pub judges: Judges,
+    /// Writes fused answers, for requests in `fuse` mode.
+    pub fuser: Fuser,
     pub metrics: Metrics,
     /// `None` when `cache.enabled` is false.
     pub cache: Option<AnswerCache>,
@@ -69,8 +76,8 @@ impl AppState {
     pub fn new(config: Config, secrets: Secrets) -> Result<Arc<AppState>, String> {
         let (client, main) = connect_upstream(&config, &secrets)?;
         let metrics = Metrics::new();
-        let judges =
-            build_judges(&config, &secrets, &main, &client, &metrics).map_err(|e| e.to_string())?;
+        let (judges, fuser) = build_deciders(&config, &secrets, &main, &client, &metrics)
+            .map_err(|e| e.to_string())?;
         let cache = config
             .cache
             .enabled
@@ -79,6 +86,7 @@ impl AppState {
             config,
             upstream: main,
             judges,
+            fuser,
             metrics,
             cache,
             models_without_n: ModelsWithoutN::default(),
@@ -103,17 +111,21 @@ fn connect_upstream(config: &Config, secrets: &Secrets) -> Result<(HttpsClient, 
 /// report a judge mistake with its key before anything listens.
 pub fn check_judges(config: &Config, secrets: &Secrets) -> Result<Judges, String> {
     let (client, main) = connect_upstream(config, secrets)?;
-    build_judges(config, secrets, &main, &client, &Metrics::new()).map_err(|e| e.to_string())
+    let deciders = build_deciders(config, secrets, &main, &client, &Metrics::new());
+    deciders
+        .map(|(judges, _)| judges)
+        .map_err(|e| e.to_string())
 }
 
-/// Builds every judge, each reaching its model through the upstream or its own endpoint.
-pub fn build_judges(
+/// Builds every judge and the fuser, each reaching its model through the upstream or its own
+/// endpoint.
+pub fn build_deciders(
     config: &Config,
     secrets: &Secrets,
     main: &Upstream,
     client: &HttpsClient,
     metrics: &Metrics,
-) -> Result<Judges, ConfigError> {
+) -> Result<(Judges, Fuser), ConfigError> {
     let redactor = secrets.redactor();
     // Built-in judges share `[judge]`'s endpoint: warn about a missing key once per endpoint.
     let warned = RefCell::new(HashSet::new());
@@ -142,5 +154,7 @@ pub fn build_judges(
         .map_err(ConfigError)?;
         Ok(JudgeCall::new(judge, endpoint, false, metrics.clone()))
     };
-    Judges::build(config, &connect)
+    let judges = Judges::build(config, &connect)?;
+    let fuser = Fuser::new(&config.fuser, connect)?;
+    Ok((judges, fuser))
 }

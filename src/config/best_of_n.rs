@@ -34,6 +34,8 @@ pub struct BestOfNConfig {
     pub temperature: Option<f64>,
     /// How the candidates are asked for: N calls, or one call with `n = N`.
     pub generation: Generation,
+    /// What a request without `x-best-of-n-mode` gets: the best candidate, or a fused answer.
+    pub mode: Mode,
     /// Largest best-of-N request body; smaller than `server.max_body_bytes` because the proxy
     /// multiplies what it sends by N.
     pub max_body_bytes: usize,
@@ -63,6 +65,34 @@ impl Diversity {
             Diversity::None => "none",
             Diversity::Seed => "seed",
             Diversity::Variations => "variations",
+        }
+    }
+}
+
+/// What best-of-N answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The candidate the judge picks.
+    Select,
+    /// An answer the fuser writes from all the candidates (`[fuser]`).
+    Fuse,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Select => "select",
+            Mode::Fuse => "fuse",
+        }
+    }
+
+    /// The mode called `name`, as a header or config value spells it.
+    pub fn from_name(name: &str) -> Option<Mode> {
+        match name {
+            "select" => Some(Mode::Select),
+            "fuse" => Some(Mode::Fuse),
+            _ => None,
         }
     }
 }
@@ -110,6 +140,7 @@ impl Default for BestOfNConfig {
             variations: DEFAULT_VARIATIONS.iter().map(|v| v.to_string()).collect(),
             temperature: None,
             generation: Generation::Parallel,
+            mode: Mode::Select,
             max_body_bytes: 4 * 1024 * 1024,
             memory_budget_bytes: 256 * 1024 * 1024,
             memory_wait: Duration::from_secs(1),

@@ -1,5 +1,6 @@
 //! The demo's judge emulation: reading `<candidate>` blocks and answering like a listwise,
-//! pointwise or pairwise judge by a simple rubric (structured answers win).
+//! pointwise or pairwise judge by a simple rubric (structured answers win), or like a fuser
+//! (a prompt with candidates that asks for no verdict tag).
 
 /// `(id, text)` of every well-formed candidate block, in prompt order.
 pub(super) fn parse_candidates(text: &str) -> Vec<(&str, &str)> {
@@ -59,6 +60,16 @@ pub(super) fn judge_reply(prompt: &str) -> Option<String> {
         return Some(format!(
             "Rated on structure and length. <score>{score:.1}</score>"
         ));
+    }
+    if !prompt.contains("<best>") {
+        // Candidates but no verdict asked for: a fuser prompt. The "fused" answer is the most
+        // structured candidate, closed by a line showing how many were read.
+        let best_text = parse_candidates(prompt)
+            .into_iter()
+            .find(|&(id, _)| id == best)
+            .map_or("", |(_, text)| text);
+        let read = ranked.len();
+        return Some(format!("{best_text}\n\n(Fused from {read} answers.)"));
     }
     let ranking: Vec<&str> = ranked.iter().map(|&(id, _)| id).collect();
     let ranking = ranking.join(",");

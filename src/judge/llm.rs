@@ -112,7 +112,7 @@ pub struct Decision<'a> {
 }
 
 /// The conversation as the judge reads it; tool results say which call they answer.
-fn conversation_for_judge(messages: &[RequestMessage]) -> Vec<TemplateMessage> {
+pub(crate) fn conversation_for_judge(messages: &[RequestMessage]) -> Vec<TemplateMessage> {
     messages
         .iter()
         .map(|m| {

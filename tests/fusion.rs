@@ -1,0 +1,148 @@
+//! Fusion (`x-best-of-n-mode: fuse`): a fuser model reads every candidate and writes the
+//! answer. Through the real server against the mock upstream: what the fuser is asked, what the
+//! client gets (the fuser's answer, usage of everything), the fallback when the fuser fails,
+//! streaming, the cache, and the requests fuse mode refuses.
+
+mod common;
+
+use common::mock::{Call, MockUpstream, Reply};
+use common::*;
+use serde_json::json;
+
+/// The fuser's prompt asks for no verdict; the built-in one says this.
+fn is_fuser(call: &Call) -> bool {
+    call.is_judge() && call.prompt_text().contains("Write the single best reply")
+}
+
+/// Candidates answer `candidate K`, the fuser `FUSED ANSWER`.
+fn upstream(call: &Call) -> Reply {
+    if is_fuser(call) {
+        return Reply::completion("FUSED ANSWER");
+    }
+    if call.is_judge() {
+        return Reply::judge_best("1", &[]);
+    }
+    Reply::completion(&format!("candidate {}", call.seq))
+}
+
+const FUSE: (&str, &str) = ("x-best-of-n-mode", "fuse");
+
+async fn fused(proxy: &Proxy, extra: &[(&str, &str)], body: String) -> Answer {
+    let mut headers = vec![("x-best-of-n", "3"), FUSE];
+    headers.extend_from_slice(extra);
+    post_chat(proxy, &headers, body).await
+}
+
+#[tokio::test]
+async fn the_fuser_writes_the_answer_from_every_candidate() {
+    let mock = MockUpstream::with_handler(upstream).await;
+    let mut config = config_for(&mock);
+    config.fuser.model = "fuser-model".into();
+    let proxy = start_proxy(config).await;
+    let body = json!({
+        "model": "gpt-test",
+        "messages": [{"role": "user", "content": "Plan a picnic"}],
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {}}}],
+        "response_format": {"type": "text"},
+        "vendor_field": 7,
+    });
+    let answer = fused(&proxy, &[("x-best-of-n-debug", "1")], body.to_string()).await;
+    answer.expect_ok();
+    assert_eq!(answer.content(), "FUSED ANSWER");
+    assert_eq!(answer.header("x-best-of-n-mode"), Some("fuse"));
+    assert!(answer.header("x-best-of-n-judge").is_none(), "no judge chose");
+    let usage = &answer.json()["usage"];
+    assert_eq!(usage["total_tokens"], 4 * 15, "three candidates and the fuser");
+    assert_eq!(answer.json()["best_of_n"]["usage"]["fuser"]["total_tokens"], 15);
+
+    let calls = mock.calls();
+    let fuser: Vec<&Call> = calls.iter().filter(|c| is_fuser(c)).collect();
+    assert_eq!(fuser.len(), 1, "one fuser call, no judge call");
+    assert!(!calls.iter().any(|c| c.is_judge() && !is_fuser(c)));
+    let request = fuser[0].json.as_ref().expect("JSON");
+    assert_eq!(request["model"], "fuser-model");
+    assert_eq!(request["tools"], body["tools"], "the client's tools travel");
+    assert_eq!(request["response_format"], body["response_format"]);
+    assert_eq!(request["vendor_field"], 7);
+    assert_eq!(request["messages"].as_array().map(Vec::len), Some(1));
+    let shown: Vec<String> = fuser[0].judge_candidates().into_iter().map(|c| c.1).collect();
+    assert_eq!(shown.len(), 3, "every candidate is shown: {shown:?}");
+    assert!(shown.iter().all(|t| t.starts_with("candidate ")));
+    assert!(fuser[0].prompt_text().contains("Plan a picnic"));
+}
+
+#[tokio::test]
+async fn a_failed_fuser_falls_back_to_a_candidate_and_says_why() {
+    let mock = MockUpstream::with_handler(|call: &Call| {
+        if is_fuser(call) {
+            return Reply::error(500, "fuser down", "server_error");
+        }
+        upstream(call)
+    })
+    .await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let answer = fused(&proxy, &[("x-best-of-n-debug", "1")], chat_body("Q")).await;
+    answer.expect_ok();
+    assert_eq!(
+        answer.header("x-best-of-n-fallback"),
+        Some("first_ok (fuser_failed)")
+    );
+    assert!(answer.header("x-best-of-n-mode").is_none(), "nothing was fused");
+    let debug = answer.json()["best_of_n"].clone();
+    let first = debug["candidates"][0]["content"].clone();
+    assert_eq!(answer.json()["choices"][0]["message"]["content"], first);
+    let failure = debug["judge"]["failure"].as_str().unwrap_or_default();
+    assert!(failure.contains("500"), "{failure}");
+}
+
+#[tokio::test]
+async fn a_streaming_client_gets_the_fused_answer_as_sse() {
+    let mock = MockUpstream::with_handler(upstream).await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let body = json!({"model": "m", "stream": true,
+        "messages": [{"role": "user", "content": "Q"}]});
+    let answer = fused(&proxy, &[], body.to_string()).await;
+    answer.expect_ok();
+    let text: String = answer
+        .sse_chunks()
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, "FUSED ANSWER");
+}
+
+#[tokio::test]
+async fn fused_answers_are_cached_apart_from_selected_ones() {
+    let mock = MockUpstream::with_handler(upstream).await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let selected = post_chat(&proxy, &[("x-best-of-n", "3")], chat_body("Q")).await;
+    assert_eq!(selected.header("x-cache"), Some("miss"));
+    let first = fused(&proxy, &[], chat_body("Q")).await;
+    assert_eq!(first.header("x-cache"), Some("miss"), "a fused answer is not a pick");
+    let calls = mock.calls().len();
+    let again = fused(&proxy, &[], chat_body("Q")).await;
+    assert_eq!(again.header("x-cache"), Some("hit"));
+    assert_eq!(again.content(), "FUSED ANSWER");
+    assert_eq!(mock.calls().len(), calls, "a hit calls nothing");
+}
+
+#[tokio::test]
+async fn fuse_mode_is_the_default_when_the_config_says_so_and_refuses_n() {
+    let mock = MockUpstream::with_handler(upstream).await;
+    let mut config = config_for(&mock);
+    config.best_of_n.mode = bon_proxy::config::Mode::Fuse;
+    let proxy = start_proxy(config).await;
+    let answer = post_chat(&proxy, &[("x-best-of-n", "3")], chat_body("Q")).await;
+    assert_eq!(answer.content(), "FUSED ANSWER");
+    let select = [("x-best-of-n", "3"), ("x-best-of-n-mode", "select")];
+    let answer = post_chat(&proxy, &select, chat_body("Q")).await;
+    assert!(answer.content().starts_with("candidate "), "the header wins");
+
+    let two = json!({"model": "m", "n": 2, "messages": [{"role": "user", "content": "Q"}]});
+    let refused = post_chat(&proxy, &[("x-best-of-n", "3")], two.to_string()).await;
+    let error = refused.expect_error(400);
+    assert_eq!(error["param"], "n");
+    let bad = [("x-best-of-n", "3"), ("x-best-of-n-mode", "blend")];
+    let refused = post_chat(&proxy, &bad, chat_body("Q")).await;
+    assert_eq!(refused.expect_error(400)["param"], "x-best-of-n-mode");
+}
