@@ -19,14 +19,15 @@ use crate::cache::{self, KeyBuilder};
 use crate::config::{Mode, DEFAULT_RUBRIC_PRESET};
 use crate::error::ApiError;
 use crate::fanout::Candidate;
-use crate::fusion::FuserFailed;
+use crate::fusion::{FuserFailed, FuserStream};
 use crate::generation;
 use crate::openai::ChatRequest;
 use crate::plan::BestOfN;
+use crate::relay;
 use crate::respond;
 use crate::selection;
 use crate::state::AppState;
-use crate::streaming;
+use crate::streaming::{self, Live, Streamed};
 
 /// One best-of-N request, read and checked.
 struct Job {
@@ -60,6 +61,10 @@ pub async fn handle(
     let include_usage = job.request.include_usage();
     let debug = job.plan.debug;
     let keepalive = state.config.best_of_n.stream_keepalive;
+    if stream && job.plan.mode == Mode::Fuse {
+        let work = fuse_live(state, job);
+        return streaming::respond_streamed(work, keepalive, include_usage).await;
+    }
     let work = answer(state, job);
     if stream {
         streaming::respond(work, keepalive, include_usage).await
@@ -169,6 +174,77 @@ fn answer(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Ready, Fa
         })
     }
     .boxed()
+}
+
+/// Fuse mode for a streaming client: a cached fused answer, or else the fuser's own stream
+/// relayed as it is written (not stored: the cache keeps whole answers, and this one is
+/// still being written when it goes out).
+fn fuse_live(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Streamed, Failed>> {
+    async move {
+        if let (Some(cache), Some(key)) = (&state.cache, job.key) {
+            if let Some(mut ready) = cache.lookup(key, job.plan.cache).await {
+                cache::set_outcome_header(&mut ready.headers, cache::Outcome::Hit);
+                return Ok(Streamed::Ready(ready));
+            }
+        }
+        let deadline = state.config.server.request_timeout;
+        match tokio::time::timeout(deadline, start_fused_stream(&state, &job)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failed::Proxy(ApiError::gateway_timeout(format!(
+                "The best-of-{} request took longer than server.request_timeout ({deadline:?}).",
+                job.plan.n
+            )))),
+        }
+    }
+    .boxed()
+}
+
+/// The candidates, then the fuser's stream; or a candidate when the fuser cannot start.
+async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Failed> {
+    let (plan, request) = (&job.plan, &job.request);
+    let generator = generation::Generator {
+        upstream: &state.upstream,
+        metrics: &state.metrics,
+        config: &state.config.best_of_n,
+        models_without_n: &state.models_without_n,
+    };
+    let candidates =
+        generation::generate(&generator, &job.target, &job.headers, request, plan.n).await?;
+    check_enough(state, plan, request, &candidates)?;
+    let rubrics = fuser_rubrics(state, plan);
+    let streamed = state
+        .fuser
+        .stream(request, &candidates, &rubrics, &job.headers)
+        .await;
+    match streamed {
+        Ok(FuserStream::Whole(fused)) => {
+            Ok(Streamed::Ready(respond::fused(plan, &candidates, fused)))
+        }
+        Ok(FuserStream::Live(response)) => {
+            let mut headers = respond::fused_headers(plan, response.headers());
+            cache::set_outcome_header(&mut headers, cache::Outcome::Miss);
+            let prior = respond::candidate_usage(&candidates);
+            let timeout = state.fuser.timeout();
+            let include_usage = request.include_usage();
+            let events = relay::relay(response.into_body(), prior, include_usage, timeout);
+            Ok(Streamed::Live(Live { headers, events }))
+        }
+        Err(FuserFailed(why)) => {
+            tracing::warn!(%why, "the fuser wrote nothing; answering with a candidate");
+            let selection = selection::without_fuser(&candidates, why);
+            respond::build(plan, &candidates, &selection, 1).map(Streamed::Ready)
+        }
+    }
+}
+
+/// The rubrics the fuser is shown: the request's preset, or helpfulness.
+fn fuser_rubrics(state: &AppState, plan: &BestOfN) -> Vec<String> {
+    let preset = plan.rubric.as_deref().unwrap_or(DEFAULT_RUBRIC_PRESET);
+    state
+        .judges
+        .rubric(preset)
+        .map(|r| r.to_vec())
+        .unwrap_or_default()
 }
 
 /// The key of this request's answer: the request itself, the plan, and the tenant.
@@ -290,12 +366,11 @@ async fn fuse(
     headers: &HeaderMap,
     timing: &Timing,
 ) -> Result<Ready, Failed> {
-    let preset = plan.rubric.as_deref().unwrap_or(DEFAULT_RUBRIC_PRESET);
-    let rubrics = state.judges.rubric(preset).map(|r| r.to_vec());
+    let rubrics = fuser_rubrics(state, plan);
     let fusing_started = Instant::now();
     let fused = state
         .fuser
-        .fuse(request, candidates, &rubrics.unwrap_or_default(), headers)
+        .fuse(request, candidates, &rubrics, headers)
         .await;
     timing.waited(fusing_started);
     match fused {

@@ -10,7 +10,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::config::{ConfigError, FuserConfig, JudgeConfig};
@@ -39,6 +41,7 @@ pub struct Fuser {
     template_source: String,
     temperature: Option<f64>,
     max_tokens: u32,
+    timeout: Duration,
 }
 
 /// The fuser's answer, and what asking cost.
@@ -48,6 +51,16 @@ pub struct Fused {
     pub headers: HeaderMap,
     pub latency: Duration,
 }
+
+/// What a streamed fuser call gave: its stream, or (an upstream that ignores `stream`) one
+/// whole answer.
+pub enum FuserStream {
+    Live(Response<Incoming>),
+    Whole(Fused),
+}
+
+/// Largest non-streamed fuser answer read.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why the fuser wrote nothing.
 #[derive(Debug)]
@@ -75,6 +88,7 @@ impl Fuser {
             template_source: config.template.clone(),
             temperature: config.temperature,
             max_tokens: config.max_tokens,
+            timeout: config.timeout,
         })
     }
 
@@ -120,6 +134,55 @@ impl Fuser {
         })
     }
 
+    /// Asks the fuser for a streamed answer and returns its response once the head is in; the
+    /// caller relays the SSE body (see `relay`). Always asks for a final usage chunk, so the
+    /// fuser's tokens can be counted.
+    pub async fn stream(
+        &self,
+        request: &ChatRequest,
+        candidates: &[Candidate],
+        rubrics: &[String],
+        client_headers: &HeaderMap,
+    ) -> Result<FuserStream, FuserFailed> {
+        let started = Instant::now();
+        let mut body = self.body_value(request, candidates, rubrics)?;
+        body["stream"] = Value::Bool(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let body = encode(&body)?;
+        let response = self
+            .call
+            .post_streaming("/chat/completions", body, client_headers)
+            .await
+            .map_err(|failure| FuserFailed(failure.why))?;
+        let is_sse = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if is_sse {
+            return Ok(FuserStream::Live(response));
+        }
+        // An upstream that ignores `stream` answers with one JSON completion.
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| FuserFailed(format!("the fuser's answer was cut short: {e}")))?
+            .to_bytes();
+        let completion =
+            ChatCompletion::parse(&body).map_err(|why| FuserFailed(self.call.redact(&why)))?;
+        Ok(FuserStream::Whole(Fused {
+            completion,
+            headers: parts.headers,
+            latency: started.elapsed(),
+        }))
+    }
+
+    /// How long the fuser may take, its stream included.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The client's request with its conversation replaced by the fuser prompt.
     fn body(
         &self,
@@ -127,6 +190,15 @@ impl Fuser {
         candidates: &[Candidate],
         rubrics: &[String],
     ) -> Result<Bytes, FuserFailed> {
+        encode(&self.body_value(request, candidates, rubrics)?)
+    }
+
+    fn body_value(
+        &self,
+        request: &ChatRequest,
+        candidates: &[Candidate],
+        rubrics: &[String],
+    ) -> Result<Value, FuserFailed> {
         let shown: Vec<TemplateCandidate> = candidates
             .iter()
             .filter_map(|c| c.answer()?.completion.first_choice())
@@ -151,8 +223,12 @@ impl Fuser {
         if self.max_tokens > 0 {
             body["max_tokens"] = Value::from(self.max_tokens);
         }
-        let encoded = serde_json::to_vec(&body)
-            .map_err(|e| FuserFailed(format!("cannot encode the fuser request: {e}")))?;
-        Ok(Bytes::from(encoded))
+        Ok(body)
     }
+}
+
+fn encode(body: &Value) -> Result<Bytes, FuserFailed> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| FuserFailed(format!("cannot encode the fuser request: {e}")))
 }

@@ -32,6 +32,7 @@ pub mod passthrough;
 pub mod plain_cache;
 pub mod plan;
 pub mod redact;
+pub(crate) mod relay;
 pub mod respond;
 pub mod selection;
 pub mod server;

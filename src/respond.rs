@@ -61,13 +61,7 @@ pub fn build(
 /// The fuser's answer as the response: its completion with usage summed over the candidates
 /// and the fuser, the fuser's upstream headers, `x-best-of-n-mode: fuse`.
 pub fn fused(plan: &BestOfN, candidates: &[Candidate], fused: Fused) -> Ready {
-    let mut candidate_usage = Usage::default();
-    for usage in candidates
-        .iter()
-        .filter_map(|c| c.answer()?.completion.usage.as_ref())
-    {
-        candidate_usage.add(usage);
-    }
+    let candidate_usage = candidate_usage(candidates);
     let mut completion = fused.completion;
     let fuser_usage = completion.usage.take().unwrap_or_default();
     let mut total = candidate_usage.clone();
@@ -80,28 +74,40 @@ pub fn fused(plan: &BestOfN, candidates: &[Candidate], fused: Fused) -> Ready {
         "fuser": {"latency_ms": millis(fused.latency), "usage": fuser_usage},
         "usage": {"candidates": candidate_usage, "fuser": fuser_usage},
     });
-    let mut headers = HeaderMap::new();
-    copy_upstream_headers(&fused.headers, &mut headers);
-    headers.remove(header::CONTENT_TYPE);
-    headers.insert("x-best-of-n", HeaderValue::from(plan.n));
-    headers.insert("x-best-of-n-mode", HeaderValue::from_static("fuse"));
     Ready {
         completion,
-        headers,
+        headers: fused_headers(plan, &fused.headers),
         debug: Some(Arc::new(debug)),
         cacheable: candidates.iter().all(|c| c.answer().is_some()),
     }
 }
 
-/// Tokens spent: (all candidates, all judge calls).
-fn spent(candidates: &[Candidate], selection: &Selection) -> (Usage, Usage) {
-    let mut candidate_usage = Usage::default();
+/// The headers of a fused answer: the fuser's upstream ones, `x-best-of-n: N` and
+/// `x-best-of-n-mode: fuse`.
+pub fn fused_headers(plan: &BestOfN, fuser: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    copy_upstream_headers(fuser, &mut headers);
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert("x-best-of-n", HeaderValue::from(plan.n));
+    headers.insert("x-best-of-n-mode", HeaderValue::from_static("fuse"));
+    headers
+}
+
+/// Tokens the candidates spent, all of them.
+pub fn candidate_usage(candidates: &[Candidate]) -> Usage {
+    let mut total = Usage::default();
     for usage in candidates
         .iter()
         .filter_map(|c| c.answer()?.completion.usage.as_ref())
     {
-        candidate_usage.add(usage);
+        total.add(usage);
     }
+    total
+}
+
+/// Tokens spent: (all candidates, all judge calls).
+fn spent(candidates: &[Candidate], selection: &Selection) -> (Usage, Usage) {
+    let candidate_usage = candidate_usage(candidates);
     let judge_usage = selection
         .verdict
         .as_ref()

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::{stream, StreamExt};
 use http::{header, HeaderValue, Response};
 use http_body::Frame;
@@ -23,12 +23,38 @@ use crate::sse;
 
 type Work = BoxFuture<'static, Result<Ready, Failed>>;
 
-pub async fn respond(mut work: Work, keepalive: Duration, include_usage: bool) -> Response<Body> {
+/// What a streaming request sends once its work is done: a finished answer, or a stream still
+/// being written (the fuser's, relayed as it comes).
+pub enum Streamed {
+    Ready(Ready),
+    Live(Live),
+}
+
+/// An answer still being written: the headers it goes out with and its SSE events.
+pub struct Live {
+    pub headers: http::HeaderMap,
+    pub events: stream::BoxStream<'static, Bytes>,
+}
+
+type LiveWork = BoxFuture<'static, Result<Streamed, Failed>>;
+
+pub async fn respond(work: Work, keepalive: Duration, include_usage: bool) -> Response<Body> {
+    let work = async move { work.await.map(Streamed::Ready) }.boxed();
+    respond_streamed(work, keepalive, include_usage).await
+}
+
+/// [`respond`] for work that may end in a live stream.
+pub async fn respond_streamed(
+    mut work: LiveWork,
+    keepalive: Duration,
+    include_usage: bool,
+) -> Response<Body> {
     match tokio::time::timeout(keepalive, &mut work).await {
-        Ok(Ok(ready)) => {
+        Ok(Ok(Streamed::Ready(ready))) => {
             let events = ready.sse_events(include_usage);
             events_response(ready.headers, events)
         }
+        Ok(Ok(Streamed::Live(live))) => sse_response(Some(live.headers), live.events),
         Ok(Err(failed)) => failed.into_response(),
         Err(_) => sse_response(None, committed(work, keepalive, include_usage)),
     }
@@ -38,7 +64,7 @@ pub async fn respond(mut work: Work, keepalive: Duration, include_usage: bool) -
 /// interval until the answer is ready, then the answer's events (or an error event). The
 /// best-of-N headers are too late for the response head, so they come as a comment line.
 fn committed(
-    work: Work,
+    work: LiveWork,
     keepalive: Duration,
     include_usage: bool,
 ) -> stream::BoxStream<'static, Bytes> {
@@ -46,10 +72,10 @@ fn committed(
     let waiting = stream::unfold(Some((work, ticker)), move |state| async move {
         let (mut work, mut ticker) = state?;
         tokio::select! {
-            result = &mut work => Some((stream::iter(final_events(result, include_usage)), None)),
+            result = &mut work => Some((final_events(result, include_usage), None)),
             _ = ticker.tick() => {
-                let keep = vec![Bytes::from_static(sse::KEEPALIVE)];
-                Some((stream::iter(keep), Some((work, ticker))))
+                let keep = stream::iter(vec![Bytes::from_static(sse::KEEPALIVE)]).boxed();
+                Some((keep, Some((work, ticker))))
             }
         }
     })
@@ -59,24 +85,32 @@ fn committed(
         .boxed()
 }
 
-fn final_events(result: Result<Ready, Failed>, include_usage: bool) -> Vec<Bytes> {
+fn final_events(
+    result: Result<Streamed, Failed>,
+    include_usage: bool,
+) -> stream::BoxStream<'static, Bytes> {
     match result {
-        Ok(ready) => {
-            let mut events: Vec<Bytes> = ready
-                .headers
-                .iter()
-                .filter(|(name, _)| {
-                    name.as_str().starts_with("x-best-of-n") || name.as_str() == "x-cache"
-                })
-                .filter_map(|(name, value)| {
-                    Some(sse::comment(&format!("{}: {}", name, value.to_str().ok()?)))
-                })
-                .collect();
+        Ok(Streamed::Ready(ready)) => {
+            let mut events = header_comments(&ready.headers);
             events.extend(ready.sse_events(include_usage));
-            events
+            stream::iter(events).boxed()
         }
-        Err(failed) => failed.sse_events(),
+        Ok(Streamed::Live(live)) => stream::iter(header_comments(&live.headers))
+            .chain(live.events)
+            .boxed(),
+        Err(failed) => stream::iter(failed.sse_events()).boxed(),
     }
+}
+
+/// The best-of-N headers of an answer whose response head already went out, as comments.
+fn header_comments(headers: &http::HeaderMap) -> Vec<Bytes> {
+    headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-best-of-n") || name.as_str() == "x-cache")
+        .filter_map(|(name, value)| {
+            Some(sse::comment(&format!("{}: {}", name, value.to_str().ok()?)))
+        })
+        .collect()
 }
 
 /// A complete answer as an SSE response.

@@ -5,7 +5,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{header, HeaderMap, HeaderValue, Method, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -177,6 +179,70 @@ impl JudgeCall {
         self.metrics
             .upstream_call(self.kind, &call_status(&sent), started.elapsed());
         sent.map_err(|e| fail(format!("the {} call failed: {e}", self.kind)))
+    }
+
+    /// POSTs `body` asking for a streamed answer, and returns the response as soon as its head
+    /// is in with a success status; its SSE body is the caller's to read. An error status is a
+    /// failure quoting the (redacted) error body.
+    pub async fn post_streaming(
+        &self,
+        path: &str,
+        body: Bytes,
+        client_headers: &HeaderMap,
+    ) -> Result<Response<Incoming>, CallFailure> {
+        let mut headers = if self.forward_client_headers {
+            client_headers.clone()
+        } else {
+            HeaderMap::new()
+        };
+        let json = HeaderValue::from_static("application/json");
+        headers.insert(header::CONTENT_TYPE, json);
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        // The proxy reads the events to count usage: they must not arrive compressed.
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        headers.remove(header::CONTENT_LENGTH);
+        let started = Instant::now();
+        let sent = self
+            .endpoint
+            .forward(Method::POST, path, &headers, crate::body::full(body));
+        let sent = tokio::time::timeout(self.timeout, sent).await;
+        let label = match &sent {
+            Ok(Ok(response)) => response.status().as_str().to_string(),
+            Ok(Err(error)) => error.metric_label().to_string(),
+            Err(_) => "timeout".to_string(),
+        };
+        self.metrics
+            .upstream_call(self.kind, &label, started.elapsed());
+        let response = match sent {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Err(fail(format!("the {} call failed: {e}", self.kind))),
+            Err(_) => {
+                let why = format!(
+                    "the {} call got no answer within {:?}",
+                    self.kind, self.timeout
+                );
+                return Err(fail(why));
+            }
+        };
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let error_body = Limited::new(response.into_body(), 64 * 1024)
+            .collect()
+            .await;
+        let error_body = error_body.map(|b| b.to_bytes()).unwrap_or_default();
+        let quoted = self.redact(&snippet(&error_body));
+        Err(fail(format!(
+            "the {} call got status {status}: {quoted}",
+            self.kind
+        )))
     }
 
     /// Hides every known key in `text` (an error body quoted in a failure).

@@ -1,0 +1,164 @@
+//! Relaying a fuser's SSE stream to a streaming client as it is written.
+//!
+//! Chunks pass through as they come, except for usage. The fuser is always asked for a final
+//! usage chunk (`stream_options.include_usage`) so that its tokens can be counted. A client
+//! that asked for usage gets that chunk with usage summed over the candidates and the fuser; a
+//! client that did not gets no usage at all, as from any OpenAI stream. A stream that breaks
+//! off, stalls past the fuser's deadline or sends an oversized event ends with an SSE `error`
+//! event, so the client is never left with a silently truncated answer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::openai::Usage;
+use crate::sse;
+
+/// Largest SSE event accepted from the fuser; one event is one small chunk in practice.
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// The events of `body` for the client; `prior` is the usage of the candidates.
+pub fn relay(
+    body: Incoming,
+    prior: Usage,
+    include_usage: bool,
+    timeout: Duration,
+) -> BoxStream<'static, Bytes> {
+    let state = Relay {
+        body,
+        pending: Vec::new(),
+        prior,
+        include_usage,
+        deadline: Instant::now() + timeout,
+        timeout,
+        finished: false,
+    };
+    stream::unfold(state, |mut relay| async move {
+        let events = relay.next_events().await?;
+        Some((stream::iter(events), relay))
+    })
+    .flatten()
+    .boxed()
+}
+
+struct Relay {
+    body: Incoming,
+    /// Bytes read but not yet a whole event.
+    pending: Vec<u8>,
+    prior: Usage,
+    include_usage: bool,
+    deadline: Instant,
+    timeout: Duration,
+    finished: bool,
+}
+
+impl Relay {
+    /// The next events for the client; `None` once the stream is over.
+    async fn next_events(&mut self) -> Option<Vec<Bytes>> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            if let Some(event) = self.take_event() {
+                let out = self.forward(&event);
+                if !out.is_empty() {
+                    return Some(out);
+                }
+                continue;
+            }
+            if self.pending.len() > MAX_EVENT_BYTES {
+                return Some(self.fail("the fuser sent an SSE event over 1 MiB"));
+            }
+            let frame = tokio::time::timeout_at(self.deadline, self.body.frame()).await;
+            match frame {
+                Err(_) => {
+                    let why = format!("the fuser did not finish within {:?}", self.timeout);
+                    return Some(self.fail(&why));
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.pending.extend_from_slice(&data);
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    return Some(self.fail(&format!("the fuser's stream broke: {e}")))
+                }
+                Ok(None) => return self.end(),
+            }
+        }
+    }
+
+    /// One whole event (without its blank-line terminator) out of `pending`.
+    fn take_event(&mut self) -> Option<Vec<u8>> {
+        let at = self.pending.windows(2).position(|w| w == b"\n\n")?;
+        let event = self.pending[..at].to_vec();
+        self.pending.drain(..at + 2);
+        Some(event)
+    }
+
+    /// What the client gets for one fuser event.
+    fn forward(&mut self, event: &[u8]) -> Vec<Bytes> {
+        let text = String::from_utf8_lossy(event);
+        let data = text.lines().find_map(|line| line.strip_prefix("data:"));
+        let Some(data) = data.map(str::trim) else {
+            return Vec::new(); // comments and keep-alives of the fuser's own
+        };
+        if data == "[DONE]" {
+            self.finished = true;
+            return vec![Bytes::from_static(sse::DONE)];
+        }
+        let Ok(mut chunk) = serde_json::from_str::<Value>(data) else {
+            return vec![Bytes::from(format!("data: {data}\n\n"))];
+        };
+        self.with_honest_usage(&mut chunk)
+            .map(|chunk| vec![Bytes::from(format!("data: {chunk}\n\n"))])
+            .unwrap_or_default()
+    }
+
+    /// The chunk with usage summed (client asked for it), or without usage (it did not);
+    /// `None` for a usage-only chunk the client does not get.
+    fn with_honest_usage(&self, chunk: &mut Value) -> Option<Value> {
+        let usage = chunk.get("usage").filter(|u| !u.is_null()).cloned();
+        let Some(usage) = usage else {
+            return Some(chunk.take());
+        };
+        if self.include_usage {
+            let fuser: Usage = serde_json::from_value(usage).unwrap_or_default();
+            let mut total = self.prior.clone();
+            total.add(&fuser);
+            chunk["usage"] = serde_json::to_value(total).unwrap_or(Value::Null);
+            return Some(chunk.take());
+        }
+        let has_choices = chunk["choices"].as_array().is_some_and(|c| !c.is_empty());
+        if let Some(object) = chunk.as_object_mut() {
+            object.remove("usage");
+        }
+        has_choices.then(|| chunk.take())
+    }
+
+    /// The stream ended: whatever whole event is left, and `[DONE]` if the fuser sent none.
+    fn end(&mut self) -> Option<Vec<Bytes>> {
+        self.pending.extend_from_slice(b"\n\n");
+        let mut out = Vec::new();
+        while let Some(event) = self.take_event() {
+            out.extend(self.forward(&event));
+        }
+        if !self.finished {
+            out.push(Bytes::from_static(sse::DONE));
+        }
+        self.finished = true;
+        Some(out)
+    }
+
+    fn fail(&mut self, why: &str) -> Vec<Bytes> {
+        self.finished = true;
+        tracing::warn!(%why, "fused stream cut short");
+        sse::error_events(&ApiError::bad_gateway("fuser_failed", why.to_string()))
+    }
+}
