@@ -56,7 +56,7 @@ pub struct Fused {
 /// whole answer.
 pub enum FuserStream {
     Live(Response<Incoming>),
-    Whole(Fused),
+    Whole(Box<Fused>),
 }
 
 /// Largest non-streamed fuser answer read.
@@ -171,11 +171,11 @@ impl Fuser {
             .to_bytes();
         let completion =
             ChatCompletion::parse(&body).map_err(|why| FuserFailed(self.call.redact(&why)))?;
-        Ok(FuserStream::Whole(Fused {
+        Ok(FuserStream::Whole(Box::new(Fused {
             completion,
             headers: parts.headers,
             latency: started.elapsed(),
-        }))
+        })))
     }
 
     /// How long the fuser may take, its stream included.

@@ -26,7 +26,7 @@ type Work = BoxFuture<'static, Result<Ready, Failed>>;
 /// What a streaming request sends once its work is done: a finished answer, or a stream still
 /// being written (the fuser's, relayed as it comes).
 pub enum Streamed {
-    Ready(Ready),
+    Ready(Box<Ready>),
     Live(Live),
 }
 
@@ -39,7 +39,7 @@ pub struct Live {
 type LiveWork = BoxFuture<'static, Result<Streamed, Failed>>;
 
 pub async fn respond(work: Work, keepalive: Duration, include_usage: bool) -> Response<Body> {
-    let work = async move { work.await.map(Streamed::Ready) }.boxed();
+    let work = async move { work.await.map(|ready| Streamed::Ready(Box::new(ready))) }.boxed();
     respond_streamed(work, keepalive, include_usage).await
 }
 
