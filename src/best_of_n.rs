@@ -184,7 +184,7 @@ fn fuse_live(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Stream
         if let (Some(cache), Some(key)) = (&state.cache, job.key) {
             if let Some(mut ready) = cache.lookup(key, job.plan.cache).await {
                 cache::set_outcome_header(&mut ready.headers, cache::Outcome::Hit);
-                return Ok(Streamed::Ready(ready));
+                return Ok(Streamed::Ready(Box::new(ready)));
             }
         }
         let deadline = state.config.server.request_timeout;
@@ -217,9 +217,11 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
         .stream(request, &candidates, &rubrics, &job.headers)
         .await;
     match streamed {
-        Ok(FuserStream::Whole(fused)) => {
-            Ok(Streamed::Ready(respond::fused(plan, &candidates, fused)))
-        }
+        Ok(FuserStream::Whole(fused)) => Ok(Streamed::Ready(Box::new(respond::fused(
+            plan,
+            &candidates,
+            *fused,
+        )))),
         Ok(FuserStream::Live(response)) => {
             let mut headers = respond::fused_headers(plan, response.headers());
             cache::set_outcome_header(&mut headers, cache::Outcome::Miss);
@@ -232,7 +234,8 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
         Err(FuserFailed(why)) => {
             tracing::warn!(%why, "the fuser wrote nothing; answering with a candidate");
             let selection = selection::without_fuser(&candidates, why);
-            respond::build(plan, &candidates, &selection, 1).map(Streamed::Ready)
+            respond::build(plan, &candidates, &selection, 1)
+                .map(|ready| Streamed::Ready(Box::new(ready)))
         }
     }
 }
