@@ -22,7 +22,7 @@
 //!    p99 < 100 ms);
 //! 2. streaming passthrough: time to first body byte and to the last byte;
 //! 3. best-of-N critical path against a 50 ms upstream: listwise at N = 1, 5, 16, and the
-//!    pointwise, pairwise and panel judges at N = 5, each against its ideal, the same rounds of
+//!    pointwise, pairwise and panel judges and fusion at N = 5, each against its ideal, the same rounds of
 //!    upstream calls made directly in the same run (N candidates at once, then the judge's
 //!    calls at once);
 //! 4. answer-cache hits versus direct calls to the zero-latency demo;
@@ -572,9 +572,13 @@ impl Target {
     }
 
     /// Names the judge with `x-best-of-n-judge`.
-    fn judged_by(mut self, judge: &'static str) -> Target {
-        let name = HeaderName::from_static("x-best-of-n-judge");
-        self.headers.push((name, HeaderValue::from_static(judge)));
+    fn judged_by(self, judge: &'static str) -> Target {
+        self.with_header("x-best-of-n-judge", judge)
+    }
+
+    fn with_header(mut self, name: &'static str, value: &'static str) -> Target {
+        let name = HeaderName::from_static(name);
+        self.headers.push((name, HeaderValue::from_static(value)));
         self
     }
 
@@ -1379,19 +1383,25 @@ fn scenario_best_of_n(load: &Load, services: &Services, settings: &Settings) -> 
     // (N, judge, judge calls): the default listwise judge at three sizes, then every other
     // strategy at N = 5. Each judges in one round of concurrent calls (pairwise plays a round
     // robin up to 6 candidates, a panel's members run at once).
-    let levels: [(u32, Option<&'static str>, usize); 6] = [
+    let levels: [(u32, Option<&'static str>, usize); 7] = [
         (1, None, 0),
         (5, None, 1),
         (16, None, 1),
         (5, Some("pointwise"), 5),
         (5, Some("pairwise"), 20),
         (5, Some("panel"), 26),
+        (5, Some("fuse"), 1),
     ];
     let mut targets = vec![direct];
     for (n, judge, _) in levels {
         let label = format!("N={n} {}", judge.unwrap_or("listwise"));
         let target = Target::best_of(&label, &services.proxy50, n, false);
         targets.push(match judge {
+            // Fusion is a mode, not a judge: the fuser writes the answer.
+            Some("fuse") => target
+                .with_header("x-best-of-n-mode", "fuse")
+                .expecting("x-best-of-n-mode", "fuse")
+                .shared(),
             Some(judge) => target.judged_by(judge).shared(),
             None => target.shared(),
         });
@@ -1503,6 +1513,8 @@ fn ideal_rounds(n: usize, judge: &str) -> Vec<Vec<Bytes>> {
         "listwise" => vec![judge_prompt(n, "<best>ID</best> <ranking>ID,...</ranking>")],
         "pointwise" => vec![judge_prompt(1, "<score>X</score>"); n],
         "pairwise" => vec![judge_prompt(2, "<winner>A</winner>"); n * (n - 1)],
+        // The fuser's prompt shows every candidate and asks for an answer, not a verdict.
+        "fuse" => vec![judge_prompt(n, "with the single best reply")],
         _ => ["listwise", "pointwise", "pairwise"]
             .into_iter()
             .flat_map(|member| ideal_rounds(n, member).pop().unwrap_or_default())
