@@ -92,6 +92,15 @@ impl Fuser {
         })
     }
 
+    /// One line for `check-config`: model, endpoint (key masked), template.
+    pub fn describe(&self) -> String {
+        let template = match self.template_source.is_empty() {
+            true => "built in",
+            false => "inline",
+        };
+        format!("{}; template {template}", self.call.describe())
+    }
+
     /// Everything that changes what the fuser writes: part of the cache key in fuse mode.
     pub fn fingerprint(&self) -> String {
         json!([

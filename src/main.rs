@@ -177,7 +177,7 @@ async fn demo_upstream(listen: &str, latency_ms: u64, seed: u64) -> Result<(), S
 fn check_config(path: &Path) -> Result<(), String> {
     let mut config = load_config(path, false)?;
     let secrets = Secrets::from_env(&config);
-    let judges = bon_proxy::state::check_judges(&config, &secrets)?;
+    let (judges, fuser) = bon_proxy::state::check_deciders(&config, &secrets)?;
     println!("# {}: valid", path.display());
     println!(
         "{}",
@@ -195,6 +195,7 @@ fn check_config(path: &Path) -> Result<(), String> {
     for line in judges.describe() {
         println!("#   {line}");
     }
+    println!("# fuser (x-best-of-n-mode: fuse): {}", fuser.describe());
     config.upstream.base_url = bon_proxy::upstream::redact_url(&config.upstream.base_url);
     for judge in std::iter::once(&mut config.judge).chain(config.judges.values_mut()) {
         judge.base_url = bon_proxy::upstream::redact_url(&judge.base_url);

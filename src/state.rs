@@ -110,11 +110,13 @@ fn connect_upstream(config: &Config, secrets: &Secrets) -> Result<(HttpsClient, 
 /// Builds the judges as serving would, without serving: `check-config` and start-up run it to
 /// report a judge mistake with its key before anything listens.
 pub fn check_judges(config: &Config, secrets: &Secrets) -> Result<Judges, String> {
+    check_deciders(config, secrets).map(|(judges, _)| judges)
+}
+
+/// [`check_judges`], with the fuser.
+pub fn check_deciders(config: &Config, secrets: &Secrets) -> Result<(Judges, Fuser), String> {
     let (client, main) = connect_upstream(config, secrets)?;
-    let deciders = build_deciders(config, secrets, &main, &client, &Metrics::new());
-    deciders
-        .map(|(judges, _)| judges)
-        .map_err(|e| e.to_string())
+    build_deciders(config, secrets, &main, &client, &Metrics::new()).map_err(|e| e.to_string())
 }
 
 /// Builds every judge and the fuser, each reaching its model through the upstream or its own

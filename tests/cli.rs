@@ -374,6 +374,8 @@ members = ["careful", "pointwise"]
         "jury: strategy panel; members careful, pointwise",
         "listwise: strategy listwise; model the request's model; endpoint the upstream",
         "pointwise: strategy pointwise;",
+        "# fuser (x-best-of-n-mode: fuse): model the request's model; endpoint \
+         https://api.openai.com/v1; template built in",
     ];
     for line in expected {
         assert!(

@@ -245,6 +245,18 @@ impl JudgeCall {
         )))
     }
 
+    /// The model and the endpoint, for `check-config` (keys are never part of it).
+    pub fn describe(&self) -> String {
+        let model = match self.model_override.as_str() {
+            "" => "the request's model",
+            model => model,
+        };
+        format!(
+            "model {model}; endpoint {}",
+            self.endpoint.redacted_base_url()
+        )
+    }
+
     /// Hides every known key in `text` (an error body quoted in a failure).
     pub fn redact(&self, text: &str) -> String {
         self.endpoint.redact(text)
