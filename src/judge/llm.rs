@@ -111,8 +111,9 @@ pub struct Decision<'a> {
     conversation: Vec<TemplateMessage>,
 }
 
-/// The conversation as the judge reads it; tool results say which call they answer.
-fn conversation_for_judge(messages: &[RequestMessage]) -> Vec<TemplateMessage> {
+/// The conversation as the judge reads it; tool results say which call they answer. Reward
+/// models read it too (`reward_model`).
+pub(super) fn conversation_for_judge(messages: &[RequestMessage]) -> Vec<TemplateMessage> {
     messages
         .iter()
         .map(|m| {

@@ -13,6 +13,7 @@ pub mod pairwise;
 pub mod panel;
 pub mod pointwise;
 pub mod protocol;
+pub mod reward_model;
 pub mod rubrics;
 
 use std::collections::BTreeMap;
@@ -217,6 +218,7 @@ const STRATEGIES: &[Strategy] = &[
     pointwise::STRATEGY,
     pairwise::STRATEGY,
     panel::STRATEGY,
+    reward_model::STRATEGY,
 ];
 
 /// The strategy called `name`.
