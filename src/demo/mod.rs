@@ -2,8 +2,10 @@
 //!
 //! It lets `bon-proxy serve --demo` work without network or API key, and is the cheap,
 //! predictable upstream of the benchmarks: hence no regex, no logging and few allocations per
-//! request. Routes (also without `/v1`): `GET /v1/models`, `POST /v1/embeddings` and
-//! `POST /v1/chat/completions` (plain or SSE, with `n` and `stream_options.include_usage`).
+//! request. Routes (also without `/v1`): `GET /v1/models`, `POST /v1/embeddings`,
+//! `POST /v1/chat/completions` (plain or SSE, with `n` and `stream_options.include_usage`), and
+//! for `reward_model` judges `POST /rerank` (TEI's or Cohere's shape) and `POST /pooling`
+//! (vLLM's), scored by the judge rubric below (see `rerank.rs`).
 //! Anything else is a 404 and bad JSON a 400, both in OpenAI's error shape. Token counts are
 //! approximate: a quarter of the text's bytes, at least 1.
 //!
@@ -34,6 +36,7 @@ mod chat;
 mod embeddings;
 mod generate;
 mod judge;
+mod rerank;
 mod sse;
 mod wire;
 
@@ -98,11 +101,17 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let route = unversioned.unwrap_or(path);
     Ok(match (&parts.method, route) {
         (&Method::GET, "/models") => json_response(StatusCode::OK, &models()),
-        (&Method::POST, "/embeddings" | "/chat/completions") => match read_json(body).await {
-            Ok(request) if route == "/embeddings" => embeddings(&request),
-            Ok(request) => chat(&state, &request).await,
-            Err(response) => response,
-        },
+        (&Method::POST, "/embeddings" | "/chat/completions" | "/rerank" | "/pooling") => {
+            match read_json(body).await {
+                Ok(request) => match route {
+                    "/embeddings" => embeddings(&request),
+                    "/rerank" => rerank::rerank(&request),
+                    "/pooling" => rerank::pooling(&request),
+                    _ => chat(&state, &request).await,
+                },
+                Err(response) => response,
+            }
+        }
         (method, _) => {
             let message = format!("Unknown request URL: {method} {path}.");
             error_response(StatusCode::NOT_FOUND, &message, Some("not_found"))
@@ -340,6 +349,42 @@ mod tests {
         assert_eq!(one["data"][0]["embedding"].as_array().unwrap().len(), 16);
         assert!(one["data"][1].is_null());
         assert!(many["usage"]["prompt_tokens"].as_u64().unwrap() >= 2);
+    }
+
+    #[tokio::test]
+    async fn reward_model_formats_score_by_the_rubric() {
+        let mut client = Client::start(Duration::ZERO).await;
+        let texts = json!([SHORT, LIST]);
+        let tei = json!({"query": "user: plan?", "texts": texts, "raw_scores": true});
+        let ranks = client.post("/rerank", tei).await;
+        assert_eq!(ranks[0]["index"], 1, "{ranks}");
+        assert_eq!(ranks[0]["score"], 2.0, "12 points: 12 / 3 - 2");
+        assert_eq!(ranks[1]["index"], 0);
+        let normalised = json!({"query": "q", "texts": texts});
+        let ranks = client.post("/v1/rerank", normalised).await;
+        assert!(ranks[0]["score"].as_f64().unwrap() < 1.0);
+        let documents = json!([{"text": SHORT}, LIST]);
+        let cohere = json!({"model": "rr", "query": "q", "documents": documents});
+        let answer = client.post("/v1/rerank", cohere).await;
+        assert_eq!(answer["results"][0]["index"], 1, "{answer}");
+        let relevance = answer["results"][0]["relevance_score"].as_f64().unwrap();
+        assert!((relevance - rerank::logistic(2.0)).abs() < 1e-12);
+        let messages = json!([{"role": "user", "content": "plan?"},
+            {"role": "assistant", "content": LIST}]);
+        let pooled = client
+            .post("/pooling", json!({"model": "rm", "messages": messages}))
+            .await;
+        assert_eq!(pooled["data"][0]["data"], json!([2.0]), "{pooled}");
+        assert_eq!(pooled["model"], "rm");
+        assert!(pooled["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+        for (uri, body) in [
+            ("/rerank", json!({"query": "q"})),
+            ("/rerank", json!({"query": "q", "texts": []})),
+            ("/pooling", json!({"model": "rm"})),
+        ] {
+            let (status, _, _) = client.send(Method::POST, uri, body).await;
+            assert_eq!(status, 400, "{uri}");
+        }
     }
 
     #[tokio::test]

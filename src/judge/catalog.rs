@@ -332,7 +332,14 @@ mod tests {
         let judges = build("").unwrap();
         assert_eq!(
             judges.names(),
-            vec!["cascade", "listwise", "pairwise", "panel", "pointwise"]
+            vec![
+                "cascade",
+                "listwise",
+                "pairwise",
+                "panel",
+                "pointwise",
+                "reward_model"
+            ]
         );
         assert_eq!(judges.default_name(), "listwise");
         let judges = build("[judge]\nstrategy = \"pointwise\"\n").unwrap();

@@ -111,7 +111,8 @@ pub struct Decision<'a> {
     conversation: Vec<TemplateMessage>,
 }
 
-/// The conversation as the judge reads it; tool results say which call they answer.
+/// The conversation as the judge reads it; tool results say which call they answer. Reward
+/// models and the fuser read it too.
 pub(crate) fn conversation_for_judge(messages: &[RequestMessage]) -> Vec<TemplateMessage> {
     messages
         .iter()

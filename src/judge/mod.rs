@@ -14,6 +14,7 @@ pub mod pairwise;
 pub mod panel;
 pub mod pointwise;
 pub mod protocol;
+pub mod reward_model;
 pub mod rubrics;
 
 use std::collections::BTreeMap;
@@ -236,6 +237,7 @@ const STRATEGIES: &[Strategy] = &[
     pairwise::STRATEGY,
     panel::STRATEGY,
     cascade::STRATEGY,
+    reward_model::STRATEGY,
 ];
 
 /// The strategy called `name`.
