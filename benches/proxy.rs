@@ -22,7 +22,7 @@
 //!    p99 < 100 ms);
 //! 2. streaming passthrough: time to first body byte and to the last byte;
 //! 3. best-of-N critical path against a 50 ms upstream: listwise at N = 1, 5, 16, and the
-//!    pointwise, pairwise and panel judges and fusion at N = 5, each against its ideal, the same rounds of
+//!    pointwise, pairwise, panel and reward_model judges and fusion at N = 5, each against its ideal, the same rounds of
 //!    upstream calls made directly in the same run (N candidates at once, then the judge's
 //!    calls at once);
 //! 4. answer-cache hits versus direct calls to the zero-latency demo;
@@ -405,6 +405,8 @@ impl Services {
         let slow_name = format!("demo-{}ms", settings.slow_latency_ms);
         let demo_slow = fleet.demo(load, &slow_name, settings.slow_latency_ms);
         let proxy0 = fleet.proxy(load, "proxy-0ms", &demo0);
+        // The built-in reward_model judge posts to the upstream, here the demo, which serves
+        // TEI's /rerank.
         let proxy50 = fleet.proxy(load, "proxy-50ms", &demo50);
         let proxy_slow = fleet.proxy(load, "proxy-slow", &demo_slow);
         let proxy_slow_bo5 = fleet.proxy(load, "proxy-slow-bo5", &demo_slow);
@@ -521,9 +523,9 @@ struct Target {
     /// SSE: the body must end with `data: [DONE]`.
     stream: bool,
     /// Direct fan-out: one "request" is rounds of concurrent calls, one round after the other,
-    /// each call with its own body, as a client doing best-of-N itself would make them.
-    /// Empty: one call with `body`.
-    rounds: Vec<Vec<Bytes>>,
+    /// each call with its own path (under the service's `/v1`) and body, as a client doing
+    /// best-of-N itself would make them. Empty: one call with `body`.
+    rounds: Vec<Vec<(&'static str, Bytes)>>,
 }
 
 impl Target {
@@ -551,7 +553,11 @@ impl Target {
 
     /// The calls best-of-N makes, made directly: round k sends every body of `rounds[k]` at
     /// once.
-    fn fan_out(label: &str, service: &Service, rounds: Vec<Vec<Bytes>>) -> Arc<Target> {
+    fn fan_out(
+        label: &str,
+        service: &Service,
+        rounds: Vec<Vec<(&'static str, Bytes)>>,
+    ) -> Arc<Target> {
         let mut target = Target::new(label, service, false);
         target.rounds = rounds;
         Arc::new(target)
@@ -598,9 +604,19 @@ impl Target {
     }
 
     fn request_with(&self, body: Bytes) -> Request<Full<Bytes>> {
+        self.request_to(None, body)
+    }
+
+    /// A request to `path` under the service's `/v1` (the target's own URI when `None`).
+    fn request_to(&self, path: Option<&str>, body: Bytes) -> Request<Full<Bytes>> {
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.uri.clone();
+        *request.uri_mut() = match path.and_then(|p| self.uri.authority().map(|a| (p, a))) {
+            Some((path, authority)) => format!("http://{authority}/v1{path}")
+                .parse()
+                .unwrap_or_else(|_| self.uri.clone()),
+            None => self.uri.clone(),
+        };
         let headers = request.headers_mut();
         let json = HeaderValue::from_static("application/json");
         headers.insert(header::CONTENT_TYPE, json);
@@ -630,9 +646,9 @@ async fn exchange(client: &HttpClient, target: &Target) -> Outcome {
     }
     let mut last = Outcome::Error("no rounds".into());
     for round in &target.rounds {
-        let calls = round
-            .iter()
-            .map(|body| exchange_one(client, target, target.request_with(body.clone())));
+        let calls = round.iter().map(|(path, body)| {
+            exchange_one(client, target, target.request_to(Some(path), body.clone()))
+        });
         for outcome in futures_util::future::join_all(calls).await {
             match outcome {
                 Outcome::Done { status, .. } if status.is_success() => last = outcome,
@@ -1383,7 +1399,7 @@ fn scenario_best_of_n(load: &Load, services: &Services, settings: &Settings) -> 
     // (N, judge, judge calls): the default listwise judge at three sizes, then every other
     // strategy at N = 5. Each judges in one round of concurrent calls (pairwise plays a round
     // robin up to 6 candidates, a panel's members run at once).
-    let levels: [(u32, Option<&'static str>, usize); 7] = [
+    let levels: [(u32, Option<&'static str>, usize); 8] = [
         (1, None, 0),
         (5, None, 1),
         (16, None, 1),
@@ -1391,6 +1407,7 @@ fn scenario_best_of_n(load: &Load, services: &Services, settings: &Settings) -> 
         (5, Some("pairwise"), 20),
         (5, Some("panel"), 26),
         (5, Some("fuse"), 1),
+        (5, Some("reward_model"), 1),
     ];
     let mut targets = vec![direct];
     for (n, judge, _) in levels {
@@ -1504,10 +1521,19 @@ fn chat_request(question: &str) -> Value {
 /// judge's prompts (listwise one with every candidate, pointwise one per candidate, pairwise
 /// one per ordered pair, a panel all three), written like the built-in templates so that the
 /// demo does the same judging work as behind the proxy.
-fn ideal_rounds(n: usize, judge: &str) -> Vec<Vec<Bytes>> {
-    let candidate = Bytes::from(chat_request(QUESTION).to_string());
+fn ideal_rounds(n: usize, judge: &str) -> Vec<Vec<(&'static str, Bytes)>> {
+    let chat = |body: Bytes| ("/chat/completions", body);
+    let candidate = chat(Bytes::from(chat_request(QUESTION).to_string()));
     if n == 1 {
         return vec![vec![candidate]];
+    }
+    if judge == "reward_model" {
+        // One TEI rerank call scoring every candidate.
+        let texts = vec![JUDGED_ANSWER; n];
+        let rerank =
+            json!({"query": format!("user: {QUESTION}"), "texts": texts, "raw_scores": true});
+        let rerank = ("/rerank", Bytes::from(rerank.to_string()));
+        return vec![vec![candidate; n], vec![rerank]];
     }
     let prompts = match judge {
         "listwise" => vec![judge_prompt(n, "<best>ID</best> <ranking>ID,...</ranking>")],
@@ -1518,18 +1544,21 @@ fn ideal_rounds(n: usize, judge: &str) -> Vec<Vec<Bytes>> {
         _ => ["listwise", "pointwise", "pairwise"]
             .into_iter()
             .flat_map(|member| ideal_rounds(n, member).pop().unwrap_or_default())
+            .map(|(_, body)| body)
             .collect(),
     };
-    vec![vec![candidate; n], prompts]
+    vec![vec![candidate; n], prompts.into_iter().map(chat).collect()]
 }
 
 /// A chat completion asking a judge about `shown` demo-sized answers.
+/// A demo-sized answer, as the judges of the ideal rounds are shown it.
+const JUDGED_ANSWER: &str = "A balanced diet matters for several reasons:\n\
+    1. It gives the body the energy and nutrients it needs.\n\
+    2. It supports the immune system.\n\
+    3. It lowers the risk of chronic disease.\n\
+    In short, variety and moderation keep you healthy.";
+
 fn judge_prompt(shown: usize, verdict: &str) -> Bytes {
-    const ANSWER: &str = "A balanced diet matters for several reasons:\n\
-        1. It gives the body the energy and nutrients it needs.\n\
-        2. It supports the immune system.\n\
-        3. It lowers the risk of chronic disease.\n\
-        In short, variety and moderation keep you healthy.";
     let rubric = "1. Answers what the user actually asked, directly and completely.\n";
     let mut prompt = format!(
         "You are an impartial judge. Decide which answer serves the user best.\n\n\
@@ -1543,7 +1572,7 @@ fn judge_prompt(shown: usize, verdict: &str) -> Bytes {
             _ => (k + 1).to_string(),
         };
         prompt.push_str(&format!(
-            "<candidate id=\"{id}\">\n{ANSWER}\n</candidate>\n"
+            "<candidate id=\"{id}\">\n{JUDGED_ANSWER}\n</candidate>\n"
         ));
     }
     prompt.push_str(&format!("Think briefly, then answer {verdict}."));
