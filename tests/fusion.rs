@@ -134,15 +134,7 @@ async fn a_streaming_client_gets_the_fused_answer_as_sse() {
         "messages": [{"role": "user", "content": "Q"}]});
     let answer = fused(&proxy, &[], body.to_string()).await;
     answer.expect_ok();
-    let text: String = answer
-        .sse_chunks()
-        .iter()
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
+    let text: String = answer.streamed_content();
     assert_eq!(text, "FUSED ANSWER");
 }
 

@@ -782,15 +782,7 @@ async fn every_strategy_streams_the_judged_best() {
         assert_eq!(answer.status, 200, "{strategy}");
         let content_type = answer.header("content-type").unwrap_or_default();
         assert!(content_type.starts_with("text/event-stream"), "{strategy}");
-        let content: String = answer
-            .sse_chunks()
-            .iter()
-            .filter_map(|c| {
-                c["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(str::to_string)
-            })
-            .collect();
+        let content: String = answer.streamed_content();
         assert_eq!(content, "answer-best", "{strategy}");
     }
 }

@@ -475,15 +475,7 @@ async fn a_stream_carries_the_best_rewarded_answer() {
         content_type.starts_with("text/event-stream"),
         "{content_type}"
     );
-    let content: String = answer
-        .sse_chunks()
-        .iter()
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
+    let content: String = answer.streamed_content();
     assert_eq!(content, "answer-best");
 }
 

@@ -140,6 +140,18 @@ impl Answer {
             .collect()
     }
 
+    /// The text of an SSE chat stream: every chunk's `delta.content`, joined.
+    pub fn streamed_content(&self) -> String {
+        self.sse_chunks()
+            .iter()
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
     pub fn content(&self) -> String {
         self.json()["choices"][0]["message"]["content"]
             .as_str()
