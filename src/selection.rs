@@ -12,7 +12,7 @@ use crate::answer::Failed;
 use crate::config::Fallback;
 use crate::error::ApiError;
 use crate::fanout::Candidate;
-use crate::judge::{JudgeRequest, JudgedCandidate, NamedJudge, Verdict};
+use crate::judge::{is_json_mode, JudgeRequest, JudgedCandidate, NamedJudge, Verdict};
 use crate::openai::ChatRequest;
 use crate::plan::BestOfN;
 use crate::state::AppState;
@@ -116,6 +116,7 @@ async fn choose(
             client_headers: ask.client_headers,
             seed: rand::random(),
             rubrics: ask.rubrics.map(|r| &r[..]),
+            response_format: ask.request.response_format_type(),
         })
         .await;
     state.metrics.judged(strategy, verdict.outcome.as_str());
@@ -142,10 +143,7 @@ fn eligible_candidates(
     candidates: &[Candidate],
 ) -> (Vec<JudgedCandidate>, Vec<usize>) {
     let succeeded = succeeded_candidates(candidates);
-    if !matches!(
-        request.response_format_type(),
-        Some("json_object") | Some("json_schema")
-    ) {
+    if !is_json_mode(request.response_format_type()) {
         return (succeeded, Vec::new());
     }
     let is_json = |index: usize| {

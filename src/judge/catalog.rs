@@ -332,7 +332,7 @@ mod tests {
         let judges = build("").unwrap();
         assert_eq!(
             judges.names(),
-            vec!["listwise", "pairwise", "panel", "pointwise"]
+            vec!["consensus", "listwise", "pairwise", "panel", "pointwise"]
         );
         assert_eq!(judges.default_name(), "listwise");
         let judges = build("[judge]\nstrategy = \"pointwise\"\n").unwrap();

@@ -7,6 +7,7 @@
 pub mod budget;
 pub mod call;
 pub mod catalog;
+pub mod consensus;
 pub mod listwise;
 pub mod llm;
 pub mod pairwise;
@@ -48,6 +49,8 @@ pub struct JudgeRequest<'a> {
     pub seed: u64,
     /// Rubrics the request chose (`x-best-of-n-rubric`); `None` means the judge's own.
     pub rubrics: Option<&'a [String]>,
+    /// The request's `response_format.type` (`json_object`, `json_schema`, `text`), if any.
+    pub response_format: Option<&'a str>,
 }
 
 impl JudgeRequest<'_> {
@@ -160,6 +163,22 @@ pub trait Judge: Send + Sync {
     fn describe(&self) -> String {
         String::new()
     }
+
+    /// For a judge that can tell, before every candidate is in, that the rest cannot change
+    /// its pick: a checker for one request of `n` candidates, shown each eligible candidate
+    /// as it finishes, that answers true once the candidates so far decide. The calls still
+    /// running are then cancelled. `None` (the default) waits for every candidate.
+    fn early_stop(&self, _n: usize, _response_format: Option<&str>) -> Option<Stopper> {
+        None
+    }
+}
+
+/// See [`Judge::early_stop`]: called once per finished eligible candidate, in finishing order.
+pub type Stopper = Box<dyn FnMut(&JudgedCandidate) -> bool + Send>;
+
+/// True for the `response_format` types whose answers must be JSON.
+pub fn is_json_mode(response_format: Option<&str>) -> bool {
+    matches!(response_format, Some("json_object") | Some("json_schema"))
 }
 
 /// What a strategy's constructor gets: the judge's table, resolved.
@@ -217,6 +236,7 @@ const STRATEGIES: &[Strategy] = &[
     pointwise::STRATEGY,
     pairwise::STRATEGY,
     panel::STRATEGY,
+    consensus::STRATEGY,
 ];
 
 /// The strategy called `name`.

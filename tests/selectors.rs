@@ -1,0 +1,188 @@
+//! The no-call selectors, through the real server against the mock upstream: `consensus`
+//! (the most common final answer: numbers, `\boxed{}`, JSON mode, the medoid fallback, early
+//! stop) and `logprob` (the most confident candidate by mean token log-probability), with `n`,
+//! streaming and the cache.
+//!
+//! Requests fix a `seed`, so candidate k is asked with `seed + k` and the mock answers it
+//! `texts[k]`: a test knows which generation index said what, whatever order the calls arrive
+//! in.
+
+mod common;
+
+use std::time::Duration;
+
+use common::mock::{Call, MockUpstream, Reply};
+use common::*;
+use serde_json::{json, Value};
+
+const SEED: i64 = 100;
+const WAIT: Duration = Duration::from_secs(5);
+
+/// The generation index of a candidate call, from its seed.
+fn index_of(call: &Call) -> usize {
+    let seed = call.json.as_ref().and_then(|b| b["seed"].as_i64());
+    seed.map_or(0, |s| (s - SEED) as usize)
+}
+
+/// A mock whose candidate k answers `reply(k)`, and a proxy in front of it.
+async fn setup(reply: impl Fn(usize) -> Reply + Send + Sync + 'static) -> (MockUpstream, Proxy) {
+    let mock = MockUpstream::with_handler(move |call| reply(index_of(call))).await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    (mock, proxy)
+}
+
+/// Candidate k answers `texts[k]`.
+async fn answering(texts: &'static [&'static str]) -> (MockUpstream, Proxy) {
+    setup(|k| Reply::completion(texts[k])).await
+}
+
+/// A question with the fixed seed, plus `extra` fields.
+fn body(extra: Value) -> String {
+    let mut body = json!({
+        "model": "gpt-test", "seed": SEED,
+        "messages": [{"role": "user", "content": "How much is it?"}],
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body.to_string()
+}
+
+/// A best-of-`n` request to `judge` with the debug object.
+async fn ask(proxy: &Proxy, judge: &str, n: usize, extra: Value) -> Answer {
+    let n = n.to_string();
+    let headers = [
+        ("x-best-of-n", n.as_str()),
+        ("x-best-of-n-judge", judge),
+        ("x-best-of-n-debug", "1"),
+    ];
+    let answer = post_chat(proxy, &headers, body(extra)).await;
+    answer.expect_ok();
+    answer
+}
+
+fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
+    answer.header(name).unwrap_or_else(|| panic!("no {name}"))
+}
+
+fn judge_debug(answer: &Answer) -> Value {
+    answer.json()["best_of_n"]["judge"].clone()
+}
+
+/// `key` of each consensus answer in the debug object, in generation order.
+fn answers(answer: &Answer, key: &str) -> Vec<Value> {
+    let judge = judge_debug(answer);
+    let list = judge["answers"].as_array().expect("consensus answers");
+    list.iter().map(|a| a[key].clone()).collect()
+}
+
+// ---------------------------------------------------------------- consensus
+
+#[tokio::test]
+async fn consensus_groups_numbers_however_they_are_written() {
+    const TEXTS: &[&str] = &["999", "The answer is 1,000.", "1000", "999.5", "It is 1e3"];
+    let (mock, proxy) = answering(TEXTS).await;
+    let answer = ask(&proxy, "consensus", 5, json!({})).await;
+    assert_eq!(header(&answer, "x-best-of-n-selected"), "1");
+    assert_eq!(answer.content(), "The answer is 1,000.");
+    assert_eq!(header(&answer, "x-best-of-n-scores"), "0.2,0.6,0.6,0.2,0.6");
+    assert_eq!(header(&answer, "x-best-of-n-judge"), "consensus");
+    assert!(answer.header("x-best-of-n-fallback").is_none());
+    let keys = answers(&answer, "key");
+    assert_eq!(
+        keys,
+        ["999", "1000", "1000", "999.5", "1000"].map(Value::from)
+    );
+    assert_eq!(answers(&answer, "rule")[1], "last_number");
+    assert_eq!(answers(&answer, "group_size")[2], 3);
+    assert_eq!(judge_debug(&answer)["medoid"], false);
+    assert_eq!(judge_debug(&answer)["usage"]["total_tokens"], 0);
+    assert_eq!(answer.json()["best_of_n"]["strategy"], "consensus");
+    let calls = mock.wait_for_calls(5, WAIT).await;
+    assert!(calls.iter().all(|c| !c.is_judge()), "no judge call");
+    assert_eq!(calls.len(), 5);
+}
+
+#[tokio::test]
+async fn consensus_reads_the_last_box_with_nested_braces() {
+    const TEXTS: &[&str] = &[
+        "So $x = \\boxed{\\frac{1}{3}}$ after 2 steps.",
+        "We get \\boxed{\\frac{1}{2}}, checked 3 ways.",
+        "Try \\boxed{1} first; in the end \\boxed{ \\frac{1}{2} }.",
+    ];
+    let (_mock, proxy) = answering(TEXTS).await;
+    let answer = ask(&proxy, "consensus", 3, json!({})).await;
+    assert_eq!(header(&answer, "x-best-of-n-selected"), "1");
+    assert_eq!(answers(&answer, "rule"), ["boxed"; 3].map(Value::from));
+    assert_eq!(answers(&answer, "answer")[2], " \\frac{1}{2} ");
+    assert_eq!(answers(&answer, "key")[1], "\\frac{1}{2}");
+}
+
+#[tokio::test]
+async fn consensus_in_json_mode_compares_values_and_skips_invalid_json() {
+    const TEXTS: &[&str] = &[
+        r#"{"city": "Paris", "rank": 1}"#,
+        "not json at all",
+        r#"{"rank": 2, "city": "Lyon"}"#,
+        r#"{ "rank": 1.0, "city": "paris " }"#,
+    ];
+    let (_mock, proxy) = answering(TEXTS).await;
+    let format = json!({"response_format": {"type": "json_object"}});
+    let answer = ask(&proxy, "consensus", 4, format).await;
+    assert_eq!(header(&answer, "x-best-of-n-selected"), "0");
+    assert_eq!(header(&answer, "x-best-of-n-disqualified"), "1");
+    assert_eq!(header(&answer, "x-best-of-n-scores"), "0.667,-,0.333,0.667");
+    assert_eq!(answers(&answer, "rule"), ["json"; 3].map(Value::from));
+    let keys = answers(&answer, "key");
+    assert_eq!(keys[0], r#"{"city":"paris","rank":1}"#);
+    assert_eq!(keys[0], keys[2], "candidate 3 is the third the judge saw");
+}
+
+#[tokio::test]
+async fn consensus_without_agreement_picks_the_medoid() {
+    const TEXTS: &[&str] = &[
+        "Red, green and blue.",
+        "Red, green, blue and yellow.",
+        "Green, blue, yellow or purple.",
+    ];
+    let (_mock, proxy) = answering(TEXTS).await;
+    let answer = ask(&proxy, "consensus", 3, json!({})).await;
+    assert_eq!(header(&answer, "x-best-of-n-selected"), "1");
+    assert_eq!(answers(&answer, "rule"), ["text"; 3].map(Value::from));
+    assert_eq!(judge_debug(&answer)["medoid"], true);
+    assert_eq!(judge_debug(&answer)["ranking"], json!([1, 0, 2]));
+    let similarity = answers(&answer, "similarity");
+    assert!(similarity[1].as_f64() > similarity[0].as_f64());
+    assert_eq!(header(&answer, "x-best-of-n-scores"), "0.333,0.333,0.333");
+}
+
+#[tokio::test]
+async fn consensus_ranks_n_choices_streams_and_caches() {
+    const TEXTS: &[&str] = &["Final answer: 7", "answer: 8", "It is 8.", "\\boxed{7.0}"];
+    let (mock, proxy) = answering(TEXTS).await;
+    let answer = ask(&proxy, "consensus", 4, json!({"n": 2})).await;
+    let choices = answer.json()["choices"].clone();
+    assert_eq!(choices[0]["message"]["content"], "Final answer: 7");
+    assert_eq!(choices[1]["message"]["content"], "\\boxed{7.0}");
+    assert_eq!(choices[1]["index"], 1);
+
+    let again = ask(&proxy, "consensus", 4, json!({"n": 2})).await;
+    assert_eq!(again.header("x-cache"), Some("hit"));
+    assert_eq!(mock.calls().len(), 4, "a hit calls nobody");
+
+    let stream = json!({"stream": true});
+    let headers = [("x-best-of-n", "4"), ("x-best-of-n-judge", "consensus")];
+    let streamed = post_chat(&proxy, &headers, body(stream)).await;
+    streamed.expect_ok();
+    let content: String = streamed
+        .sse_chunks()
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(content, "Final answer: 7");
+    assert_eq!(header(&streamed, "x-best-of-n-selected"), "0");
+}
