@@ -237,13 +237,17 @@ async fn generate_and_select(
     timing: &Timing,
 ) -> Result<Ready, Failed> {
     let generation_started = Instant::now();
+    let judge = selection::judge_of(state, plan)?;
     let generator = generation::Generator {
         upstream: &state.upstream,
         metrics: &state.metrics,
         config: &state.config.best_of_n,
         models_without_n: &state.models_without_n,
     };
-    let candidates = generation::generate(&generator, target, headers, request, plan.n).await?;
+    // A judge that can tell early that the rest cannot change its pick cuts the fan-out short.
+    let stop = selection::early_stop(judge, request, plan.n, needed(state, plan, request));
+    let candidates =
+        generation::generate(&generator, target, headers, request, plan.n, stop).await?;
     timing.waited(generation_started);
     check_enough(state, plan, request, &candidates)?;
     let selection = selection::select(state, plan, request, &candidates, headers).await?;
@@ -270,10 +274,7 @@ fn check_enough(
     if succeeded == 0 {
         return Err(respond::all_failed(candidates));
     }
-    // min_candidates cannot ask for more than this request generates.
-    let needed = (state.config.best_of_n.min_candidates)
-        .min(plan.n)
-        .max(request.choices_wanted()) as usize;
+    let needed = needed(state, plan, request);
     if succeeded < needed {
         return Err(Failed::Proxy(ApiError::bad_gateway(
             "too_few_candidates",
@@ -286,6 +287,13 @@ fn check_enough(
         )));
     }
     Ok(())
+}
+
+/// The fewest successes that make an answer: `best_of_n.min_candidates` (which cannot ask
+/// for more than this request generates) and `n`.
+fn needed(state: &AppState, plan: &BestOfN, request: &ChatRequest) -> usize {
+    let min_candidates = state.config.best_of_n.min_candidates.min(plan.n);
+    min_candidates.max(request.choices_wanted()) as usize
 }
 
 /// Refuses a body declared as anything but JSON, before it is read.

@@ -52,7 +52,12 @@ pub fn build(
         completion,
         headers,
         debug: Some(Arc::new(debug)),
-        cacheable: selection.fallback.is_none() && candidates.iter().all(|c| c.answer().is_some()),
+        // An early stop's answer is whole: the candidates it cancelled could not have changed
+        // the pick, so it is as good as one made with all N.
+        cacheable: selection.fallback.is_none()
+            && candidates
+                .iter()
+                .all(|c| c.answer().is_some() || c.cancelled()),
     })
 }
 
@@ -90,6 +95,11 @@ fn insert_best_of_n_headers(
     set("x-best-of-n-judge", plan.judge.clone());
     if let Some(fallback) = &selection.fallback {
         set("x-best-of-n-fallback", fallback.clone());
+    }
+    let cancelled = candidates.iter().filter(|c| c.cancelled()).count();
+    if cancelled > 0 {
+        let finished = candidates.len() - cancelled;
+        set("x-best-of-n-judged", format!("{finished}/{}", plan.n));
     }
     if !selection.disqualified.is_empty() {
         let list: Vec<String> = selection
@@ -234,11 +244,13 @@ fn millis(d: Duration) -> f64 {
 /// (the request itself is wrong, and the client should see exactly why), otherwise 504 when
 /// all timed out, else 502, saying how many failed and why.
 pub fn all_failed(candidates: &[Candidate]) -> Failed {
-    if let Some(failed) = common_client_error(candidates) {
+    // A cancelled call did not fail; only the calls that ran say what went wrong.
+    let ran: Vec<&Candidate> = candidates.iter().filter(|c| !c.cancelled()).collect();
+    if let Some(failed) = common_client_error(&ran) {
         return failed;
     }
     let summary = failure_summary(candidates);
-    let all_timed_out = candidates
+    let all_timed_out = ran
         .iter()
         .all(|c| matches!(c.result, Err(Failure::Timeout(_))));
     Failed::Proxy(if all_timed_out {
@@ -251,7 +263,7 @@ pub fn all_failed(candidates: &[Candidate]) -> Failed {
     })
 }
 
-fn common_client_error(candidates: &[Candidate]) -> Option<Failed> {
+fn common_client_error(candidates: &[&Candidate]) -> Option<Failed> {
     let mut first: Option<&JsonReply> = None;
     for candidate in candidates {
         let Err(Failure::Status(reply)) = &candidate.result else {
@@ -270,8 +282,8 @@ pub fn failure_summary(candidates: &[Candidate]) -> String {
     let failures: Vec<String> = candidates
         .iter()
         .filter_map(|c| match &c.result {
+            Err(Failure::Cancelled) | Ok(_) => None,
             Err(failure) => Some(format!("#{} {}", c.index, failure.describe())),
-            Ok(_) => None,
         })
         .collect();
     format!(

@@ -11,7 +11,7 @@ use http::HeaderMap;
 use crate::answer::Failed;
 use crate::config::Fallback;
 use crate::error::ApiError;
-use crate::fanout::Candidate;
+use crate::fanout::{Candidate, EarlyStop};
 use crate::judge::{is_json_mode, JudgeRequest, JudgedCandidate, NamedJudge, Verdict};
 use crate::openai::ChatRequest;
 use crate::plan::BestOfN;
@@ -51,10 +51,7 @@ pub async fn select(
     candidates: &[Candidate],
     client_headers: &HeaderMap,
 ) -> Result<Selection, Failed> {
-    let judge = state
-        .judges
-        .get(&plan.judge)
-        .ok_or_else(|| ApiError::internal(format!("judge `{}` is not configured", plan.judge)))?;
+    let judge = judge_of(state, plan)?;
     let (eligible, disqualified) = eligible_candidates(request, candidates);
     let mut selection = if eligible.is_empty() {
         // JSON mode and no candidate produced JSON: the fallback picks among all successes.
@@ -78,6 +75,40 @@ pub async fn select(
     selection.ranking.extend(unranked);
     selection.disqualified = disqualified;
     Ok(selection)
+}
+
+/// The judge the plan names.
+pub fn judge_of<'a>(state: &'a AppState, plan: &BestOfN) -> Result<&'a NamedJudge, Failed> {
+    let judge = state.judges.get(&plan.judge);
+    let missing = || ApiError::internal(format!("judge `{}` is not configured", plan.judge));
+    Ok(judge.ok_or_else(missing)?)
+}
+
+/// The judge's early stop (see [`crate::judge::Judge::early_stop`]) as the fan-out asks it.
+/// Its checker sees only the answers it will judge (JSON-mode answers that are not JSON are
+/// not shown), and the fan-out stops only once `needed` candidates succeeded as well, so a
+/// stop never fails `best_of_n.min_candidates` or `n`. A checker that said "decided" stays
+/// decided: later answers only add to a settled pick.
+pub fn early_stop(
+    judge: &NamedJudge,
+    request: &ChatRequest,
+    n: u32,
+    needed: usize,
+) -> Option<EarlyStop> {
+    let format = request.response_format_type();
+    let mut checker = judge.judge.early_stop(n as usize, format)?;
+    let json_mode = is_json_mode(format);
+    let (mut succeeded, mut decided) = (0, false);
+    Some(Box::new(move |candidate: &Candidate| {
+        if candidate.answer().is_some() {
+            succeeded += 1;
+        }
+        let eligible = !json_mode || is_json_answer(candidate);
+        if let Some(judged) = judged(candidate).filter(|_| eligible) {
+            decided |= checker(&judged);
+        }
+        decided && succeeded >= needed
+    }))
 }
 
 /// Who judges a request, and with what.
@@ -146,33 +177,34 @@ fn eligible_candidates(
     if !is_json_mode(request.response_format_type()) {
         return (succeeded, Vec::new());
     }
-    let is_json = |index: usize| {
-        let choice = candidates[index]
-            .answer()
-            .and_then(|a| a.completion.first_choice());
-        match choice.and_then(|c| c.content()) {
-            Some(text) => serde_json::from_str::<serde_json::Value>(text).is_ok(),
-            // A tool call or a refusal has no content to check.
-            None => true,
-        }
-    };
+    let is_json = |index: usize| is_json_answer(&candidates[index]);
     let (eligible, rejected): (Vec<_>, Vec<_>) =
         succeeded.into_iter().partition(|c| is_json(c.index));
     (eligible, rejected.into_iter().map(|c| c.index).collect())
 }
 
+/// True unless the answer's content is text that does not parse as JSON.
+fn is_json_answer(candidate: &Candidate) -> bool {
+    let choice = candidate.answer().and_then(|a| a.completion.first_choice());
+    match choice.and_then(|c| c.content()) {
+        Some(text) => serde_json::from_str::<serde_json::Value>(text).is_ok(),
+        // A tool call or a refusal has no content to check.
+        None => true,
+    }
+}
+
 /// Every candidate with an answer, as the judge would see it.
 fn succeeded_candidates(candidates: &[Candidate]) -> Vec<JudgedCandidate> {
-    candidates
-        .iter()
-        .filter_map(|c| {
-            let choice = c.answer()?.completion.first_choice()?;
-            Some(JudgedCandidate {
-                index: c.index,
-                text: choice.text_for_judge(),
-            })
-        })
-        .collect()
+    candidates.iter().filter_map(judged).collect()
+}
+
+/// A candidate with an answer, as the judge sees it.
+fn judged(candidate: &Candidate) -> Option<JudgedCandidate> {
+    let choice = candidate.answer()?.completion.first_choice()?;
+    Some(JudgedCandidate {
+        index: candidate.index,
+        text: choice.text_for_judge(),
+    })
 }
 
 /// The judge's ranking, completed with the unranked eligible candidates in generation order.

@@ -9,8 +9,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bon_proxy::Config;
 use common::mock::{Call, MockUpstream, Reply};
 use common::*;
 use serde_json::{json, Value};
@@ -26,8 +27,18 @@ fn index_of(call: &Call) -> usize {
 
 /// A mock whose candidate k answers `reply(k)`, and a proxy in front of it.
 async fn setup(reply: impl Fn(usize) -> Reply + Send + Sync + 'static) -> (MockUpstream, Proxy) {
+    setup_with(reply, |_| {}).await
+}
+
+/// As [`setup`], with `edit` applied to the proxy's config.
+async fn setup_with(
+    reply: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    edit: impl FnOnce(&mut Config),
+) -> (MockUpstream, Proxy) {
     let mock = MockUpstream::with_handler(move |call| reply(index_of(call))).await;
-    let proxy = start_proxy(config_for(&mock)).await;
+    let mut config = config_for(&mock);
+    edit(&mut config);
+    let proxy = start_proxy(config).await;
     (mock, proxy)
 }
 
@@ -185,4 +196,115 @@ async fn consensus_ranks_n_choices_streams_and_caches() {
         .collect();
     assert_eq!(content, "Final answer: 7");
     assert_eq!(header(&streamed, "x-best-of-n-selected"), "0");
+}
+
+// ---------------------------------------------------------------- early stop
+
+const SLOW: Duration = Duration::from_secs(5);
+
+/// Candidates 0..3 say 42 at once; 3 and 4 would take `SLOW`.
+fn three_quick_agree(k: usize) -> Reply {
+    match k {
+        0..=2 => Reply::completion(["42", "It is 42.", "\\boxed{42}"][k]),
+        _ => Reply::completion("41").with_delay(SLOW),
+    }
+}
+
+/// `bon_candidates_total{outcome}` as the proxy reports it.
+async fn candidates_total(proxy: &Proxy, outcome: &str) -> f64 {
+    let request = http::Request::get(proxy.url("/metrics"));
+    let answer = send(request.body(Default::default()).expect("request")).await;
+    let text = String::from_utf8_lossy(&answer.body).to_string();
+    let label = format!("outcome=\"{outcome}\"");
+    text.lines()
+        .filter(|l| l.starts_with("bon_candidates_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_strict_majority_cancels_the_calls_still_running() {
+    let (mock, proxy) = setup(three_quick_agree).await;
+    let started = Instant::now();
+    let answer = ask(&proxy, "consensus", 5, json!({})).await;
+    assert!(
+        started.elapsed() < SLOW / 2,
+        "answered without the slow ones"
+    );
+    assert_eq!(header(&answer, "x-best-of-n-judged"), "3/5");
+    assert_eq!(header(&answer, "x-best-of-n-selected"), "0");
+    assert_eq!(header(&answer, "x-best-of-n-scores"), "1,1,1,-,-");
+    assert!(answer.header("x-best-of-n-fallback").is_none());
+    let debug = answer.json()["best_of_n"].clone();
+    let status: Vec<&str> = debug["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .map(|c| c["status"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(status, ["ok", "ok", "ok", "cancelled", "cancelled"]);
+    assert!(debug["candidates"][3]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("early stop")));
+
+    let calls = mock.wait_for_calls(5, WAIT).await;
+    let aborted: Vec<usize> = calls.iter().filter(|c| c.aborted).map(index_of).collect();
+    assert_eq!(
+        sorted(aborted),
+        [3, 4],
+        "the slow calls were cut, not left running"
+    );
+    assert_eq!(candidates_total(&proxy, "cancelled").await, 2.0);
+    assert_eq!(candidates_total(&proxy, "ok").await, 3.0);
+
+    let again = ask(&proxy, "consensus", 5, json!({})).await;
+    assert_eq!(again.header("x-cache"), Some("hit"), "a whole answer");
+    assert_eq!(header(&again, "x-best-of-n-judged"), "3/5");
+    assert_eq!(mock.calls().len(), 5);
+}
+
+#[tokio::test]
+async fn early_stop_waits_for_min_candidates_and_never_stops_without_a_majority() {
+    let reply = |k: usize| match k {
+        3 => Reply::completion("43").with_delay(Duration::from_millis(200)),
+        _ => three_quick_agree(k),
+    };
+    let (mock, proxy) = setup_with(reply, |c| c.best_of_n.min_candidates = 4).await;
+    let answer = ask(&proxy, "consensus", 5, json!({})).await;
+    assert_eq!(header(&answer, "x-best-of-n-judged"), "4/5");
+    let calls = mock.wait_for_calls(5, WAIT).await;
+    let aborted: Vec<usize> = calls.iter().filter(|c| c.aborted).map(index_of).collect();
+    assert_eq!(aborted, [4]);
+
+    // 2 + 2 + 1 of 5: no answer ever has a majority, so every call runs to its end.
+    let reply = |k: usize| {
+        let text = ["7", "8", "7", "8", "9"][k];
+        Reply::completion(text).with_delay(Duration::from_millis(50 * k as u64))
+    };
+    let (mock, proxy) = setup(reply).await;
+    let answer = ask(&proxy, "consensus", 5, json!({})).await;
+    assert!(answer.header("x-best-of-n-judged").is_none());
+    assert_eq!(header(&answer, "x-best-of-n-selected"), "0");
+    let calls = mock.wait_for_calls(5, WAIT).await;
+    assert!(calls.iter().all(|c| !c.aborted));
+}
+
+#[tokio::test]
+async fn judges_without_early_stop_wait_for_every_candidate() {
+    let mock = MockUpstream::with_handler(|call| match index_of(call) {
+        _ if call.is_judge() => Reply::judge_best("1", &[]),
+        0..=2 => Reply::completion("42"),
+        _ => Reply::completion("41").with_delay(Duration::from_millis(300)),
+    })
+    .await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let answer = ask(&proxy, "listwise", 5, json!({})).await;
+    assert!(answer.header("x-best-of-n-judged").is_none());
+    let calls = mock.wait_for_calls(6, WAIT).await;
+    assert!(calls.iter().all(|c| !c.aborted));
+}
+
+fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+    items.sort();
+    items
 }
