@@ -243,6 +243,7 @@ async fn generate_and_select(
         metrics: &state.metrics,
         config: &state.config.best_of_n,
         models_without_n: &state.models_without_n,
+        logprobs: judge.judge.wants_logprobs(),
     };
     // A judge that can tell early that the rest cannot change its pick cuts the fan-out short.
     let stop = selection::early_stop(judge, request, plan.n, needed(state, plan, request));
@@ -255,11 +256,14 @@ async fn generate_and_select(
     if let Some(verdict) = &selection.verdict {
         timing.add(verdict.latency);
     }
+    // Log-probabilities asked for the judge's sake are not the client's to receive.
+    let strip_logprobs = generator.logprobs && !request.wants_logprobs();
     respond::build(
         plan,
         &candidates,
         &selection,
         request.choices_wanted() as usize,
+        strip_logprobs,
     )
 }
 

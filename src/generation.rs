@@ -73,6 +73,8 @@ pub struct Generator<'a> {
     pub metrics: &'a Metrics,
     pub config: &'a BestOfNConfig,
     pub models_without_n: &'a ModelsWithoutN,
+    /// Ask candidates for `"logprobs": true` (the judge reads them).
+    pub logprobs: bool,
 }
 
 /// The N candidates of `request`, in generation order. `stop` may cut parallel calls short
@@ -99,7 +101,8 @@ pub async fn generate(
     // parallel calls, numbered after the k candidates already there.
     let made = candidates.len();
     if made < n as usize {
-        let bodies = diversity::candidate_bodies(request, n, config)?.split_off(made);
+        let bodies =
+            diversity::candidate_bodies(request, n, config, generator.logprobs)?.split_off(made);
         let timeout = config.candidate_timeout;
         // Choices an `n` call made are not shown to `stop`, so it could not count them: after
         // a partial `n` call the rest are waited for.
@@ -165,7 +168,7 @@ async fn n_param(
     request: &ChatRequest,
     n: u32,
 ) -> Result<Vec<Candidate>, Failed> {
-    let body = diversity::n_param_body(request, n, generator.config)?;
+    let body = diversity::n_param_body(request, n, generator.config, generator.logprobs)?;
     let started = Instant::now();
     let timeout = generator.config.candidate_timeout;
     let sent = generator

@@ -17,12 +17,15 @@ use crate::selection::Selection;
 use crate::upstream::JsonReply;
 
 /// The answer: the winner's completion carrying the top `choices` candidates in rank order,
-/// usage summed over everything spent, and the best-of-N headers.
+/// usage summed over everything spent, and the best-of-N headers. With `strip_logprobs`
+/// (the proxy asked for them, the client did not), the choices carry `"logprobs": null`, as
+/// they would have had the client's request gone upstream as it was; the cache stores that.
 pub fn build(
     plan: &BestOfN,
     candidates: &[Candidate],
     selection: &Selection,
     choices: usize,
+    strip_logprobs: bool,
 ) -> Result<Ready, Failed> {
     let answer_of = |index: usize| candidates.get(index).and_then(Candidate::answer);
     let winner = answer_of(selection.winner())
@@ -36,6 +39,9 @@ pub fn build(
         .enumerate()
         .map(|(position, mut choice)| {
             choice.index = position as u32;
+            if let Some(logprobs) = choice.extra.get_mut("logprobs").filter(|_| strip_logprobs) {
+                *logprobs = Value::Null;
+            }
             choice
         })
         .collect();

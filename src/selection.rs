@@ -13,7 +13,7 @@ use crate::config::Fallback;
 use crate::error::ApiError;
 use crate::fanout::{Candidate, EarlyStop};
 use crate::judge::{is_json_mode, JudgeRequest, JudgedCandidate, NamedJudge, Verdict};
-use crate::openai::ChatRequest;
+use crate::openai::{ChatRequest, Choice};
 use crate::plan::BestOfN;
 use crate::state::AppState;
 
@@ -204,7 +204,24 @@ fn judged(candidate: &Candidate) -> Option<JudgedCandidate> {
     Some(JudgedCandidate {
         index: candidate.index,
         text: choice.text_for_judge(),
+        mean_logprob: mean_logprob(choice),
     })
+}
+
+/// The mean log-probability of a choice's tokens: its content tokens (`logprobs.content`), or
+/// for a refusal its refusal tokens (`logprobs.refusal`); `None` when the upstream sent none
+/// (no `logprobs`, `null`, or empty lists).
+fn mean_logprob(choice: &Choice) -> Option<f64> {
+    let logprobs = choice.extra.get("logprobs")?;
+    let tokens = ["content", "refusal"].iter().find_map(|part| {
+        let tokens = logprobs.get(part)?.as_array()?;
+        let values: Vec<f64> = tokens
+            .iter()
+            .filter_map(|token| token.get("logprob")?.as_f64())
+            .collect();
+        (!values.is_empty()).then_some(values)
+    })?;
+    Some(tokens.iter().sum::<f64>() / tokens.len() as f64)
 }
 
 /// The judge's ranking, completed with the unranked eligible candidates in generation order.
@@ -266,4 +283,36 @@ fn fall_back(
         disqualified: Vec::new(),
         strategy: judge.strategy,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn choice(logprobs: serde_json::Value) -> Choice {
+        let choice = json!({"index": 0, "message": {"content": "a b"}, "logprobs": logprobs});
+        serde_json::from_value(choice).unwrap()
+    }
+
+    #[test]
+    fn mean_logprob_averages_content_tokens_or_else_refusal_tokens() {
+        let tokens = |values: &[f64]| {
+            let list: Vec<_> = values
+                .iter()
+                .map(|v| json!({"token": "t", "logprob": v}))
+                .collect();
+            json!(list)
+        };
+        let both = json!({"content": tokens(&[-0.5, -1.5]), "refusal": tokens(&[-9.0])});
+        assert_eq!(mean_logprob(&choice(both)), Some(-1.0));
+        let refusal = json!({"content": null, "refusal": tokens(&[-0.25])});
+        assert_eq!(mean_logprob(&choice(refusal)), Some(-0.25));
+        let empty = json!({"content": [], "refusal": []});
+        assert_eq!(mean_logprob(&choice(empty)), None);
+        assert_eq!(mean_logprob(&choice(json!({"content": []}))), None);
+        assert_eq!(mean_logprob(&choice(json!(null))), None);
+        let unreadable = json!({"content": [{"token": "t", "logprob": "high"}]});
+        assert_eq!(mean_logprob(&choice(unreadable)), None);
+    }
 }

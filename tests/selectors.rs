@@ -308,3 +308,156 @@ fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
     items.sort();
     items
 }
+
+// ---------------------------------------------------------------- logprob
+
+/// Candidate texts and the log-probability of each of their (three) tokens.
+const CONFIDENCE: &[(&str, f64)] = &[("unsure", -0.9), ("certain", -0.1), ("fair", -0.5)];
+
+/// A completion for `content`, with `logprobs.content` (each token at `logprob`) when the
+/// call asked for them, as OpenAI answers.
+fn completion_with_logprobs(call: &Call, content: &str, logprob: f64) -> Reply {
+    let asked = call.json.as_ref().is_some_and(|b| b["logprobs"] == true);
+    let tokens: Vec<Value> = (0..3)
+        .map(|k| json!({"token": format!("t{k}"), "logprob": logprob, "bytes": [116], "top_logprobs": []}))
+        .collect();
+    let logprobs = match asked {
+        true => json!({"content": tokens, "refusal": null}),
+        false => Value::Null,
+    };
+    Reply::json(
+        200,
+        json!({
+            "id": "chatcmpl-lp", "object": "chat.completion", "created": 1, "model": "mock-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                "logprobs": logprobs, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+        }),
+    )
+}
+
+/// Candidate k answers `CONFIDENCE[k]`, with log-probabilities when asked.
+async fn confident() -> (MockUpstream, Proxy) {
+    confident_with(|_| {}).await
+}
+
+async fn confident_with(edit: impl FnOnce(&mut Config)) -> (MockUpstream, Proxy) {
+    let mock = MockUpstream::with_handler(|call| {
+        let (text, logprob) = CONFIDENCE[index_of(call)];
+        completion_with_logprobs(call, text, logprob)
+    })
+    .await;
+    let mut config = config_for(&mock);
+    edit(&mut config);
+    let proxy = start_proxy(config).await;
+    (mock, proxy)
+}
+
+fn candidate_calls_asked_for_logprobs(mock: &MockUpstream) -> bool {
+    let calls = mock.calls();
+    !calls.is_empty()
+        && calls
+            .iter()
+            .all(|c| c.json.as_ref().is_some_and(|b| b["logprobs"] == true))
+}
+
+#[tokio::test]
+async fn logprob_picks_the_most_confident_and_a_client_that_did_not_ask_gets_no_logprobs() {
+    let (mock, proxy) = confident().await;
+    let answer = ask(&proxy, "logprob", 3, json!({})).await;
+    assert_eq!(answer.content(), "certain");
+    assert_eq!(header(&answer, "x-best-of-n-selected"), "1");
+    assert_eq!(header(&answer, "x-best-of-n-scores"), "0.407,0.905,0.607");
+    assert_eq!(header(&answer, "x-best-of-n-judge"), "logprob");
+    let body = answer.json();
+    assert_eq!(body["choices"][0]["logprobs"], Value::Null);
+    assert!(!String::from_utf8_lossy(&answer.body).contains("top_logprobs"));
+    let judge = judge_debug(&answer);
+    assert_eq!(judge["ranking"], json!([1, 2, 0]));
+    let mean = judge["logprobs"][1]["mean_logprob"]
+        .as_f64()
+        .unwrap_or_default();
+    assert!((mean + 0.1).abs() < 1e-9, "{mean}");
+    assert!(candidate_calls_asked_for_logprobs(&mock));
+    assert!(mock.calls().iter().all(|c| !c.is_judge()));
+
+    // The cache keeps what the client got: no log-probabilities.
+    let again = ask(&proxy, "logprob", 3, json!({})).await;
+    assert_eq!(again.header("x-cache"), Some("hit"));
+    assert_eq!(again.json()["choices"][0]["logprobs"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_client_that_asked_for_logprobs_keeps_them_in_every_choice() {
+    let (_mock, proxy) = confident().await;
+    let answer = ask(&proxy, "logprob", 3, json!({"logprobs": true, "n": 2})).await;
+    let choices = answer.json()["choices"].clone();
+    assert_eq!(choices[0]["message"]["content"], "certain");
+    assert_eq!(choices[1]["message"]["content"], "fair");
+    assert_eq!(choices[0]["logprobs"]["content"][0]["logprob"], -0.1);
+    assert_eq!(choices[1]["logprobs"]["content"][2]["logprob"], -0.5);
+}
+
+#[tokio::test]
+async fn logprob_ranks_n_choices_and_streams_without_logprobs() {
+    let (_mock, proxy) = confident().await;
+    let answer = ask(&proxy, "logprob", 3, json!({"n": 2})).await;
+    let choices = answer.json()["choices"].clone();
+    assert_eq!(choices[0]["message"]["content"], "certain");
+    assert_eq!(choices[1]["message"]["content"], "fair");
+    assert!(choices[1]["logprobs"].is_null());
+
+    let headers = [("x-best-of-n", "3"), ("x-best-of-n-judge", "logprob")];
+    let streamed = post_chat(&proxy, &headers, body(json!({"stream": true}))).await;
+    streamed.expect_ok();
+    let chunks = streamed.sse_chunks();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(content, "certain");
+    assert!(chunks.iter().all(|c| c["choices"][0]["logprobs"].is_null()));
+}
+
+#[tokio::test]
+async fn no_logprobs_from_the_upstream_means_the_fallback_chooses_and_says_why() {
+    // This upstream ignores `logprobs`.
+    let mock =
+        MockUpstream::with_handler(|call| Reply::completion(CONFIDENCE[index_of(call)].0)).await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let answer = ask(&proxy, "logprob", 3, json!({})).await;
+    assert_eq!(
+        header(&answer, "x-best-of-n-fallback"),
+        "first_ok (parse_error)"
+    );
+    assert_eq!(header(&answer, "x-best-of-n-scores"), "-,-,-");
+    assert_eq!(answer.content(), "unsure");
+    let judge = judge_debug(&answer);
+    assert_eq!(judge["outcome"], "parse_error");
+    let failure = judge["failure"].as_str().unwrap_or_default();
+    assert!(failure.contains("returned no logprobs"), "{failure}");
+}
+
+#[tokio::test]
+async fn a_panel_with_a_logprob_member_asks_for_logprobs() {
+    let (mock, proxy) = confident_with(|config| {
+        let members = vec!["logprob".to_string(), "consensus".to_string()];
+        let table = bon_proxy::config::JudgeConfig {
+            strategy: "panel".into(),
+            members,
+            ..Default::default()
+        };
+        config.judges.insert("mix".into(), table);
+    })
+    .await;
+    let answer = ask(&proxy, "mix", 3, json!({})).await;
+    assert!(candidate_calls_asked_for_logprobs(&mock));
+    assert_eq!(answer.json()["choices"][0]["logprobs"], Value::Null);
+    let members = judge_debug(&answer)["members"].clone();
+    assert_eq!(members[0]["outcome"], "ok", "{members}");
+    assert_eq!(members[0]["ranking"], json!([1, 2, 0]));
+}

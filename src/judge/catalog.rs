@@ -332,7 +332,14 @@ mod tests {
         let judges = build("").unwrap();
         assert_eq!(
             judges.names(),
-            vec!["consensus", "listwise", "pairwise", "panel", "pointwise"]
+            vec![
+                "consensus",
+                "listwise",
+                "logprob",
+                "pairwise",
+                "panel",
+                "pointwise"
+            ]
         );
         assert_eq!(judges.default_name(), "listwise");
         let judges = build("[judge]\nstrategy = \"pointwise\"\n").unwrap();

@@ -510,6 +510,7 @@ mod tests {
             .map(|(index, text)| JudgedCandidate {
                 index,
                 text: text.to_string(),
+                mean_logprob: None,
             })
             .collect()
     }
@@ -644,6 +645,7 @@ mod tests {
         let [a, b, c] = ["x = 4", "**4**", "5"].map(|text| JudgedCandidate {
             index: 0,
             text: text.into(),
+            mean_logprob: None,
         });
         assert!(!stop(&a));
         assert!(!stop(&c));

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod consensus;
 pub mod listwise;
 pub mod llm;
+pub mod logprob;
 pub mod pairwise;
 pub mod panel;
 pub mod pointwise;
@@ -35,6 +36,8 @@ pub struct JudgedCandidate {
     /// Position in generation order (0-based), the id everything outside the judge uses.
     pub index: usize,
     pub text: String,
+    /// The mean log-probability of the answer's tokens, when the upstream sent `logprobs`.
+    pub mean_logprob: Option<f64>,
 }
 
 /// Everything a judge needs for one decision.
@@ -171,6 +174,12 @@ pub trait Judge: Send + Sync {
     fn early_stop(&self, _n: usize, _response_format: Option<&str>) -> Option<Stopper> {
         None
     }
+
+    /// True when this judge reads the candidates' token log-probabilities, so candidates are
+    /// asked for `"logprobs": true` (and the client gets none unless it asked).
+    fn wants_logprobs(&self) -> bool {
+        false
+    }
 }
 
 /// See [`Judge::early_stop`]: called once per finished eligible candidate, in finishing order.
@@ -237,6 +246,7 @@ const STRATEGIES: &[Strategy] = &[
     pairwise::STRATEGY,
     panel::STRATEGY,
     consensus::STRATEGY,
+    logprob::STRATEGY,
 ];
 
 /// The strategy called `name`.
