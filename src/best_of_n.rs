@@ -252,8 +252,8 @@ async fn generate_and_select(
     timing.waited(generation_started);
     check_enough(state, plan, request, &candidates)?;
     let selection = selection::select(state, plan, request, &candidates, headers).await?;
-    // The judge's time is waiting on an upstream call too.
-    if let Some(verdict) = &selection.verdict {
+    // The judge's time is waiting on an upstream call too, unless it decided alone.
+    if let Some(verdict) = selection.verdict.as_ref().filter(|_| !judge.local) {
         timing.add(verdict.latency);
     }
     // Log-probabilities asked for the judge's sake are not the client's to receive.
