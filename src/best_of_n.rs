@@ -202,14 +202,9 @@ fn fuse_live(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Stream
 /// The candidates, then the fuser's stream; or a candidate when the fuser cannot start.
 async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Failed> {
     let (plan, request) = (&job.plan, &job.request);
-    let generator = generation::Generator {
-        upstream: &state.upstream,
-        metrics: &state.metrics,
-        config: &state.config.best_of_n,
-        models_without_n: &state.models_without_n,
-    };
+    let generator = generator(state, false);
     let candidates =
-        generation::generate(&generator, &job.target, &job.headers, request, plan.n).await?;
+        generation::generate(&generator, &job.target, &job.headers, request, plan.n, None).await?;
     check_enough(state, plan, request, &candidates)?;
     let rubrics = fuser_rubrics(state, plan);
     let streamed = state
@@ -234,7 +229,7 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
         Err(FuserFailed(why)) => {
             tracing::warn!(%why, "the fuser wrote nothing; answering with a candidate");
             let selection = selection::without_fuser(&candidates, why);
-            respond::build(plan, &candidates, &selection, 1)
+            respond::build(plan, &candidates, &selection, 1, false)
                 .map(|ready| Streamed::Ready(Box::new(ready)))
         }
     }
@@ -334,29 +329,46 @@ async fn generate_and_select(
     timing: &Timing,
 ) -> Result<Ready, Failed> {
     let generation_started = Instant::now();
-    let generator = generation::Generator {
-        upstream: &state.upstream,
-        metrics: &state.metrics,
-        config: &state.config.best_of_n,
-        models_without_n: &state.models_without_n,
-    };
-    let candidates = generation::generate(&generator, target, headers, request, plan.n).await?;
+    let judge = selection::judge_of(state, plan)?;
+    // In fuse mode the fuser reads every candidate: no judge shapes or cuts the fan-out.
+    let selecting = plan.mode == Mode::Select;
+    let generator = generator(state, selecting && judge.judge.wants_logprobs());
+    // A judge that can tell early that the rest cannot change its pick cuts the fan-out short.
+    let stop = selecting
+        .then(|| selection::early_stop(judge, request, plan.n, needed(state, plan, request)))
+        .flatten();
+    let candidates =
+        generation::generate(&generator, target, headers, request, plan.n, stop).await?;
     timing.waited(generation_started);
     check_enough(state, plan, request, &candidates)?;
     if plan.mode == Mode::Fuse {
         return fuse(state, plan, request, &candidates, headers, timing).await;
     }
     let selection = selection::select(state, plan, request, &candidates, headers).await?;
-    // The judge's time is waiting on an upstream call too.
-    if let Some(verdict) = &selection.verdict {
+    // The judge's time is waiting on an upstream call too, unless it decided alone.
+    if let Some(verdict) = selection.verdict.as_ref().filter(|_| !judge.local) {
         timing.add(verdict.latency);
     }
+    // Log-probabilities asked for the judge's sake are not the client's to receive.
+    let strip_logprobs = generator.logprobs && !request.wants_logprobs();
     respond::build(
         plan,
         &candidates,
         &selection,
         request.choices_wanted() as usize,
+        strip_logprobs,
     )
+}
+
+/// How this process asks for candidates; `logprobs` when the judge reads them.
+fn generator(state: &AppState, logprobs: bool) -> generation::Generator<'_> {
+    generation::Generator {
+        upstream: &state.upstream,
+        metrics: &state.metrics,
+        config: &state.config.best_of_n,
+        models_without_n: &state.models_without_n,
+        logprobs,
+    }
 }
 
 /// Fuse mode: the fuser writes the answer from the candidates; when it cannot, the first
@@ -381,7 +393,7 @@ async fn fuse(
         Err(FuserFailed(why)) => {
             tracing::warn!(%why, "the fuser wrote nothing; answering with a candidate");
             let selection = selection::without_fuser(candidates, why);
-            respond::build(plan, candidates, &selection, 1)
+            respond::build(plan, candidates, &selection, 1, false)
         }
     }
 }
@@ -397,10 +409,7 @@ fn check_enough(
     if succeeded == 0 {
         return Err(respond::all_failed(candidates));
     }
-    // min_candidates cannot ask for more than this request generates.
-    let needed = (state.config.best_of_n.min_candidates)
-        .min(plan.n)
-        .max(request.choices_wanted()) as usize;
+    let needed = needed(state, plan, request);
     if succeeded < needed {
         return Err(Failed::Proxy(ApiError::bad_gateway(
             "too_few_candidates",
@@ -413,6 +422,13 @@ fn check_enough(
         )));
     }
     Ok(())
+}
+
+/// The fewest successes that make an answer: `best_of_n.min_candidates` (which cannot ask
+/// for more than this request generates) and `n`.
+fn needed(state: &AppState, plan: &BestOfN, request: &ChatRequest) -> usize {
+    let min_candidates = state.config.best_of_n.min_candidates.min(plan.n);
+    min_candidates.max(request.choices_wanted()) as usize
 }
 
 /// Refuses a body declared as anything but JSON, before it is read.

@@ -19,14 +19,17 @@ use crate::openai::ChatRequest;
 
 /// The N bodies of N parallel candidate calls, in generation order. Candidate k gets
 /// `seed + k` when the client fixed a seed (unless diversity is `none`), and with
-/// `diversity = "variations"` instruction `k % len` on its last user message.
+/// `diversity = "variations"` instruction `k % len` on its last user message. With
+/// `logprobs` (the judge reads them) every candidate asks for `"logprobs": true`.
 pub fn candidate_bodies(
     request: &ChatRequest,
     n: u32,
     config: &BestOfNConfig,
+    logprobs: bool,
 ) -> Result<Vec<SharedJson>, Failed> {
     let mut base = request.candidate_body();
     with_default_temperature(&mut base, config.temperature);
+    with_logprobs(&mut base, logprobs);
     let seed = match config.diversity {
         Diversity::Seed | Diversity::Variations => base.extra.get("seed").and_then(Value::as_i64),
         Diversity::None => None,
@@ -55,13 +58,16 @@ pub fn candidate_bodies(
 /// The body of one call asking for all N candidates as `"n": N`: the client's request, not
 /// streamed, with the default temperature. One call has one seed, so a client's `seed` stays as
 /// it is, and there is no per-candidate instruction (configuration refuses variations here).
+/// `logprobs` as for [`candidate_bodies`].
 pub fn n_param_body(
     request: &ChatRequest,
     n: u32,
     config: &BestOfNConfig,
+    logprobs: bool,
 ) -> Result<SharedJson, Failed> {
     let mut base = request.candidate_body();
     with_default_temperature(&mut base, config.temperature);
+    with_logprobs(&mut base, logprobs);
     base.n = Some(n);
     encode(&base).map(SharedJson::from)
 }
@@ -74,6 +80,14 @@ fn with_default_temperature(body: &mut ChatRequest, temperature: Option<f64>) {
     if !matches!(body.extra.get("temperature"), Some(own) if !own.is_null()) {
         body.extra
             .insert("temperature".into(), Value::from(temperature));
+    }
+}
+
+/// Asks for token log-probabilities when the judge reads them; a client's own
+/// `"logprobs": false` is overridden, and the answer then carries none (see `respond`).
+fn with_logprobs(body: &mut ChatRequest, logprobs: bool) {
+    if logprobs && !body.wants_logprobs() {
+        body.extra.insert("logprobs".into(), Value::Bool(true));
     }
 }
 
@@ -163,7 +177,7 @@ mod tests {
             {"role": "assistant", "content": "reply"},
             {"role": "user", "content": "second"},
             {"role": "tool", "content": "result", "tool_call_id": "c"}]});
-        let bodies = candidate_bodies(&request(body), 3, &variations(&["A", "B"])).unwrap();
+        let bodies = candidate_bodies(&request(body), 3, &variations(&["A", "B"]), false).unwrap();
         let out = decoded(&bodies);
         let last: Vec<&str> = out
             .iter()
@@ -180,13 +194,15 @@ mod tests {
     fn parts_get_one_more_text_part_and_no_user_message_means_no_change() {
         let parts = json!({"model": "m", "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:x"}}]}]});
-        let out = decoded(&candidate_bodies(&request(parts), 1, &variations(&["A"])).unwrap());
+        let out =
+            decoded(&candidate_bodies(&request(parts), 1, &variations(&["A"]), false).unwrap());
         assert_eq!(
             out[0]["messages"][0]["content"][1],
             json!({"type": "text", "text": "A"})
         );
         let system = json!({"model": "m", "messages": [{"role": "system", "content": "s"}]});
-        let out = decoded(&candidate_bodies(&request(system), 2, &variations(&["A"])).unwrap());
+        let out =
+            decoded(&candidate_bodies(&request(system), 2, &variations(&["A"]), false).unwrap());
         assert!(out.iter().all(|b| b["messages"][0]["content"] == "s"));
     }
 
@@ -206,7 +222,7 @@ mod tests {
             if let Some(sent) = sent {
                 body["temperature"] = sent;
             }
-            let out = decoded(&candidate_bodies(&request(body), 1, &config).unwrap());
+            let out = decoded(&candidate_bodies(&request(body), 1, &config, false).unwrap());
             assert_eq!(out[0]["temperature"], expected);
         }
     }
@@ -215,11 +231,37 @@ mod tests {
     fn n_param_body_asks_for_n_and_keeps_unknown_fields() {
         let body = json!({"model": "m", "n": 2, "stream": true, "seed": 3, "vendor": {"x": 1},
             "messages": [{"role": "user", "content": "q"}]});
-        let out = n_param_body(&request(body), 5, &BestOfNConfig::default()).unwrap();
+        let out = n_param_body(&request(body), 5, &BestOfNConfig::default(), false).unwrap();
         let out: Value = serde_json::from_slice(&out.to_vec()).unwrap();
         assert_eq!(out["n"], 5);
         assert_eq!(out["stream"], false);
         assert_eq!(out["seed"], 3);
         assert_eq!(out["vendor"]["x"], 1);
+    }
+
+    #[test]
+    fn logprobs_are_asked_for_when_the_judge_reads_them() {
+        let ask = |sent: Option<bool>, judge_reads: bool| {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "q"}]});
+            if let Some(sent) = sent {
+                body["logprobs"] = json!(sent);
+            }
+            let config = BestOfNConfig::default();
+            let bodies = candidate_bodies(&request(body.clone()), 2, &config, judge_reads);
+            let one = n_param_body(&request(body), 2, &config, judge_reads).unwrap();
+            let one: Value = serde_json::from_slice(&one.to_vec()).unwrap();
+            let parallel = decoded(&bodies.unwrap());
+            assert_eq!(parallel[0]["logprobs"], one["logprobs"]);
+            one["logprobs"].clone()
+        };
+        assert_eq!(ask(None, true), json!(true));
+        assert_eq!(ask(Some(false), true), json!(true));
+        assert_eq!(
+            ask(Some(true), false),
+            json!(true),
+            "the client's own ask is kept"
+        );
+        assert_eq!(ask(None, false), Value::Null);
+        assert_eq!(ask(Some(false), false), json!(false));
     }
 }

@@ -3,10 +3,14 @@
 //!
 //! A failed candidate is recorded, not fatal; the caller decides what to do with however many
 //! succeeded. Dropping the future returned by [`generate`] drops every call still in flight,
-//! which closes their connections: a client that goes away stops spending tokens.
+//! which closes their connections: a client that goes away stops spending tokens. An
+//! [`EarlyStop`] does the same from inside, once the candidates finished so far decide the
+//! answer: the calls still running are dropped and recorded as cancelled.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::HeaderMap;
 
 use crate::body::SharedJson;
@@ -40,6 +44,9 @@ pub enum Failure {
     Transport(String),
     /// A 2xx answer that is not a usable chat completion.
     Invalid(String),
+    /// Dropped unfinished because the candidates already in decided the answer (early stop).
+    /// Not a failure: nothing went wrong, and it never counts against `min_candidates`.
+    Cancelled,
 }
 
 impl Failure {
@@ -54,13 +61,17 @@ impl Failure {
             Failure::Timeout(d) => format!("timed out after {d:?}"),
             Failure::Transport(why) => format!("upstream {why}"),
             Failure::Invalid(why) => why.clone(),
+            Failure::Cancelled => {
+                "cancelled: the answers already in decided the pick (early stop)".to_string()
+            }
         }
     }
 
-    /// The outcome label: `timeout` or `error`.
+    /// The outcome label: `timeout`, `cancelled` or `error`.
     pub fn outcome(&self) -> &'static str {
         match self {
             Failure::Timeout(_) => "timeout",
+            Failure::Cancelled => "cancelled",
             _ => "error",
         }
     }
@@ -79,10 +90,20 @@ impl Candidate {
     pub fn answer(&self) -> Option<&Answer> {
         self.result.as_ref().ok()
     }
+
+    /// True when the call was dropped by an early stop.
+    pub fn cancelled(&self) -> bool {
+        matches!(self.result, Err(Failure::Cancelled))
+    }
 }
 
-/// Sends every body in `bodies` (one per candidate) concurrently and waits for all of them.
-/// Candidates are numbered from 0 in the order of `bodies`.
+/// Asked after each finished candidate, in finishing order: true once the candidates so far
+/// decide the answer, so that the calls still running can be cancelled.
+pub type EarlyStop = Box<dyn FnMut(&Candidate) -> bool + Send>;
+
+/// Sends every body in `bodies` (one per candidate) concurrently and waits for all of them,
+/// or, with `stop`, until it says the finished ones decide. Candidates are numbered from 0 in
+/// the order of `bodies`.
 pub async fn generate(
     upstream: &Upstream,
     metrics: &Metrics,
@@ -90,7 +111,9 @@ pub async fn generate(
     client_headers: &HeaderMap,
     bodies: Vec<SharedJson>,
     timeout: Duration,
+    stop: Option<EarlyStop>,
 ) -> Vec<Candidate> {
+    let count = bodies.len();
     let calls = bodies
         .into_iter()
         .enumerate()
@@ -106,7 +129,45 @@ pub async fn generate(
             record(metrics, &candidate);
             candidate
         });
-    crate::concurrently::all(calls).await
+    match stop {
+        None => crate::concurrently::all(calls).await,
+        Some(stop) => until_decided(calls, count, stop, metrics).await,
+    }
+}
+
+/// Runs `calls` until all are done or `stop` says the finished ones decide. The calls still
+/// running are then dropped, which closes their connections, so the upstream stops generating
+/// (and billing) tokens nobody will read; they are recorded as cancelled.
+async fn until_decided<F: Future<Output = Candidate>>(
+    calls: impl Iterator<Item = F>,
+    count: usize,
+    mut stop: EarlyStop,
+    metrics: &Metrics,
+) -> Vec<Candidate> {
+    let started = Instant::now();
+    let mut running: FuturesUnordered<F> = calls.collect();
+    let mut finished: Vec<Option<Candidate>> = (0..count).map(|_| None).collect();
+    while let Some(candidate) = running.next().await {
+        let decided = stop(&candidate);
+        let index = candidate.index;
+        finished[index] = Some(candidate);
+        if decided {
+            break;
+        }
+    }
+    drop(running);
+    let cancelled = |index: usize| {
+        let candidate = Candidate {
+            index,
+            latency: started.elapsed(),
+            result: Err(Failure::Cancelled),
+        };
+        record(metrics, &candidate);
+        candidate
+    };
+    let all = finished.into_iter().enumerate();
+    all.map(|(index, done)| done.unwrap_or_else(|| cancelled(index)))
+        .collect()
 }
 
 /// Counts one candidate: its outcome, and the tokens its answer reports.

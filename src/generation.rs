@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::answer::Failed;
 use crate::config::{BestOfNConfig, Diversity, Generation};
 use crate::diversity;
-use crate::fanout::{self, Answer, Candidate, Failure};
+use crate::fanout::{self, Answer, Candidate, EarlyStop, Failure};
 use crate::metrics::Metrics;
 use crate::openai::{ChatCompletion, ChatRequest};
 use crate::upstream::{call_status, JsonReply, Upstream, UpstreamError};
@@ -73,15 +73,19 @@ pub struct Generator<'a> {
     pub metrics: &'a Metrics,
     pub config: &'a BestOfNConfig,
     pub models_without_n: &'a ModelsWithoutN,
+    /// Ask candidates for `"logprobs": true` (the judge reads them).
+    pub logprobs: bool,
 }
 
-/// The N candidates of `request`, in generation order.
+/// The N candidates of `request`, in generation order. `stop` may cut parallel calls short
+/// (see [`fanout::EarlyStop`]); the `n` call makes all of its candidates at once.
 pub async fn generate(
     generator: &Generator<'_>,
     target: &str,
     headers: &HeaderMap,
     request: &ChatRequest,
     n: u32,
+    stop: Option<EarlyStop>,
 ) -> Result<Vec<Candidate>, Failed> {
     let config = &generator.config;
     generator.metrics.fan_out(n as usize);
@@ -97,8 +101,12 @@ pub async fn generate(
     // parallel calls, numbered after the k candidates already there.
     let made = candidates.len();
     if made < n as usize {
-        let bodies = diversity::candidate_bodies(request, n, config)?.split_off(made);
+        let bodies =
+            diversity::candidate_bodies(request, n, config, generator.logprobs)?.split_off(made);
         let timeout = config.candidate_timeout;
+        // Choices an `n` call made are not shown to `stop`, so it could not count them: after
+        // a partial `n` call the rest are waited for.
+        let stop = stop.filter(|_| made == 0);
         let more = fanout::generate(
             generator.upstream,
             generator.metrics,
@@ -106,6 +114,7 @@ pub async fn generate(
             headers,
             bodies,
             timeout,
+            stop,
         )
         .await;
         candidates.extend(more.into_iter().map(|mut c| {
@@ -159,7 +168,7 @@ async fn n_param(
     request: &ChatRequest,
     n: u32,
 ) -> Result<Vec<Candidate>, Failed> {
-    let body = diversity::n_param_body(request, n, generator.config)?;
+    let body = diversity::n_param_body(request, n, generator.config, generator.logprobs)?;
     let started = Instant::now();
     let timeout = generator.config.candidate_timeout;
     let sent = generator

@@ -217,7 +217,8 @@ mod tests {
         assert!(err.message.contains("math, writing"), "{}", err.message);
         let err = plan_with(&[("x-best-of-n", "2"), ("x-best-of-n-judge", "coin")], 0).unwrap_err();
         assert!(
-            err.message.contains("listwise, pairwise, panel, pointwise"),
+            err.message
+                .contains("consensus, listwise, logprob, pairwise, panel, pointwise"),
             "{}",
             err.message
         );

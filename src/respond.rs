@@ -19,12 +19,15 @@ use crate::selection::Selection;
 use crate::upstream::JsonReply;
 
 /// The answer: the winner's completion carrying the top `choices` candidates in rank order,
-/// usage summed over everything spent, and the best-of-N headers.
+/// usage summed over everything spent, and the best-of-N headers. With `strip_logprobs`
+/// (the proxy asked for them, the client did not), the choices carry `"logprobs": null`, as
+/// they would have had the client's request gone upstream as it was; the cache stores that.
 pub fn build(
     plan: &BestOfN,
     candidates: &[Candidate],
     selection: &Selection,
     choices: usize,
+    strip_logprobs: bool,
 ) -> Result<Ready, Failed> {
     let answer_of = |index: usize| candidates.get(index).and_then(Candidate::answer);
     let winner = answer_of(selection.winner())
@@ -38,6 +41,9 @@ pub fn build(
         .enumerate()
         .map(|(position, mut choice)| {
             choice.index = position as u32;
+            if let Some(logprobs) = choice.extra.get_mut("logprobs").filter(|_| strip_logprobs) {
+                *logprobs = Value::Null;
+            }
             choice
         })
         .collect();
@@ -54,7 +60,12 @@ pub fn build(
         completion,
         headers,
         debug: Some(Arc::new(debug)),
-        cacheable: selection.fallback.is_none() && candidates.iter().all(|c| c.answer().is_some()),
+        // An early stop's answer is whole: the candidates it cancelled could not have changed
+        // the pick, so it is as good as one made with all N.
+        cacheable: selection.fallback.is_none()
+            && candidates
+                .iter()
+                .all(|c| c.answer().is_some() || c.cancelled()),
     })
 }
 
@@ -136,6 +147,11 @@ fn insert_best_of_n_headers(
     }
     if let Some(fallback) = &selection.fallback {
         set("x-best-of-n-fallback", fallback.clone());
+    }
+    let cancelled = candidates.iter().filter(|c| c.cancelled()).count();
+    if cancelled > 0 {
+        let finished = candidates.len() - cancelled;
+        set("x-best-of-n-judged", format!("{finished}/{}", plan.n));
     }
     if !selection.disqualified.is_empty() {
         let list: Vec<String> = selection
@@ -282,11 +298,13 @@ fn millis(d: Duration) -> f64 {
 /// (the request itself is wrong, and the client should see exactly why), otherwise 504 when
 /// all timed out, else 502, saying how many failed and why.
 pub fn all_failed(candidates: &[Candidate]) -> Failed {
-    if let Some(failed) = common_client_error(candidates) {
+    // A cancelled call did not fail; only the calls that ran say what went wrong.
+    let ran: Vec<&Candidate> = candidates.iter().filter(|c| !c.cancelled()).collect();
+    if let Some(failed) = common_client_error(&ran) {
         return failed;
     }
     let summary = failure_summary(candidates);
-    let all_timed_out = candidates
+    let all_timed_out = ran
         .iter()
         .all(|c| matches!(c.result, Err(Failure::Timeout(_))));
     Failed::Proxy(if all_timed_out {
@@ -299,7 +317,7 @@ pub fn all_failed(candidates: &[Candidate]) -> Failed {
     })
 }
 
-fn common_client_error(candidates: &[Candidate]) -> Option<Failed> {
+fn common_client_error(candidates: &[&Candidate]) -> Option<Failed> {
     let mut first: Option<&JsonReply> = None;
     for candidate in candidates {
         let Err(Failure::Status(reply)) = &candidate.result else {
@@ -318,8 +336,8 @@ pub fn failure_summary(candidates: &[Candidate]) -> String {
     let failures: Vec<String> = candidates
         .iter()
         .filter_map(|c| match &c.result {
+            Err(Failure::Cancelled) | Ok(_) => None,
             Err(failure) => Some(format!("#{} {}", c.index, failure.describe())),
-            Ok(_) => None,
         })
         .collect();
     format!(

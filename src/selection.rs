@@ -11,9 +11,11 @@ use http::HeaderMap;
 use crate::answer::Failed;
 use crate::config::Fallback;
 use crate::error::ApiError;
-use crate::fanout::Candidate;
-use crate::judge::{JudgeOutcome, JudgeRequest, JudgedCandidate, NamedJudge, Verdict};
-use crate::openai::ChatRequest;
+use crate::fanout::{Candidate, EarlyStop};
+use crate::judge::{
+    is_json_mode, JudgeOutcome, JudgeRequest, JudgedCandidate, NamedJudge, Verdict,
+};
+use crate::openai::{ChatRequest, Choice};
 use crate::plan::BestOfN;
 use crate::state::AppState;
 
@@ -51,10 +53,7 @@ pub async fn select(
     candidates: &[Candidate],
     client_headers: &HeaderMap,
 ) -> Result<Selection, Failed> {
-    let judge = state
-        .judges
-        .get(&plan.judge)
-        .ok_or_else(|| ApiError::internal(format!("judge `{}` is not configured", plan.judge)))?;
+    let judge = judge_of(state, plan)?;
     let (eligible, disqualified) = eligible_candidates(request, candidates);
     let mut selection = if eligible.is_empty() {
         // JSON mode and no candidate produced JSON: the fallback picks among all successes.
@@ -78,6 +77,40 @@ pub async fn select(
     selection.ranking.extend(unranked);
     selection.disqualified = disqualified;
     Ok(selection)
+}
+
+/// The judge the plan names.
+pub fn judge_of<'a>(state: &'a AppState, plan: &BestOfN) -> Result<&'a NamedJudge, Failed> {
+    let judge = state.judges.get(&plan.judge);
+    let missing = || ApiError::internal(format!("judge `{}` is not configured", plan.judge));
+    Ok(judge.ok_or_else(missing)?)
+}
+
+/// The judge's early stop (see [`crate::judge::Judge::early_stop`]) as the fan-out asks it.
+/// Its checker sees only the answers it will judge (JSON-mode answers that are not JSON are
+/// not shown), and the fan-out stops only once `needed` candidates succeeded as well, so a
+/// stop never fails `best_of_n.min_candidates` or `n`. A checker that said "decided" stays
+/// decided: later answers only add to a settled pick.
+pub fn early_stop(
+    judge: &NamedJudge,
+    request: &ChatRequest,
+    n: u32,
+    needed: usize,
+) -> Option<EarlyStop> {
+    let format = request.response_format_type();
+    let mut checker = judge.judge.early_stop(n as usize, format)?;
+    let json_mode = is_json_mode(format);
+    let (mut succeeded, mut decided) = (0, false);
+    Some(Box::new(move |candidate: &Candidate| {
+        if candidate.answer().is_some() {
+            succeeded += 1;
+        }
+        let eligible = !json_mode || is_json_answer(candidate);
+        if let Some(judged) = judged(candidate).filter(|_| eligible) {
+            decided |= checker(&judged);
+        }
+        decided && succeeded >= needed
+    }))
 }
 
 /// Who judges a request, and with what.
@@ -116,6 +149,7 @@ async fn choose(
             client_headers: ask.client_headers,
             seed: rand::random(),
             rubrics: ask.rubrics.map(|r| &r[..]),
+            response_format: ask.request.response_format_type(),
         })
         .await;
     state.metrics.judged(strategy, verdict.outcome.as_str());
@@ -158,39 +192,54 @@ fn eligible_candidates(
     candidates: &[Candidate],
 ) -> (Vec<JudgedCandidate>, Vec<usize>) {
     let succeeded = succeeded_candidates(candidates);
-    if !matches!(
-        request.response_format_type(),
-        Some("json_object") | Some("json_schema")
-    ) {
+    if !is_json_mode(request.response_format_type()) {
         return (succeeded, Vec::new());
     }
-    let is_json = |index: usize| {
-        let choice = candidates[index]
-            .answer()
-            .and_then(|a| a.completion.first_choice());
-        match choice.and_then(|c| c.content()) {
-            Some(text) => serde_json::from_str::<serde_json::Value>(text).is_ok(),
-            // A tool call or a refusal has no content to check.
-            None => true,
-        }
-    };
+    let is_json = |index: usize| is_json_answer(&candidates[index]);
     let (eligible, rejected): (Vec<_>, Vec<_>) =
         succeeded.into_iter().partition(|c| is_json(c.index));
     (eligible, rejected.into_iter().map(|c| c.index).collect())
 }
 
+/// True unless the answer's content is text that does not parse as JSON.
+fn is_json_answer(candidate: &Candidate) -> bool {
+    let choice = candidate.answer().and_then(|a| a.completion.first_choice());
+    match choice.and_then(|c| c.content()) {
+        Some(text) => serde_json::from_str::<serde_json::Value>(text).is_ok(),
+        // A tool call or a refusal has no content to check.
+        None => true,
+    }
+}
+
 /// Every candidate with an answer, as the judge would see it.
 fn succeeded_candidates(candidates: &[Candidate]) -> Vec<JudgedCandidate> {
-    candidates
-        .iter()
-        .filter_map(|c| {
-            let choice = c.answer()?.completion.first_choice()?;
-            Some(JudgedCandidate {
-                index: c.index,
-                text: choice.text_for_judge(),
-            })
-        })
-        .collect()
+    candidates.iter().filter_map(judged).collect()
+}
+
+/// A candidate with an answer, as the judge sees it.
+fn judged(candidate: &Candidate) -> Option<JudgedCandidate> {
+    let choice = candidate.answer()?.completion.first_choice()?;
+    Some(JudgedCandidate {
+        index: candidate.index,
+        text: choice.text_for_judge(),
+        mean_logprob: mean_logprob(choice),
+    })
+}
+
+/// The mean log-probability of a choice's tokens: its content tokens (`logprobs.content`), or
+/// for a refusal its refusal tokens (`logprobs.refusal`); `None` when the upstream sent none
+/// (no `logprobs`, `null`, or empty lists).
+fn mean_logprob(choice: &Choice) -> Option<f64> {
+    let logprobs = choice.extra.get("logprobs")?;
+    let tokens = ["content", "refusal"].iter().find_map(|part| {
+        let tokens = logprobs.get(part)?.as_array()?;
+        let values: Vec<f64> = tokens
+            .iter()
+            .filter_map(|token| token.get("logprob")?.as_f64())
+            .collect();
+        (!values.is_empty()).then_some(values)
+    })?;
+    Some(tokens.iter().sum::<f64>() / tokens.len() as f64)
 }
 
 /// The judge's ranking, completed with the unranked eligible candidates in generation order.
@@ -252,4 +301,36 @@ fn fall_back(
         disqualified: Vec::new(),
         strategy: judge.strategy,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn choice(logprobs: serde_json::Value) -> Choice {
+        let choice = json!({"index": 0, "message": {"content": "a b"}, "logprobs": logprobs});
+        serde_json::from_value(choice).unwrap()
+    }
+
+    #[test]
+    fn mean_logprob_averages_content_tokens_or_else_refusal_tokens() {
+        let tokens = |values: &[f64]| {
+            let list: Vec<_> = values
+                .iter()
+                .map(|v| json!({"token": "t", "logprob": v}))
+                .collect();
+            json!(list)
+        };
+        let both = json!({"content": tokens(&[-0.5, -1.5]), "refusal": tokens(&[-9.0])});
+        assert_eq!(mean_logprob(&choice(both)), Some(-1.0));
+        let refusal = json!({"content": null, "refusal": tokens(&[-0.25])});
+        assert_eq!(mean_logprob(&choice(refusal)), Some(-0.25));
+        let empty = json!({"content": [], "refusal": []});
+        assert_eq!(mean_logprob(&choice(empty)), None);
+        assert_eq!(mean_logprob(&choice(json!({"content": []}))), None);
+        assert_eq!(mean_logprob(&choice(json!(null))), None);
+        let unreadable = json!({"content": [{"token": "t", "logprob": "high"}]});
+        assert_eq!(mean_logprob(&choice(unreadable)), None);
+    }
 }

@@ -49,6 +49,8 @@ pub(super) struct Chat<'a> {
     last_is_user: bool,
     tool_name: Option<&'a str>,
     json_mode: bool,
+    /// `"logprobs": true`: plain answers carry token log-probabilities.
+    logprobs: bool,
 }
 
 pub(super) fn parse_chat(request: &Value) -> Option<Chat<'_>> {
@@ -78,6 +80,7 @@ pub(super) fn parse_chat(request: &Value) -> Option<Chat<'_>> {
         last_is_user,
         tool_name: first_tool.map(|tool| str_at(tool, "/function/name").unwrap_or("get_weather")),
         json_mode: matches!(format, Some("json_object" | "json_schema")),
+        logprobs: flag("/logprobs"),
     })
 }
 
@@ -137,7 +140,8 @@ pub(super) async fn chat(state: &State, request: &Value) -> Response<Body> {
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    json_response(StatusCode::OK, &completion(head, &answers, usage))
+    let logprobs = chat.logprobs.then_some(state.options.seed);
+    json_response(StatusCode::OK, &completion(head, &answers, usage, logprobs))
 }
 
 pub(super) fn answers(state: &State, chat: &Chat<'_>, call: u64) -> Vec<Answer> {
@@ -148,6 +152,7 @@ pub(super) fn answers(state: &State, chat: &Chat<'_>, call: u64) -> Vec<Answer> 
     let asks_weather = chat.last_is_user && contains_ignore_case(question, b"weather");
     let tool = chat.tool_name.filter(|_| asks_weather);
     let topic = topic(question);
+    let sum = arithmetic(question);
     let base = state.options.seed ^ fnv1a(chat.prompt.as_bytes()) ^ call.wrapping_mul(GOLDEN);
     let answer = |index: u64| {
         let mut rng = Rng(base ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03));
@@ -158,13 +163,23 @@ pub(super) fn answers(state: &State, chat: &Chat<'_>, call: u64) -> Vec<Answer> 
                 name: name.to_owned(),
             },
             None if chat.json_mode => Answer::Text(json_answer(&mut rng, &topic)),
-            None => Answer::Text(generate(&mut rng, &topic)),
+            None => match &sum {
+                Some(sum) => Answer::Text(math_answer(&mut rng, sum)),
+                None => Answer::Text(generate(&mut rng, &topic)),
+            },
         }
     };
     (0..chat.n as u64).map(answer).collect()
 }
 
-pub(super) fn completion(mut head: Value, answers: &[Answer], usage: Value) -> Value {
+/// The completion of `answers`; with `logprobs` (the demo's seed), each text answer carries
+/// token log-probabilities.
+pub(super) fn completion(
+    mut head: Value,
+    answers: &[Answer],
+    usage: Value,
+    logprobs: Option<u64>,
+) -> Value {
     let choice = |(index, answer): (usize, &Answer)| {
         let message = match answer {
             Answer::Text(text) => json!({"role": "assistant", "content": text, "refusal": null}),
@@ -173,7 +188,12 @@ pub(super) fn completion(mut head: Value, answers: &[Answer], usage: Value) -> V
                     "function": {"name": name, "arguments": TOOL_ARGUMENTS}}],
                 "refusal": null}),
         };
-        json!({"index": index, "message": message, "logprobs": null,
+        let logprobs = match (logprobs, answer) {
+            (Some(seed), Answer::Text(text)) => token_logprobs(text, seed),
+            (Some(_), Answer::ToolCall { .. }) => json!({"content": null, "refusal": null}),
+            (None, _) => Value::Null,
+        };
+        json!({"index": index, "message": message, "logprobs": logprobs,
             "finish_reason": answer.finish_reason()})
     };
     head["choices"] = answers.iter().enumerate().map(choice).collect();

@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
+use serde_json::{json, Value};
+
+use super::sse::word_pieces;
 
 pub(super) const LEADS: [(&str, &str); 4] = [
     ("When it comes to \"", "\", a few things matter most."),
@@ -71,6 +73,105 @@ pub(super) fn json_answer(rng: &mut Rng, topic: &str) -> String {
     let answer = format!("For {topic}, {}.", rng.points()());
     let confidence = (50 + rng.below(46)) as f64 / 100.0;
     json!({"answer": answer, "confidence": confidence}).to_string()
+}
+
+/// `a op b` found in a question: whole numbers, `+`, `-`, `*`, `x` or `×`.
+pub(super) struct Arithmetic {
+    a: i64,
+    op: char,
+    b: i64,
+    pub(super) result: i64,
+}
+
+/// The first `a op b` in `question` (operands of at most 9 digits), so that a math-like
+/// question gets numeric answers that can agree (what `consensus` looks for).
+pub(super) fn arithmetic(question: &str) -> Option<Arithmetic> {
+    let mut rest = question;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        rest = &rest[start..];
+        let found = leading_number(rest).and_then(|(a, after)| operation(a, after));
+        if found.is_some() {
+            return found;
+        }
+        rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    None
+}
+
+fn leading_number(text: &str) -> Option<(i64, &str)> {
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let digits = text.get(..end).filter(|d| (1..=9).contains(&d.len()))?;
+    Some((digits.parse().ok()?, &text[end..]))
+}
+
+fn operation(a: i64, after_a: &str) -> Option<Arithmetic> {
+    let text = after_a.trim_start();
+    let op = text.chars().next().filter(|c| "+-*x×".contains(*c))?;
+    let (b, _) = leading_number(text[op.len_utf8()..].trim_start())?;
+    let result = match op {
+        '+' => a.checked_add(b),
+        '-' => a.checked_sub(b),
+        _ => a.checked_mul(b),
+    }?;
+    Some(Arithmetic { a, op, b, result })
+}
+
+/// An answer to `sum`: right three times in five, otherwise a little off, in one of four
+/// spellings (`1,000`, `Final answer: 1000`, `\boxed{1000}`, bold) that all read as the
+/// same number to `consensus`.
+pub(super) fn math_answer(rng: &mut Rng, sum: &Arithmetic) -> String {
+    let result = match rng.below(5) {
+        0..=2 => sum.result,
+        3 => sum.result.saturating_add(1),
+        _ => sum.result.saturating_sub(10),
+    };
+    let expression = format!("{} {} {}", sum.a, sum.op, sum.b);
+    match rng.below(4) {
+        0 => format!(
+            "{expression} = {result}. The answer is {}.",
+            grouped(result)
+        ),
+        1 => format!("Step by step: {expression} gives {result}.\n\nFinal answer: {result}"),
+        2 => format!("Computing {expression}, we get $\\boxed{{{result}}}$."),
+        _ => format!("The result is **{}**.", grouped(result)),
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn grouped(number: i64) -> String {
+    let digits = number.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if number < 0 {
+        out.push('-');
+    }
+    for (at, digit) in digits.chars().enumerate() {
+        if at > 0 && (digits.len() - at) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// The `logprobs` of a text answer: one token per word, each a plausible log-probability
+/// around a confidence drawn for the answer, so some answers are much surer than others. The
+/// same text and seed give the same numbers.
+pub(super) fn token_logprobs(text: &str, seed: u64) -> Value {
+    let mut rng = Rng(seed ^ fnv1a(text.as_bytes()));
+    // Mean surprise per token, 0.05 to 1.25 nats.
+    let level = 0.05 + rng.below(121) as f64 / 100.0;
+    let tokens: Vec<Value> = word_pieces(text, 1)
+        .into_iter()
+        .map(|token| {
+            let logprob = -level * (0.5 + rng.below(101) as f64 / 100.0);
+            let logprob = (logprob * 1e4).round() / 1e4;
+            json!({"token": token, "logprob": logprob, "bytes": token.as_bytes(),
+                "top_logprobs": []})
+        })
+        .collect();
+    json!({"content": tokens, "refusal": null})
 }
 
 /// Capitalises the first letter and adds a full stop; the bank phrases are lowercase ASCII.

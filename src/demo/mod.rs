@@ -14,7 +14,12 @@
 //! index: they differ from call to call, yet a run is reproducible. Their shape varies on purpose
 //! (one line, paragraph, bullet list, numbered list with heading and summary) so that a judge has
 //! a real choice. With `tools`, a last user message mentioning "weather" gets a call to the first
-//! tool; a `json_object` or `json_schema` response format gets a small JSON object.
+//! tool; a `json_object` or `json_schema` response format gets a small JSON object. A question
+//! holding `a op b` (whole numbers; `+`, `-`, `*`, `x`, `×`) gets a numeric answer instead: right
+//! three times in five, in one of four spellings (`1,000`, `Final answer: 1000`, `\boxed{}`,
+//! bold), so `consensus` has answers to agree on. With `"logprobs": true`, plain (not streamed)
+//! answers carry `logprobs.content`: one token per word, log-probabilities drawn around a
+//! per-answer confidence from the seed and the text, so `logprob` has something to compare.
 //!
 //! **Judge requests** are those whose messages contain `<candidate id="K">…</candidate>` blocks.
 //! The rubric scores each candidate as `3 × structured lines + min(words, 120) / 20` (integer
@@ -122,6 +127,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
 #[cfg(test)]
 mod tests {
     use super::chat::*;
+    use super::generate::*;
     use super::judge::*;
     use super::sse::*;
     use super::*;
@@ -328,6 +334,46 @@ mod tests {
         let response = client.post("/v1/chat/completions", request).await;
         let answer: Value = serde_json::from_str(&content(&response)).unwrap();
         assert!(answer["answer"].is_string() && answer["confidence"].is_f64());
+    }
+
+    #[tokio::test]
+    async fn math_questions_get_numbers_that_agree_and_logprobs_come_when_asked() {
+        use crate::judge::consensus::extract;
+        let mut client = Client::start(Duration::ZERO).await;
+        let messages = json!([{"role": "user", "content": "What is 25 × 40?"}]);
+        let request = json!({"model": "demo", "n": 5, "messages": messages, "logprobs": true});
+        let response = client.post("/v1/chat/completions", request).await;
+        let choices = response["choices"].as_array().unwrap();
+        let keys: Vec<String> = choices
+            .iter()
+            .map(|c| extract(c["message"]["content"].as_str().unwrap(), false).key)
+            .collect();
+        assert!(
+            keys.iter().filter(|k| *k == "1000").count() >= 2,
+            "{keys:?}"
+        );
+        for choice in choices {
+            let tokens = choice["logprobs"]["content"].as_array().unwrap();
+            let text: String = tokens
+                .iter()
+                .map(|t| t["token"].as_str().unwrap())
+                .collect();
+            assert_eq!(text, choice["message"]["content"].as_str().unwrap());
+            assert!(tokens.iter().all(|t| t["logprob"].as_f64().unwrap() <= 0.0));
+        }
+        assert_eq!(
+            token_logprobs("same text", 7),
+            token_logprobs("same text", 7)
+        );
+        assert_ne!(
+            token_logprobs("same text", 7),
+            token_logprobs("same text", 8)
+        );
+        let plain = json!({"model": "demo", "messages": messages});
+        let response = client.post("/v1/chat/completions", plain).await;
+        assert!(response["choices"][0]["logprobs"].is_null());
+        assert!(arithmetic("no numbers, or 12 alone").is_none());
+        assert!(arithmetic("2024-05-01 minus 3").is_some_and(|s| s.result == 2019));
     }
 
     #[tokio::test]

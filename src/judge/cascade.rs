@@ -186,6 +186,10 @@ impl Judge for Cascade {
         .to_string()
     }
 
+    fn wants_logprobs(&self) -> bool {
+        self.first.judge.wants_logprobs() || self.then.judge.wants_logprobs()
+    }
+
     fn describe(&self) -> String {
         format!(
             "first {}, then {} on its best {}",
@@ -211,6 +215,7 @@ mod tests {
             .map(|&index| JudgedCandidate {
                 index,
                 text: text(index),
+                mean_logprob: None,
             })
             .collect()
     }
@@ -225,6 +230,7 @@ mod tests {
             client_headers: &http::HeaderMap::new(),
             seed: 1,
             rubrics: None,
+            response_format: None,
         };
         let first = ranked(&[2, 0, 3, 1]);
         let kept = candidates(&[2, 0]);

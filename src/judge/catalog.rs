@@ -22,6 +22,9 @@ pub struct NamedJudge {
     pub strategy: &'static str,
     /// True when it is made of other judges (a panel), which therefore cannot include it.
     pub composite: bool,
+    /// True when it decides from the candidates alone: its time is the proxy's own work, not
+    /// a wait on a call.
+    pub local: bool,
     pub judge: Arc<dyn Judge>,
     /// What chooses when this judge cannot.
     pub fallback: Fallback,
@@ -207,6 +210,7 @@ fn build_one(
         name: name.to_string(),
         strategy: strategy.name,
         composite: strategy.shape == Shape::Composite,
+        local: strategy.shape == Shape::Local,
         fingerprint: blake3::hash(fingerprint.as_bytes()).to_hex().to_string(),
         judge,
         fallback: config.fallback,
@@ -334,7 +338,9 @@ mod tests {
             judges.names(),
             vec![
                 "cascade",
+                "consensus",
                 "listwise",
+                "logprob",
                 "pairwise",
                 "panel",
                 "pointwise",

@@ -8,8 +8,10 @@ pub mod budget;
 pub mod call;
 pub mod cascade;
 pub mod catalog;
+pub mod consensus;
 pub mod listwise;
 pub mod llm;
+pub mod logprob;
 pub mod pairwise;
 pub mod panel;
 pub mod pointwise;
@@ -36,6 +38,8 @@ pub struct JudgedCandidate {
     /// Position in generation order (0-based), the id everything outside the judge uses.
     pub index: usize,
     pub text: String,
+    /// The mean log-probability of the answer's tokens, when the upstream sent `logprobs`.
+    pub mean_logprob: Option<f64>,
 }
 
 /// Everything a judge needs for one decision.
@@ -50,6 +54,8 @@ pub struct JudgeRequest<'a> {
     pub seed: u64,
     /// Rubrics the request chose (`x-best-of-n-rubric`); `None` means the judge's own.
     pub rubrics: Option<&'a [String]>,
+    /// The request's `response_format.type` (`json_object`, `json_schema`, `text`), if any.
+    pub response_format: Option<&'a str>,
 }
 
 impl JudgeRequest<'_> {
@@ -179,6 +185,28 @@ pub trait Judge: Send + Sync {
     fn describe(&self) -> String {
         String::new()
     }
+
+    /// For a judge that can tell, before every candidate is in, that the rest cannot change
+    /// its pick: a checker for one request of `n` candidates, shown each eligible candidate
+    /// as it finishes, that answers true once the candidates so far decide. The calls still
+    /// running are then cancelled. `None` (the default) waits for every candidate.
+    fn early_stop(&self, _n: usize, _response_format: Option<&str>) -> Option<Stopper> {
+        None
+    }
+
+    /// True when this judge reads the candidates' token log-probabilities, so candidates are
+    /// asked for `"logprobs": true` (and the client gets none unless it asked).
+    fn wants_logprobs(&self) -> bool {
+        false
+    }
+}
+
+/// See [`Judge::early_stop`]: called once per finished eligible candidate, in finishing order.
+pub type Stopper = Box<dyn FnMut(&JudgedCandidate) -> bool + Send>;
+
+/// True for the `response_format` types whose answers must be JSON.
+pub fn is_json_mode(response_format: Option<&str>) -> bool {
+    matches!(response_format, Some("json_object") | Some("json_schema"))
 }
 
 /// What a strategy's constructor gets: the judge's table, resolved.
@@ -238,6 +266,8 @@ const STRATEGIES: &[Strategy] = &[
     panel::STRATEGY,
     cascade::STRATEGY,
     reward_model::STRATEGY,
+    consensus::STRATEGY,
+    logprob::STRATEGY,
 ];
 
 /// The strategy called `name`.

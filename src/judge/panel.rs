@@ -151,6 +151,11 @@ impl Judge for Panel {
         self.decide(request).boxed()
     }
 
+    /// A member that reads log-probabilities needs them asked for, whoever else sits with it.
+    fn wants_logprobs(&self) -> bool {
+        self.members.iter().any(|m| m.judge.wants_logprobs())
+    }
+
     fn describe(&self) -> String {
         let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
         format!("members {}", names.join(", "))

@@ -108,6 +108,11 @@ impl ChatRequest {
         candidate
     }
 
+    /// True when the client asked for token log-probabilities (`"logprobs": true`).
+    pub fn wants_logprobs(&self) -> bool {
+        self.extra.get("logprobs") == Some(&Value::Bool(true))
+    }
+
     /// The `response_format.type`, when the client asked for one.
     pub fn response_format_type(&self) -> Option<&str> {
         self.extra.get("response_format")?.get("type")?.as_str()
