@@ -22,7 +22,7 @@
 //!    p99 < 100 ms);
 //! 2. streaming passthrough: time to first body byte and to the last byte;
 //! 3. best-of-N critical path against a 50 ms upstream: listwise at N = 1, 5, 16, and the
-//!    pointwise, pairwise, panel and reward_model judges and fusion at N = 5, each against its ideal, the same rounds of
+//!    pointwise, pairwise, panel, reward_model and consensus judges and fusion at N = 5, each against its ideal, the same rounds of
 //!    upstream calls made directly in the same run (N candidates at once, then the judge's
 //!    calls at once);
 //! 4. answer-cache hits versus direct calls to the zero-latency demo;
@@ -1399,7 +1399,7 @@ fn scenario_best_of_n(load: &Load, services: &Services, settings: &Settings) -> 
     // (N, judge, judge calls): the default listwise judge at three sizes, then every other
     // strategy at N = 5. Each judges in one round of concurrent calls (pairwise plays a round
     // robin up to 6 candidates, a panel's members run at once).
-    let levels: [(u32, Option<&'static str>, usize); 8] = [
+    let levels: [(u32, Option<&'static str>, usize); 9] = [
         (1, None, 0),
         (5, None, 1),
         (16, None, 1),
@@ -1408,6 +1408,7 @@ fn scenario_best_of_n(load: &Load, services: &Services, settings: &Settings) -> 
         (5, Some("panel"), 26),
         (5, Some("fuse"), 1),
         (5, Some("reward_model"), 1),
+        (5, Some("consensus"), 0),
     ];
     let mut targets = vec![direct];
     for (n, judge, _) in levels {
@@ -1526,6 +1527,10 @@ fn ideal_rounds(n: usize, judge: &str) -> Vec<Vec<(&'static str, Bytes)>> {
     let candidate = chat(Bytes::from(chat_request(QUESTION).to_string()));
     if n == 1 {
         return vec![vec![candidate]];
+    }
+    if judge == "consensus" {
+        // No judge call: the candidates are the whole of the upstream work.
+        return vec![vec![candidate; n]];
     }
     if judge == "reward_model" {
         // One TEI rerank call scoring every candidate.

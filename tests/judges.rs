@@ -751,7 +751,7 @@ async fn the_rubric_is_part_of_the_cache_key() {
 
 // ---------------------------------------------------------------- every strategy
 
-const STRATEGIES: [&str; 4] = ["listwise", "pointwise", "pairwise", "panel"];
+const STRATEGIES: [&str; 5] = ["listwise", "pointwise", "pairwise", "panel", "cascade"];
 
 #[tokio::test]
 async fn every_strategy_returns_n_choices_best_first() {
