@@ -218,12 +218,19 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
             *fused,
         )))),
         Ok(FuserStream::Live(response)) => {
-            let mut headers = respond::fused_headers(plan, response.headers());
-            cache::set_outcome_header(&mut headers, cache::Outcome::Miss);
+            let fuser_headers = state.fuser.client_headers(response.headers());
+            let mut headers = respond::fused_headers(plan, &fuser_headers);
+            if job.key.is_some() {
+                // Looked up and not found; a live stream is not stored.
+                cache::set_outcome_header(&mut headers, cache::Outcome::Miss);
+            }
             let prior = respond::candidate_usage(&candidates);
-            let timeout = state.fuser.timeout();
+            // The stream ends by the fuser's deadline, and never after the request's own.
+            let by_request = job.started + state.config.server.request_timeout;
+            let deadline = by_request.min(Instant::now() + state.fuser.timeout());
+            let deadline = tokio::time::Instant::from_std(deadline);
             let include_usage = request.include_usage();
-            let events = relay::relay(response.into_body(), prior, include_usage, timeout);
+            let events = relay::relay(response.into_body(), prior, include_usage, deadline);
             Ok(Streamed::Live(Live { headers, events }))
         }
         Err(FuserFailed(why)) => {

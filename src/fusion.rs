@@ -92,6 +92,16 @@ impl Fuser {
         })
     }
 
+    /// The fuser's response headers a client may see: those of the upstream (rate limits,
+    /// request id), none from a fuser endpoint of its own, which is another service's business.
+    pub fn client_headers(&self, fuser: &HeaderMap) -> HeaderMap {
+        if self.call.forwards_client_headers() {
+            fuser.clone()
+        } else {
+            HeaderMap::new()
+        }
+    }
+
     /// One line for `check-config`: model, endpoint (key masked), template.
     pub fn describe(&self) -> String {
         let template = match self.template_source.is_empty() {
@@ -136,9 +146,12 @@ impl Fuser {
         }
         let completion = ChatCompletion::parse(&reply.body)
             .map_err(|why| FuserFailed(self.call.redact(&why)))?;
+        if let Some(usage) = &completion.usage {
+            self.call.count_tokens(usage);
+        }
         Ok(Fused {
             completion,
-            headers: reply.headers,
+            headers: self.client_headers(&reply.headers),
             latency: started.elapsed(),
         })
     }
@@ -180,9 +193,12 @@ impl Fuser {
             .to_bytes();
         let completion =
             ChatCompletion::parse(&body).map_err(|why| FuserFailed(self.call.redact(&why)))?;
+        if let Some(usage) = &completion.usage {
+            self.call.count_tokens(usage);
+        }
         Ok(FuserStream::Whole(Box::new(Fused {
             completion,
-            headers: parts.headers,
+            headers: self.client_headers(&parts.headers),
             latency: started.elapsed(),
         })))
     }

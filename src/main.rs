@@ -200,6 +200,7 @@ fn check_config(path: &Path) -> Result<(), String> {
     for judge in std::iter::once(&mut config.judge).chain(config.judges.values_mut()) {
         judge.base_url = bon_proxy::upstream::redact_url(&judge.base_url);
     }
+    config.fuser.base_url = bon_proxy::upstream::redact_url(&config.fuser.base_url);
     let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
     println!("\n{text}");
     Ok(())

@@ -7,8 +7,6 @@
 //! off, stalls past the fuser's deadline or sends an oversized event ends with an SSE `error`
 //! event, so the client is never left with a silently truncated answer.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use http_body_util::BodyExt;
@@ -23,20 +21,23 @@ use crate::sse;
 /// Largest SSE event accepted from the fuser; one event is one small chunk in practice.
 const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
-/// The events of `body` for the client; `prior` is the usage of the candidates.
+/// The events of `body` for the client; `prior` is the usage of the candidates. The stream
+/// must end by `deadline` (the earlier of the request's and the fuser's).
 pub fn relay(
     body: Incoming,
     prior: Usage,
     include_usage: bool,
-    timeout: Duration,
+    deadline: Instant,
 ) -> BoxStream<'static, Bytes> {
     let state = Relay {
         body,
         pending: Vec::new(),
+        scanned: 0,
+        after_cr: false,
         prior,
         include_usage,
-        deadline: Instant::now() + timeout,
-        timeout,
+        saw_usage: false,
+        deadline,
         finished: false,
     };
     stream::unfold(state, |mut relay| async move {
@@ -49,12 +50,17 @@ pub fn relay(
 
 struct Relay {
     body: Incoming,
-    /// Bytes read but not yet a whole event.
+    /// Bytes read but not yet a whole event, line ends made `\n`.
     pending: Vec<u8>,
+    /// How far `pending` has been searched for an event's end.
+    scanned: usize,
+    /// The last byte read was a `\r` (a `\r\n` may be split across frames).
+    after_cr: bool,
     prior: Usage,
     include_usage: bool,
+    /// The fuser sent its usage.
+    saw_usage: bool,
     deadline: Instant,
-    timeout: Duration,
     finished: bool,
 }
 
@@ -78,12 +84,13 @@ impl Relay {
             let frame = tokio::time::timeout_at(self.deadline, self.body.frame()).await;
             match frame {
                 Err(_) => {
-                    let why = format!("the fuser did not finish within {:?}", self.timeout);
-                    return Some(self.fail(&why));
+                    let why = "the fuser did not finish in time (fuser.timeout or \
+                               server.request_timeout)";
+                    return Some(self.fail(why));
                 }
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        self.pending.extend_from_slice(&data);
+                        self.append(&data);
                     }
                 }
                 Ok(Some(Err(e))) => {
@@ -94,24 +101,54 @@ impl Relay {
         }
     }
 
+    /// Appends `data` with its line ends made `\n`: SSE allows `\r\n` and `\r` too.
+    fn append(&mut self, data: &[u8]) {
+        for &byte in data {
+            match byte {
+                b'\n' if self.after_cr => {}
+                b'\r' => self.pending.push(b'\n'),
+                other => self.pending.push(other),
+            }
+            self.after_cr = byte == b'\r';
+        }
+    }
+
     /// One whole event (without its blank-line terminator) out of `pending`.
     fn take_event(&mut self) -> Option<Vec<u8>> {
-        let at = self.pending.windows(2).position(|w| w == b"\n\n")?;
+        let from = self.scanned.saturating_sub(1);
+        let Some(found) = self.pending[from..].windows(2).position(|w| w == b"\n\n") else {
+            self.scanned = self.pending.len();
+            return None;
+        };
+        let at = from + found;
         let event = self.pending[..at].to_vec();
         self.pending.drain(..at + 2);
+        self.scanned = 0;
         Some(event)
     }
 
     /// What the client gets for one fuser event.
     fn forward(&mut self, event: &[u8]) -> Vec<Bytes> {
+        if event.iter().all(u8::is_ascii_whitespace) {
+            return Vec::new();
+        }
         let text = String::from_utf8_lossy(event);
-        let data = text.lines().find_map(|line| line.strip_prefix("data:"));
-        let Some(data) = data.map(str::trim) else {
-            return Vec::new(); // comments and keep-alives of the fuser's own
-        };
+        let lines: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .map(|data| data.strip_prefix(' ').unwrap_or(data))
+            .collect();
+        if lines.is_empty() {
+            // The fuser's own comments and keep-alives: keep the client's connection busy too.
+            return vec![Bytes::from_static(sse::KEEPALIVE)];
+        }
+        let data = lines.join("\n");
+        let data = data.trim();
         if data == "[DONE]" {
             self.finished = true;
-            return vec![Bytes::from_static(sse::DONE)];
+            let mut out = self.missing_usage();
+            out.push(Bytes::from_static(sse::DONE));
+            return out;
         }
         let Ok(mut chunk) = serde_json::from_str::<Value>(data) else {
             return vec![Bytes::from(format!("data: {data}\n\n"))];
@@ -123,11 +160,12 @@ impl Relay {
 
     /// The chunk with usage summed (client asked for it), or without usage (it did not);
     /// `None` for a usage-only chunk the client does not get.
-    fn with_honest_usage(&self, chunk: &mut Value) -> Option<Value> {
+    fn with_honest_usage(&mut self, chunk: &mut Value) -> Option<Value> {
         let usage = chunk.get("usage").filter(|u| !u.is_null()).cloned();
         let Some(usage) = usage else {
             return Some(chunk.take());
         };
+        self.saw_usage = true;
         if self.include_usage {
             let fuser: Usage = serde_json::from_value(usage).unwrap_or_default();
             let mut total = self.prior.clone();
@@ -142,18 +180,33 @@ impl Relay {
         has_choices.then(|| chunk.take())
     }
 
-    /// The stream ended: whatever whole event is left, and `[DONE]` if the fuser sent none.
+    /// The stream ended: whatever whole event is left; without the fuser's `[DONE]` the
+    /// answer may be cut short, which the client must be told.
     fn end(&mut self) -> Option<Vec<Bytes>> {
-        self.pending.extend_from_slice(b"\n\n");
+        self.append(b"\n\n");
         let mut out = Vec::new();
         while let Some(event) = self.take_event() {
             out.extend(self.forward(&event));
         }
         if !self.finished {
-            out.push(Bytes::from_static(sse::DONE));
+            out.extend(self.fail("the fuser's stream ended without [DONE]"));
         }
         self.finished = true;
         Some(out)
+    }
+
+    /// A usage chunk with the candidates' tokens, for a client that asked for usage when the
+    /// fuser sent none: the candidates were paid for either way.
+    fn missing_usage(&self) -> Vec<Bytes> {
+        if !self.include_usage || self.saw_usage {
+            return Vec::new();
+        }
+        let chunk = serde_json::json!({
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": self.prior,
+        });
+        vec![Bytes::from(format!("data: {chunk}\n\n"))]
     }
 
     fn fail(&mut self, why: &str) -> Vec<Bytes> {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::mock::{Call, MockUpstream, Reply};
+use common::mock::{Call, MockUpstream, Reply, ReplyBody};
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -337,4 +337,75 @@ async fn a_fuser_stream_that_breaks_off_ends_with_an_error_event() {
         .find(|c| c.get("error").is_some())
         .expect("an error event");
     assert_eq!(error["error"]["code"], "fuser_failed");
+}
+
+/// A fuser stream of `parts` as content chunks, events ended by `end`, with or without `[DONE]`
+/// and without a usage chunk.
+fn raw_stream(parts: &[&str], end: &str, done: bool) -> Reply {
+    let mut events: Vec<String> = parts
+        .iter()
+        .map(|part| {
+            let chunk = json!({"id": "f", "object": "chat.completion.chunk", "created": 1,
+                "model": "fuser", "choices": [{"index": 0, "delta": {"content": part},
+                "finish_reason": null}]});
+            format!("data: {chunk}{end}{end}")
+        })
+        .collect();
+    if done {
+        events.push(format!("data: [DONE]{end}{end}"));
+    }
+    let mut reply = Reply::sse(Vec::new(), Duration::ZERO);
+    let chunks = events.into_iter().map(|e| (Duration::ZERO, Bytes::from(e)));
+    reply.body = ReplyBody::Chunks(chunks.collect());
+    reply
+}
+
+async fn fused_stream_with(fuser: Reply, include_usage: bool) -> Vec<Value> {
+    let mock = MockUpstream::with_handler(move |call: &Call| {
+        if is_fuser(call) && streamed(call) {
+            return fuser.clone();
+        }
+        upstream(call)
+    })
+    .await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let body = json!({"model": "m", "stream": true,
+        "stream_options": {"include_usage": include_usage},
+        "messages": [{"role": "user", "content": "Q"}]});
+    read_live(&proxy, body)
+        .await
+        .into_iter()
+        .map(|(_, e)| serde_json::from_str(&e).unwrap_or(Value::String(e)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fuser_writing_crlf_events_is_relayed_whole() {
+    let events = fused_stream_with(raw_stream(&["one ", "two"], "\r\n", true), false).await;
+    let text: String = events
+        .iter()
+        .filter_map(|e| content_of(&e.to_string()))
+        .collect();
+    assert_eq!(text, "one two");
+    assert_eq!(events.last(), Some(&Value::String("[DONE]".into())));
+}
+
+#[tokio::test]
+async fn a_fuser_stream_without_done_is_reported_as_cut_short() {
+    let events = fused_stream_with(raw_stream(&["partial"], "\n", false), false).await;
+    let error = events
+        .iter()
+        .find(|e| e.get("error").is_some())
+        .expect("an error event");
+    assert_eq!(error["error"]["code"], "fuser_failed");
+}
+
+#[tokio::test]
+async fn the_candidates_usage_is_reported_even_when_the_fuser_sends_none() {
+    let events = fused_stream_with(raw_stream(&["answer"], "\n", true), true).await;
+    let usage = events
+        .iter()
+        .find(|e| e.get("usage").is_some_and(|u| !u.is_null()))
+        .expect("a usage chunk");
+    assert_eq!(usage["usage"]["total_tokens"], 3 * 15);
 }

@@ -58,6 +58,18 @@ impl JudgeCall {
         }
     }
 
+    /// True when the call goes to the upstream with the client's headers; false for an
+    /// endpoint of its own.
+    pub fn forwards_client_headers(&self) -> bool {
+        self.forward_client_headers
+    }
+
+    /// Counts `usage` in `bon_tokens_total` under this call's kind.
+    pub fn count_tokens(&self, usage: &Usage) {
+        self.metrics
+            .tokens(self.kind, usage.prompt_tokens, usage.completion_tokens);
+    }
+
     /// The same call, counted in metrics as `kind` (`reward_model` for model servers).
     pub fn counted_as(mut self, kind: &'static str) -> JudgeCall {
         self.kind = kind;

@@ -138,11 +138,14 @@ pub fn extract(text: &str, json_mode: bool) -> Extracted {
             };
         }
     }
-    let (rule, answer) = if let Some(inner) = last_boxed(&text) {
+    // A final answer sits at the end; reading only the tail bounds the work a huge (or
+    // hostile) answer can cause, since the brace matching is quadratic in the worst case.
+    let text = tail(&text, MAX_READ_BYTES);
+    let (rule, answer) = if let Some(inner) = last_boxed(text) {
         (Rule::Boxed, inner)
-    } else if let Some(line) = after_final_answer(&text) {
+    } else if let Some(line) = after_final_answer(text) {
         (Rule::FinalAnswer, line)
-    } else if let Some((start, end)) = numbers(&text).last().copied() {
+    } else if let Some((start, end)) = numbers(text).last().copied() {
         (Rule::LastNumber, &text[start..end])
     } else {
         (Rule::Text, text.trim())
@@ -152,6 +155,18 @@ pub fn extract(text: &str, json_mode: bool) -> Extracted {
         key: normalise(answer),
         answer: answer.to_string(),
     }
+}
+
+/// How much of the end of an answer is read for its final answer.
+const MAX_READ_BYTES: usize = 4096;
+
+/// The last `max` bytes of `text` (less, to start on a character boundary).
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 /// The contents of the last `\boxed{...}` whose braces balance.
@@ -493,6 +508,17 @@ fn jaccard(a: &BTreeSet<String>, b: &BTreeSet<String>) -> f64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_huge_answer_is_read_from_its_end_only() {
+        let hostile = format!("{}The answer is 42.", "\\boxed{".repeat(200_000));
+        let started = std::time::Instant::now();
+        let read = extract(&hostile, false);
+        assert_eq!(read.key, "42");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(tail("ééé", 3), "é", "a character boundary");
+    }
+
     use super::*;
 
     fn key(text: &str) -> String {
