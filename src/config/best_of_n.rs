@@ -87,13 +87,9 @@ impl Mode {
         }
     }
 
-    /// The mode called `name`, as a header or config value spells it.
+    /// The mode called `name`, spelt as in the config (one mapping: serde's).
     pub fn from_name(name: &str) -> Option<Mode> {
-        match name {
-            "select" => Some(Mode::Select),
-            "fuse" => Some(Mode::Fuse),
-            _ => None,
-        }
+        serde_json::from_value(serde_json::Value::from(name)).ok()
     }
 }
 
