@@ -21,6 +21,7 @@ pub(crate) mod connections;
 pub mod demo;
 pub(crate) mod diversity;
 pub mod error;
+pub mod eval;
 pub mod fanout;
 pub mod fusion;
 pub(crate) mod generation;

@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `check-config` and `demo-upstream`.
+//! The command line: `serve` (the default), `check-config`, `eval` and `demo-upstream`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,6 +29,8 @@ enum Command {
         #[arg(long, default_value = "proxy.toml", env = "BON_CONFIG")]
         config: PathBuf,
     },
+    /// Evaluate judges on a preference data set (JSONL pairs or lists), without a server.
+    Eval(EvalArgs),
     /// Run only the built-in demo upstream, an offline OpenAI-compatible server.
     DemoUpstream {
         #[arg(long, default_value = "127.0.0.1:9090")]
@@ -54,6 +56,32 @@ struct ServeArgs {
     demo_latency_ms: u64,
 }
 
+#[derive(Args)]
+struct EvalArgs {
+    /// Preference data, one JSON object a line: a pair (`prompt`|`messages`, `chosen`,
+    /// `rejected`, `subset`?) or a list (`messages`, `candidates`, `best`, `ranking`?).
+    #[arg(long)]
+    data: PathBuf,
+    /// Config file; without one, the defaults and the environment, as `serve --demo` reads them.
+    #[arg(long, env = "BON_CONFIG")]
+    config: Option<PathBuf>,
+    /// A judge to evaluate (repeatable); every configured and built-in judge when none is named.
+    #[arg(long = "judge", value_name = "NAME")]
+    judges: Vec<String>,
+    /// Judge decisions in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Evaluate only the first M items.
+    #[arg(long, value_name = "M")]
+    limit: Option<usize>,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// The model the judges are told the client asked for (a judge's own `model` wins).
+    #[arg(long, default_value = bon_proxy::eval::DEFAULT_MODEL)]
+    model: String,
+}
+
 // Requests allocate many small JSON values; mimalloc serves them faster than the system
 // allocator and keeps the heap compact under many open streams.
 #[global_allocator]
@@ -71,6 +99,7 @@ fn main() -> ExitCode {
             runtime(config.server.worker_threads)?.block_on(serve(args, config))
         }),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Eval(args) => eval(args),
         Command::DemoUpstream {
             listen,
             latency_ms,
@@ -112,15 +141,20 @@ fn init_logging() {
 
 fn load_config(path: &Path, demo: bool) -> Result<Config, String> {
     if demo && !path.exists() {
-        let mut config = Config::default();
-        config
-            .apply_env(|name| std::env::var(name).ok())
-            .map_err(|e| e.to_string())?;
-        return Ok(config);
+        return env_config();
     }
     let config = Config::load(path).map_err(|e| e.to_string())?;
     bon_proxy::state::check_judges(&config, &Secrets::from_env(&config))
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(config)
+}
+
+/// The defaults with the environment's overrides, for commands run without a config file.
+fn env_config() -> Result<Config, String> {
+    let mut config = Config::default();
+    config
+        .apply_env(|name| std::env::var(name).ok())
+        .map_err(|e| e.to_string())?;
     Ok(config)
 }
 
@@ -172,6 +206,22 @@ async fn demo_upstream(listen: &str, latency_ms: u64, seed: u64) -> Result<(), S
         result = demo::serve(listener, options) => result.map_err(|e| e.to_string()),
         _ = shutdown_signal() => Ok(()),
     }
+}
+
+fn eval(args: EvalArgs) -> Result<(), String> {
+    let config = match &args.config {
+        Some(path) => load_config(path, false)?,
+        None => env_config()?,
+    };
+    let command = bon_proxy::eval::EvalCommand {
+        data: args.data,
+        judges: args.judges,
+        concurrency: usize::from(args.concurrency),
+        limit: args.limit,
+        report: args.report,
+        model: args.model,
+    };
+    runtime(config.server.worker_threads)?.block_on(bon_proxy::eval::run(&config, &command))
 }
 
 fn check_config(path: &Path) -> Result<(), String> {
