@@ -288,3 +288,32 @@ fn an_unknown_judge_is_a_usage_error_listing_the_judges() {
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_items_are_right_when_the_judge_picks_best() {
+    let mock = MockUpstream::with_handler(|call: &Call| {
+        let candidates = call.judge_candidates();
+        match candidates.iter().find(|(_, text)| text.contains("RIGHT")) {
+            Some((id, _)) => Reply::judge_best(id, &[]),
+            None => default_handler(call),
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("lists.jsonl");
+    let lines = [
+        r#"{"messages":[{"role":"user","content":"q1"}],"candidates":["RIGHT","no","nope"],"best":0,"subset":"s"}"#,
+        r#"{"messages":[{"role":"user","content":"q2"}],"candidates":["no","nope","RIGHT"],"best":2,"ranking":[2,0,1]}"#,
+    ];
+    std::fs::write(&data, lines.join("\n")).expect("write data");
+    let args = ["--data", path_str(&data), "--judge", "listwise"];
+    let done = blocking(|| eval(Some(&mock), &args));
+    assert!(done.status.success(), "{}", done.stderr);
+    let report = done.report.expect("report written");
+    let j = judge(&report, "listwise");
+    assert_eq!(j["items"], 2, "{j}");
+    assert_eq!(j["accuracy"], 1.0, "{j}");
+    assert!(j["position_consistency"].is_null(), "no pairs: {j}");
+    assert_eq!(j["subsets"]["s"]["items"], 1, "{j}");
+    assert_eq!(mock.calls().len(), 2, "a list is judged once");
+}
