@@ -1,4 +1,5 @@
-//! The command line: `serve` (the default), `check-config` and `demo-upstream`.
+//! The command line: `serve` (the default), `check-config`, `demo-upstream` and
+//! `export-pairs`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,6 +40,16 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Turn a decision log (logged with `decisions.include_content`) into pairwise eval data:
+    /// the winner as `chosen`, each loser as `rejected`. These are the judge's labels.
+    ExportPairs {
+        /// The decision log, JSONL.
+        #[arg(long)]
+        from: PathBuf,
+        /// Where the pairs go, JSONL; overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args, Default)]
@@ -76,6 +87,7 @@ fn main() -> ExitCode {
             latency_ms,
             seed,
         } => runtime(0).and_then(|rt| rt.block_on(demo_upstream(&listen, latency_ms, seed))),
+        Command::ExportPairs { from, out } => export_pairs(&from, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -203,6 +215,21 @@ fn check_config(path: &Path) -> Result<(), String> {
     config.fuser.base_url = bon_proxy::upstream::redact_url(&config.fuser.base_url);
     let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
     println!("\n{text}");
+    Ok(())
+}
+
+fn export_pairs(from: &Path, out: &Path) -> Result<(), String> {
+    let summary = bon_proxy::decisions::export_pairs(from, out)?;
+    eprintln!(
+        "{} pairs from {} decisions written to {}; {} decisions skipped ({} logged without \
+         include_content, {} chosen by a fallback or written by the fuser)",
+        summary.pairs,
+        summary.decisions,
+        out.display(),
+        summary.skipped(),
+        summary.skipped_without_content,
+        summary.skipped_not_judged,
+    );
     Ok(())
 }
 
