@@ -303,3 +303,92 @@ fn export_pairs_errors_name_the_line() {
     let err = export_pairs(&from, &dir.path().join("out.jsonl")).unwrap_err();
     assert!(err.contains("bad.jsonl:2"), "{err}");
 }
+
+#[tokio::test]
+async fn a_fused_answer_is_logged_with_no_judge_and_no_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let mock = MockUpstream::with_handler(|call: &Call| {
+        if call.is_judge() && call.prompt_text().contains("Write the single best reply") {
+            return Reply::completion("FUSED ANSWER");
+        }
+        Reply::completion(&format!("answer {}", call.seq))
+    })
+    .await;
+    let proxy = start_proxy(logging_config(&mock, &path)).await;
+    let headers = [("x-best-of-n", "2"), ("x-best-of-n-mode", "fuse")];
+    let answer = post_chat(&proxy, &headers, chat_body("Fuse?")).await;
+    assert_eq!(answer.content(), "FUSED ANSWER");
+    let logged = wait_for_lines(&path, 1).await;
+    let line = &logged[0];
+    assert_eq!(line["mode"], "fuse");
+    assert_eq!(line["strategy"], "fuse");
+    assert_eq!(line["judge"], Value::Null);
+    assert_eq!(line["winner"], Value::Null);
+    assert_eq!(line["ranking"], json!([]));
+    assert_eq!(line["candidates"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn export_pairs_on_the_command_line_says_what_it_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = dir.path().join("decisions.jsonl");
+    let decision = |fallback: Value, with_content: bool| {
+        let text = |t: &str| if with_content { json!(t) } else { Value::Null };
+        let mut line = json!({
+            "time": "2026-01-01T00:00:00.000Z", "request_id": "r", "model": "m", "n": 3,
+            "judge": "strict", "strategy": "listwise", "mode": "select", "winner": 2,
+            "ranking": [2, 0, 1], "scores": [0.5, 0.1, 0.9], "fallback": fallback,
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+            "latency_ms": 12.5,
+            "candidates": [
+                {"index": 0, "status": "ok", "model": "m", "text": text("zero")},
+                {"index": 1, "status": "ok", "model": "m", "text": text("one")},
+                {"index": 2, "status": "ok", "model": "m", "text": text("two")},
+            ],
+        });
+        if with_content {
+            line["conversation"] = json!([{"role": "user", "content": "q"}]);
+        }
+        line.to_string()
+    };
+    let text = [
+        decision(Value::Null, true),
+        decision(json!("first_ok (judge_failed)"), true),
+        decision(Value::Null, false),
+    ]
+    .join("\n");
+    std::fs::write(&from, text).unwrap();
+    let out = dir.path().join("pairs.jsonl");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bon-proxy"))
+        .args(["export-pairs", "--from"])
+        .arg(&from)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("2 pairs from 3 decisions"), "{stderr}");
+    assert!(stderr.contains("2 decisions skipped"), "{stderr}");
+    let pairs = lines(&out);
+    assert_eq!(
+        pairs[0],
+        json!({"messages": [{"role": "user", "content": "q"}], "chosen": "two",
+               "rejected": "zero", "subset": "strict"})
+    );
+    assert_eq!(pairs[1]["rejected"], "one");
+}
+
+#[tokio::test]
+async fn an_unusable_path_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockUpstream::start().await;
+    let path = dir.path().join("missing-dir").join("decisions.jsonl");
+    let config = logging_config(&mock, &path);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = bon_proxy::Server::with_listener(listener, config, Default::default())
+        .err()
+        .expect("start-up refused");
+    assert!(err.to_string().contains("decisions.path"), "{err}");
+}
