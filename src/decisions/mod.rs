@@ -11,6 +11,9 @@ mod export;
 mod record;
 mod writer;
 
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::config::DecisionsConfig;
@@ -23,10 +26,16 @@ pub use writer::{rotated, RotatingFile};
 /// Lines that may wait for the writer; at a few KiB each, a bounded few MiB of memory.
 const CHANNEL_CAPACITY: usize = 1024;
 
-/// The log's sending side, owned by `AppState`; the writer thread stops once it is dropped
-/// and the lines queued so far are written.
+/// How long dropping the log (at shutdown) waits for the queued lines to be written: long
+/// enough for a healthy disk, short enough that a stuck one cannot hold the exit.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// The log's sending side, owned by `AppState`. Dropping it closes the channel; the writer
+/// thread writes what was queued, then stops.
 pub struct DecisionLog {
-    sender: mpsc::Sender<Decision>,
+    /// `None` only while dropping.
+    sender: Option<mpsc::Sender<Decision>>,
+    writer: JoinHandle<()>,
     sample_rate: f64,
     include_content: bool,
     metrics: Metrics,
@@ -49,7 +58,7 @@ impl DecisionLog {
         mut write: impl FnMut(Decision) + Send + 'static,
     ) -> Result<DecisionLog, String> {
         let (sender, mut receiver) = mpsc::channel::<Decision>(capacity);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("bon-decisions".into())
             .spawn(move || {
                 while let Some(decision) = receiver.blocking_recv() {
@@ -58,7 +67,8 @@ impl DecisionLog {
             })
             .map_err(|e| format!("cannot start the decision log writer: {e}"))?;
         Ok(DecisionLog {
-            sender,
+            sender: Some(sender),
+            writer,
             sample_rate: config.sample_rate,
             include_content: config.include_content,
             metrics,
@@ -71,7 +81,10 @@ impl DecisionLog {
         if !self.sampled() {
             return;
         }
-        match self.sender.try_send(make(self.include_content)) {
+        let Some(sender) = &self.sender else {
+            return;
+        };
+        match sender.try_send(make(self.include_content)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {
                 self.metrics.decision_dropped();
@@ -85,6 +98,25 @@ impl DecisionLog {
         }
         // `random` is in [0, 1): a rate of 0 never logs.
         rand::random::<f64>() < self.sample_rate
+    }
+}
+
+impl Drop for DecisionLog {
+    /// At shutdown the lines already queued are written before the process exits, within
+    /// [`DRAIN_WAIT`].
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        // Polled rather than joined: a writer stuck on a dead disk must not hold the exit.
+        let started = Instant::now();
+        while !self.writer.is_finished() {
+            if started.elapsed() > DRAIN_WAIT {
+                tracing::warn!(
+                    "the decision log writer did not finish in time; its last lines may be lost"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -141,6 +173,22 @@ mod tests {
         // The channel holds `capacity` lines; the 5 after them are dropped.
         assert_eq!(metrics.decisions_dropped(), 5);
         drop(release);
+    }
+
+    #[test]
+    fn dropping_the_log_writes_what_was_queued() {
+        let (sent, received) = std_mpsc::channel();
+        let config = DecisionsConfig::default();
+        let log = DecisionLog::with_writer(64, &config, Metrics::new(), move |d| {
+            std::thread::sleep(Duration::from_millis(5));
+            let _ = sent.send(d);
+        })
+        .unwrap();
+        for i in 0..20 {
+            log.record(|_| decision(i));
+        }
+        drop(log);
+        assert_eq!(received.try_iter().count(), 20);
     }
 
     #[test]
