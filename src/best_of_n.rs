@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::fanout::Candidate;
 use crate::fusion::{FuserFailed, FuserStream};
 use crate::generation;
+use crate::judge::NamedJudge;
 use crate::openai::{ChatRequest, Usage};
 use crate::plan::BestOfN;
 use crate::relay;
@@ -352,7 +353,7 @@ async fn generate_and_select(
         Mode::Select => {
             // Log-probabilities asked for the judge's sake are not the client's to receive.
             let strip_logprobs = generator.logprobs && !request.wants_logprobs();
-            select(state, job, &candidates, strip_logprobs, timing).await?
+            select(state, job, judge, &candidates, strip_logprobs, timing).await?
         }
     };
     let usage = ready.completion.usage.as_ref();
@@ -364,12 +365,12 @@ async fn generate_and_select(
 async fn select(
     state: &AppState,
     job: &Job,
+    judge: &NamedJudge,
     candidates: &[Candidate],
     strip_logprobs: bool,
     timing: &Timing,
 ) -> Result<(Ready, Option<Selection>), Failed> {
     let (plan, request) = (&job.plan, &job.request);
-    let judge = selection::judge_of(state, plan)?;
     let selection = selection::select(state, plan, request, candidates, &job.headers).await?;
     // The judge's time is waiting on an upstream call too, unless it decided alone.
     if let Some(verdict) = selection.verdict.as_ref().filter(|_| !judge.local) {

@@ -127,3 +127,61 @@ fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(i: usize) -> Decision {
+        let mut decision: Decision = serde_json::from_value(serde_json::json!({
+            "time": "2026-01-01T00:00:00.000Z", "request_id": null, "model": "m", "n": 1,
+            "judge": null, "strategy": null, "mode": "select", "winner": 0, "ranking": [0],
+            "scores": [null], "fallback": null, "usage": {}, "latency_ms": 1.0,
+            "candidates": [],
+        }))
+        .unwrap();
+        decision.request_id = Some(format!("{i:0>600}"));
+        decision
+    }
+
+    fn config(path: &Path, keep: u32) -> DecisionsConfig {
+        DecisionsConfig {
+            path: path.display().to_string(),
+            max_bytes: 1024,
+            keep,
+            ..DecisionsConfig::default()
+        }
+    }
+
+    #[test]
+    fn keep_zero_rotates_into_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let metrics = Metrics::new();
+        let mut file = RotatingFile::open(&config(&path, 0), metrics.clone()).unwrap();
+        for i in 0..4 {
+            file.write(&line(i));
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("0003"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(metrics.decisions_dropped(), 0);
+    }
+
+    #[test]
+    fn lines_that_cannot_be_written_are_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("gone");
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("d.jsonl");
+        let metrics = Metrics::new();
+        let mut file = RotatingFile::open(&config(&path, 2), metrics.clone()).unwrap();
+        file.write(&line(0));
+        // The directory disappears: rotating (and reopening) fails from now on.
+        std::fs::remove_dir_all(&sub).unwrap();
+        file.write(&line(1));
+        file.write(&line(2));
+        assert_eq!(metrics.decisions_dropped(), 2);
+    }
+}
