@@ -392,3 +392,22 @@ async fn an_unusable_path_stops_start_up_naming_the_key() {
         .expect("start-up refused");
     assert!(err.to_string().contains("decisions.path"), "{err}");
 }
+
+#[tokio::test]
+async fn a_streamed_best_of_n_answer_is_logged_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let mock = MockUpstream::with_handler(judge_picks_answer_1).await;
+    let proxy = start_proxy(logging_config(&mock, &path)).await;
+    let body = json!({
+        "model": "gpt-test",
+        "stream": true,
+        "messages": [{"role": "user", "content": "Stream?"}],
+    });
+    let answer = post_chat(&proxy, &[("x-best-of-n", "2")], body.to_string()).await;
+    assert_eq!(answer.status, 200);
+    let logged = wait_for_lines(&path, 1).await;
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0]["mode"], "select");
+    assert_eq!(logged[0]["n"], 2);
+}
