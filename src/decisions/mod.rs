@@ -103,7 +103,7 @@ impl DecisionLog {
 
 impl Drop for DecisionLog {
     /// At shutdown the lines already queued are written before the process exits, within
-    /// [`DRAIN_WAIT`].
+    /// `DRAIN_WAIT`.
     fn drop(&mut self) {
         drop(self.sender.take());
         // Polled rather than joined: a writer stuck on a dead disk must not hold the exit.
