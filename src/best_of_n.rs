@@ -17,15 +17,17 @@ use crate::answer::{Failed, Ready};
 use crate::body::Body;
 use crate::cache::{self, KeyBuilder};
 use crate::config::{Mode, DEFAULT_RUBRIC_PRESET};
+use crate::decisions::{Answered, Decision};
 use crate::error::ApiError;
 use crate::fanout::Candidate;
 use crate::fusion::{FuserFailed, FuserStream};
 use crate::generation;
-use crate::openai::ChatRequest;
+use crate::judge::NamedJudge;
+use crate::openai::{ChatRequest, Usage};
 use crate::plan::BestOfN;
 use crate::relay;
 use crate::respond;
-use crate::selection;
+use crate::selection::{self, Selection};
 use crate::state::AppState;
 use crate::streaming::{self, Live, Streamed};
 
@@ -211,12 +213,11 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
         .fuser
         .stream(request, &candidates, &rubrics, &job.headers)
         .await;
-    match streamed {
-        Ok(FuserStream::Whole(fused)) => Ok(Streamed::Ready(Box::new(respond::fused(
-            plan,
-            &candidates,
-            *fused,
-        )))),
+    let (streamed, selection) = match streamed {
+        Ok(FuserStream::Whole(fused)) => {
+            let ready = respond::fused(plan, &candidates, *fused);
+            (Streamed::Ready(Box::new(ready)), None)
+        }
         Ok(FuserStream::Live(response)) => {
             let fuser_headers = state.fuser.client_headers(response.headers());
             let mut headers = respond::fused_headers(plan, &fuser_headers);
@@ -231,15 +232,23 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
             let deadline = tokio::time::Instant::from_std(deadline);
             let include_usage = request.include_usage();
             let events = relay::relay(response.into_body(), prior, include_usage, deadline);
-            Ok(Streamed::Live(Live { headers, events }))
+            (Streamed::Live(Live { headers, events }), None)
         }
         Err(FuserFailed(why)) => {
             tracing::warn!(%why, "the fuser wrote nothing; answering with a candidate");
             let selection = selection::without_fuser(&candidates, why);
-            respond::build(plan, &candidates, &selection, 1, false)
-                .map(|ready| Streamed::Ready(Box::new(ready)))
+            let ready = respond::build(plan, &candidates, &selection, 1, false)?;
+            (Streamed::Ready(Box::new(ready)), Some(selection))
         }
-    }
+    };
+    // A live stream is logged as it starts: its usage is the candidates' (the fuser's own
+    // is still being written) and its latency the time to the fuser's first byte.
+    let usage = match &streamed {
+        Streamed::Ready(ready) => ready.completion.usage.clone(),
+        Streamed::Live(_) => Some(respond::candidate_usage(&candidates)),
+    };
+    log_decision(state, job, &candidates, selection.as_ref(), usage.as_ref());
+    Ok(streamed)
 }
 
 /// The rubrics the fuser is shown: the request's preset, or helpfulness.
@@ -304,14 +313,7 @@ fn compute(state: Arc<AppState>, job: Arc<Job>) -> BoxFuture<'static, Result<Rea
         let timing = Timing::default();
         let deadline = state.config.server.request_timeout;
         let plan = &job.plan;
-        let work = generate_and_select(
-            &state,
-            plan,
-            &job.headers,
-            &job.target,
-            &job.request,
-            &timing,
-        );
+        let work = generate_and_select(&state, &job, &timing);
         let result = match tokio::time::timeout(deadline, work).await {
             Ok(result) => result,
             Err(_) => Err(Failed::Proxy(ApiError::gateway_timeout(format!(
@@ -329,12 +331,10 @@ fn compute(state: Arc<AppState>, job: Arc<Job>) -> BoxFuture<'static, Result<Rea
 
 async fn generate_and_select(
     state: &AppState,
-    plan: &BestOfN,
-    headers: &HeaderMap,
-    target: &str,
-    request: &ChatRequest,
+    job: &Job,
     timing: &Timing,
 ) -> Result<Ready, Failed> {
+    let (plan, headers, request) = (&job.plan, &job.headers, &job.request);
     let generation_started = Instant::now();
     let judge = selection::judge_of(state, plan)?;
     // In fuse mode the fuser reads every candidate: no judge shapes or cuts the fan-out.
@@ -345,26 +345,67 @@ async fn generate_and_select(
         .then(|| selection::early_stop(judge, request, plan.n, needed(state, plan, request)))
         .flatten();
     let candidates =
-        generation::generate(&generator, target, headers, request, plan.n, stop).await?;
+        generation::generate(&generator, &job.target, headers, request, plan.n, stop).await?;
     timing.waited(generation_started);
     check_enough(state, plan, request, &candidates)?;
-    if plan.mode == Mode::Fuse {
-        return fuse(state, plan, request, &candidates, headers, timing).await;
-    }
-    let selection = selection::select(state, plan, request, &candidates, headers).await?;
+    let (ready, selection) = match plan.mode {
+        Mode::Fuse => fuse(state, plan, request, &candidates, headers, timing).await?,
+        Mode::Select => {
+            // Log-probabilities asked for the judge's sake are not the client's to receive.
+            let strip_logprobs = generator.logprobs && !request.wants_logprobs();
+            select(state, job, judge, &candidates, strip_logprobs, timing).await?
+        }
+    };
+    let usage = ready.completion.usage.as_ref();
+    log_decision(state, job, &candidates, selection.as_ref(), usage);
+    Ok(ready)
+}
+
+/// Select mode: the judge ranks the candidates and the best answer (the best `n`) goes out.
+async fn select(
+    state: &AppState,
+    job: &Job,
+    judge: &NamedJudge,
+    candidates: &[Candidate],
+    strip_logprobs: bool,
+    timing: &Timing,
+) -> Result<(Ready, Option<Selection>), Failed> {
+    let (plan, request) = (&job.plan, &job.request);
+    let selection = selection::select(state, plan, request, candidates, &job.headers).await?;
     // The judge's time is waiting on an upstream call too, unless it decided alone.
     if let Some(verdict) = selection.verdict.as_ref().filter(|_| !judge.local) {
         timing.add(verdict.latency);
     }
-    // Log-probabilities asked for the judge's sake are not the client's to receive.
-    let strip_logprobs = generator.logprobs && !request.wants_logprobs();
-    respond::build(
-        plan,
-        &candidates,
-        &selection,
-        request.choices_wanted() as usize,
-        strip_logprobs,
-    )
+    let choices = request.choices_wanted() as usize;
+    let ready = respond::build(plan, candidates, &selection, choices, strip_logprobs)?;
+    Ok((ready, Some(selection)))
+}
+
+/// Offers the decision behind an answer to the decision log, when it is on. Only queued
+/// here, never written: the answer does not wait for the disk.
+fn log_decision(
+    state: &AppState,
+    job: &Job,
+    candidates: &[Candidate],
+    selection: Option<&Selection>,
+    usage: Option<&Usage>,
+) {
+    let Some(log) = &state.decisions else {
+        return;
+    };
+    let answered = Answered {
+        plan: &job.plan,
+        request: &job.request,
+        candidates,
+        selection,
+        usage,
+        latency: job.started.elapsed(),
+        request_id: job
+            .headers
+            .get("x-request-id")
+            .and_then(|id| id.to_str().ok()),
+    };
+    log.record(|include_content| Decision::from_answer(&answered, include_content));
 }
 
 /// How this process asks for candidates; `logprobs` when the judge reads them.
@@ -387,7 +428,7 @@ async fn fuse(
     candidates: &[Candidate],
     headers: &HeaderMap,
     timing: &Timing,
-) -> Result<Ready, Failed> {
+) -> Result<(Ready, Option<Selection>), Failed> {
     let rubrics = fuser_rubrics(state, plan);
     let fusing_started = Instant::now();
     let fused = state
@@ -396,11 +437,12 @@ async fn fuse(
         .await;
     timing.waited(fusing_started);
     match fused {
-        Ok(fused) => Ok(respond::fused(plan, candidates, fused)),
+        Ok(fused) => Ok((respond::fused(plan, candidates, fused), None)),
         Err(FuserFailed(why)) => {
             tracing::warn!(%why, "the fuser wrote nothing; answering with a candidate");
             let selection = selection::without_fuser(candidates, why);
-            respond::build(plan, candidates, &selection, 1, false)
+            let ready = respond::build(plan, candidates, &selection, 1, false)?;
+            Ok((ready, Some(selection)))
         }
     }
 }

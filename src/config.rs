@@ -6,6 +6,7 @@
 //! [`Config::validate`] names the key for the checks that toml cannot express.
 
 mod best_of_n;
+mod decisions;
 mod fuser;
 mod judge;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use best_of_n::{BestOfNConfig, Diversity, Generation, Mode, DEFAULT_VARIATIONS};
+pub use decisions::DecisionsConfig;
 pub use fuser::FuserConfig;
 pub use judge::{Fallback, JudgeConfig, Rubrics, DEFAULT_RUBRIC_PRESET};
 
@@ -37,6 +39,8 @@ pub struct Config {
     pub fuser: FuserConfig,
     pub cache: CacheConfig,
     pub metrics: MetricsConfig,
+    /// The decision log (`bon-proxy export-pairs` reads it).
+    pub decisions: DecisionsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -333,6 +337,7 @@ impl Config {
             );
         }
         self.fuser.validate()?;
+        self.decisions.validate()?;
         judge::validate(&self.judge, &self.judges, &self.rubrics)
     }
 

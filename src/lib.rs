@@ -4,7 +4,7 @@
 //! The request path, top to bottom: [`server`] routes, [`plan`] decides, `generation` asks for
 //! the candidates (`diversity` writes their bodies, [`fanout`] makes parallel calls),
 //! [`selection`] has the [`judge`] pick (or falls back), [`respond`] builds the [`answer`];
-//! [`passthrough`] carries everything else.
+//! [`passthrough`] carries everything else; [`decisions`] logs what each answer was made from.
 //! `main.rs` is only the command line; tests and benches use this library directly.
 
 pub(crate) mod admission;
@@ -18,6 +18,7 @@ pub(crate) mod concurrently;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod connections;
+pub mod decisions;
 pub mod demo;
 pub(crate) mod diversity;
 pub mod error;

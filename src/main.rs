@@ -1,4 +1,5 @@
-//! The command line: `serve` (the default), `check-config`, `eval` and `demo-upstream`.
+//! The command line: `serve` (the default), `check-config`, `eval`, `export-pairs` and
+//! `demo-upstream`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +41,16 @@ enum Command {
         latency_ms: u64,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+    },
+    /// Turn a decision log (logged with `decisions.include_content`) into pairwise eval data:
+    /// the winner as `chosen`, each loser as `rejected`. These are the judge's labels.
+    ExportPairs {
+        /// The decision log, JSONL.
+        #[arg(long)]
+        from: PathBuf,
+        /// Where the pairs go, JSONL; overwritten.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -105,6 +116,7 @@ fn main() -> ExitCode {
             latency_ms,
             seed,
         } => runtime(0).and_then(|rt| rt.block_on(demo_upstream(&listen, latency_ms, seed))),
+        Command::ExportPairs { from, out } => export_pairs(&from, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -253,6 +265,21 @@ fn check_config(path: &Path) -> Result<(), String> {
     config.fuser.base_url = bon_proxy::upstream::redact_url(&config.fuser.base_url);
     let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
     println!("\n{text}");
+    Ok(())
+}
+
+fn export_pairs(from: &Path, out: &Path) -> Result<(), String> {
+    let summary = bon_proxy::decisions::export_pairs(from, out)?;
+    eprintln!(
+        "{} pairs from {} decisions written to {}; {} decisions skipped ({} logged without \
+         include_content, {} chosen by a fallback or written by the fuser)",
+        summary.pairs,
+        summary.decisions,
+        out.display(),
+        summary.skipped(),
+        summary.skipped_without_content,
+        summary.skipped_not_judged,
+    );
     Ok(())
 }
 

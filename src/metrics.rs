@@ -47,6 +47,7 @@ pub struct Metrics {
     tokens: IntCounterVec,
     inflight: IntGauge,
     connections_refused: IntCounterVec,
+    decisions_dropped: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -102,6 +103,13 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(coalesced.clone()))
+            .expect("unique metric");
+        let decisions_dropped = IntCounter::new(
+            "bon_decisions_dropped_total",
+            "Decision log lines dropped because the writer could not keep up or could not write",
+        )
+        .expect("valid metric");
+        r.register(Box::new(decisions_dropped.clone()))
             .expect("unique metric");
         let positions = HistogramOpts::new(
             "bon_selected_position",
@@ -190,6 +198,7 @@ impl Metrics {
                 "Client connections turned away at accept, by the limit that refused them",
                 &["reason"],
             ),
+            decisions_dropped,
             registry: r,
         }
     }
@@ -261,6 +270,16 @@ impl Metrics {
         self.connections_refused.with_label_values(&[reason]).inc();
     }
 
+    /// A decision log line that was not written (see `decisions`).
+    pub fn decision_dropped(&self) {
+        self.decisions_dropped.inc();
+    }
+
+    /// Lines the decision log dropped so far.
+    pub fn decisions_dropped(&self) -> u64 {
+        self.decisions_dropped.get()
+    }
+
     /// Counts a request in flight until the returned guard is dropped.
     pub fn inflight(&self) -> InflightGuard {
         self.inflight.inc();
@@ -323,6 +342,7 @@ mod tests {
         metrics.coalesced();
         metrics.cache_size(3, 4096);
         metrics.tokens("candidate", 10, 5);
+        metrics.decision_dropped();
         let _guard = metrics.inflight();
         let text = String::from_utf8(metrics.render()).unwrap();
         for name in [
@@ -341,6 +361,7 @@ mod tests {
             "bon_coalesced_requests_total",
             "bon_tokens_total",
             "bon_inflight_requests",
+            "bon_decisions_dropped_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

@@ -176,7 +176,9 @@ fn scores_header(candidates: &[Candidate], selection: &Selection) -> String {
         .join(",")
 }
 
-fn score_of(candidate: &Candidate, selection: &Selection) -> Option<f64> {
+/// The score the selection gave a candidate; `None` for a failed or disqualified one, or when
+/// a fallback chose.
+pub fn score_of(candidate: &Candidate, selection: &Selection) -> Option<f64> {
     candidate.answer()?;
     if selection.disqualified.contains(&candidate.index) {
         return None;

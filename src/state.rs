@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::cache::AnswerCache;
 use crate::config::{Config, ConfigError, JudgeConfig};
+use crate::decisions::DecisionLog;
 use crate::fusion::Fuser;
 use crate::generation::ModelsWithoutN;
 use crate::judge::call::JudgeCall;
@@ -70,6 +71,8 @@ pub struct AppState {
     pub cache: Option<AnswerCache>,
     /// Models whose upstream refused `n`, for `best_of_n.generation = "n_param"`.
     pub models_without_n: ModelsWithoutN,
+    /// `None` when `decisions.path` is empty.
+    pub decisions: Option<DecisionLog>,
 }
 
 impl AppState {
@@ -82,6 +85,11 @@ impl AppState {
             .cache
             .enabled
             .then(|| AnswerCache::new(&config.cache, metrics.clone()));
+        let decisions = config
+            .decisions
+            .enabled()
+            .then(|| DecisionLog::open(&config.decisions, metrics.clone()))
+            .transpose()?;
         Ok(Arc::new(AppState {
             config,
             upstream: main,
@@ -90,6 +98,7 @@ impl AppState {
             metrics,
             cache,
             models_without_n: ModelsWithoutN::default(),
+            decisions,
         }))
     }
 }
