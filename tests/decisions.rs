@@ -411,3 +411,52 @@ async fn a_streamed_best_of_n_answer_is_logged_too() {
     assert_eq!(logged[0]["mode"], "select");
     assert_eq!(logged[0]["n"], 2);
 }
+
+/// Live traffic becomes an eval data set: a logged decision, exported, is read by
+/// `bon-proxy eval`, and the same judge agrees with its own labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_pairs_round_trip_into_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let mock = MockUpstream::with_handler(judge_picks_answer_1).await;
+    let mut config = logging_config(&mock, &path);
+    config.decisions.include_content = true;
+    let proxy = start_proxy(config).await;
+    post_chat(&proxy, &[("x-best-of-n", "3")], chat_body("Which?"))
+        .await
+        .expect_ok();
+    wait_for_lines(&path, 1).await;
+    let pairs = dir.path().join("pairs.jsonl");
+    export_pairs(&path, &pairs).unwrap();
+
+    let eval_config = dir.path().join("eval.toml");
+    let toml = format!("[upstream]\nbase_url = \"{}\"\n", mock.base_url());
+    std::fs::write(&eval_config, toml).unwrap();
+    let report = dir.path().join("report.json");
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bon-proxy"))
+            .args(["eval", "--judge", "listwise", "--data"])
+            .arg(&pairs)
+            .arg("--config")
+            .arg(&eval_config)
+            .arg("--report")
+            .arg(&report)
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("BON_CONFIG")
+            .output()
+            .expect("run bon-proxy eval")
+    });
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let listwise = &report["judges"][0];
+    assert_eq!(listwise["name"], "listwise");
+    assert_eq!(listwise["items"], 2, "one pair per losing candidate");
+    assert_eq!(
+        listwise["accuracy"], 1.0,
+        "the judge agrees with its own labels"
+    );
+}
