@@ -317,3 +317,39 @@ async fn list_items_are_right_when_the_judge_picks_best() {
     assert_eq!(j["subsets"]["s"]["items"], 1, "{j}");
     assert_eq!(mock.calls().len(), 2, "a list is judged once");
 }
+
+/// Composite judges, a model server and a judge without calls all run through eval: the panel
+/// and the cascade decide through their members, the reward model (which the mock does not
+/// serve) fails every decision and says so, and consensus decides without any call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_judge_runs_under_eval() {
+    let mock = knowing_mock().await;
+    let args = [
+        "--data",
+        EXAMPLES,
+        "--limit",
+        "4",
+        "--judge",
+        "panel",
+        "--judge",
+        "cascade",
+        "--judge",
+        "reward_model",
+        "--judge",
+        "consensus",
+    ];
+    let done = blocking(|| eval(Some(&mock), &args));
+    assert!(done.status.success(), "{}\n{}", done.stdout, done.stderr);
+    let report = done.report.expect("report written");
+    for name in ["panel", "cascade"] {
+        let j = judge(&report, name);
+        assert_eq!(j["items"], 4, "{j}");
+        assert_eq!(j["accuracy"], 1.0, "{j}");
+    }
+    let reward = judge(&report, "reward_model");
+    assert_eq!(reward["failures"], 8, "both orders of four pairs: {reward}");
+    assert!(reward["accuracy"].is_null(), "{reward}");
+    let consensus = judge(&report, "consensus");
+    assert_eq!(consensus["failures"], 0, "{consensus}");
+    assert!(consensus["accuracy"].is_number(), "{consensus}");
+}
