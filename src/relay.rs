@@ -163,6 +163,12 @@ impl Relay {
     fn with_honest_usage(&mut self, chunk: &mut Value) -> Option<Value> {
         let usage = chunk.get("usage").filter(|u| !u.is_null()).cloned();
         let Some(usage) = usage else {
+            // `"usage": null` belongs to streams that asked for usage; others carry none.
+            if !self.include_usage {
+                if let Some(object) = chunk.as_object_mut() {
+                    object.remove("usage");
+                }
+            }
             return Some(chunk.take());
         };
         self.saw_usage = true;

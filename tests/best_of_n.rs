@@ -554,7 +554,7 @@ async fn bad_input_gets_clear_errors_and_no_upstream_call() {
             "no messages",
             json!({"model": "m"}).to_string(),
             400,
-            "body",
+            "messages",
         ),
         (
             "messages wrong type",

@@ -61,12 +61,17 @@ impl ChatRequest {
     pub fn from_value(value: Value) -> Result<ChatRequest, ApiError> {
         let request: ChatRequest = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            let param = if path == "." {
-                "body".to_string()
-            } else {
-                path
+            let inner = e.inner().to_string();
+            // A top-level field that is missing is reported at the body; name the field.
+            let missing = inner
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next());
+            let param = match (path.as_str(), missing) {
+                (".", Some(field)) => field.to_string(),
+                (".", None) => "body".to_string(),
+                _ => path,
             };
-            ApiError::invalid_request(param.clone(), format!("Invalid `{param}`: {}.", e.inner()))
+            ApiError::invalid_request(param.clone(), format!("Invalid `{param}`: {inner}."))
         })?;
         if request.messages.is_empty() {
             return Err(ApiError::invalid_request(
@@ -197,6 +202,11 @@ mod tests {
         assert!(err.message.contains("role"), "{}", err.message);
         let err = ChatRequest::parse(br#"{"model":"m","messages":"hi"}"#).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("messages"));
+        let err = ChatRequest::parse(br#"{"model":"m"}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages"), "{}", err.message);
+        let err =
+            ChatRequest::parse(br#"{"messages":[{"role":"user","content":"x"}]}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("model"));
         let err = ChatRequest::parse(b"[1]").unwrap_err();
         assert_eq!(err.param.as_deref(), Some("body"));
         let err = ChatRequest::parse(b"").unwrap_err();
