@@ -234,10 +234,8 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
             let events = relay::relay(response.into_body(), prior, include_usage, deadline);
             (Streamed::Live(Live { headers, events }), None)
         }
-        Err(FuserFailed(why)) => {
-            tracing::warn!(%why, "the fuser wrote nothing; answering with a candidate");
-            let selection = selection::without_fuser(&candidates, why);
-            let ready = respond::build(plan, &candidates, &selection, 1, false)?;
+        Err(failed) => {
+            let (ready, selection) = without_fuser(plan, &candidates, failed)?;
             (Streamed::Ready(Box::new(ready)), Some(selection))
         }
     };
@@ -438,13 +436,23 @@ async fn fuse(
     timing.waited(fusing_started);
     match fused {
         Ok(fused) => Ok((respond::fused(plan, candidates, fused), None)),
-        Err(FuserFailed(why)) => {
-            tracing::warn!(%why, "the fuser wrote nothing; answering with a candidate");
-            let selection = selection::without_fuser(candidates, why);
-            let ready = respond::build(plan, candidates, &selection, 1, false)?;
+        Err(failed) => {
+            let (ready, selection) = without_fuser(plan, candidates, failed)?;
             Ok((ready, Some(selection)))
         }
     }
+}
+
+/// The answer when the fuser wrote nothing: the first successful candidate, saying why.
+fn without_fuser(
+    plan: &BestOfN,
+    candidates: &[Candidate],
+    FuserFailed(why): FuserFailed,
+) -> Result<(Ready, selection::Selection), Failed> {
+    tracing::warn!(%why, "the fuser wrote nothing; answering with a candidate");
+    let selection = selection::without_fuser(candidates, why);
+    let ready = respond::build(plan, candidates, &selection, 1, false)?;
+    Ok((ready, selection))
 }
 
 /// Enough candidates succeeded: at least one, `best_of_n.min_candidates`, and `n`.

@@ -144,14 +144,24 @@ impl Fuser {
                 crate::upstream::snippet(&reply.body)
             )));
         }
-        let completion = ChatCompletion::parse(&reply.body)
-            .map_err(|why| FuserFailed(self.call.redact(&why)))?;
+        self.read_whole(&reply.body, &reply.headers, started)
+    }
+
+    /// A whole fuser answer: parsed, its tokens counted, its headers filtered for the client.
+    fn read_whole(
+        &self,
+        body: &[u8],
+        headers: &HeaderMap,
+        started: Instant,
+    ) -> Result<Fused, FuserFailed> {
+        let completion =
+            ChatCompletion::parse(body).map_err(|why| FuserFailed(self.call.redact(&why)))?;
         if let Some(usage) = &completion.usage {
             self.call.count_tokens(usage);
         }
         Ok(Fused {
             completion,
-            headers: self.client_headers(&reply.headers),
+            headers: self.client_headers(headers),
             latency: started.elapsed(),
         })
     }
@@ -191,16 +201,8 @@ impl Fuser {
             .await
             .map_err(|e| FuserFailed(format!("the fuser's answer was cut short: {e}")))?
             .to_bytes();
-        let completion =
-            ChatCompletion::parse(&body).map_err(|why| FuserFailed(self.call.redact(&why)))?;
-        if let Some(usage) = &completion.usage {
-            self.call.count_tokens(usage);
-        }
-        Ok(FuserStream::Whole(Box::new(Fused {
-            completion,
-            headers: self.client_headers(&parts.headers),
-            latency: started.elapsed(),
-        })))
+        let fused = self.read_whole(&body, &parts.headers, started)?;
+        Ok(FuserStream::Whole(Box::new(fused)))
     }
 
     /// How long the fuser may take, its stream included.

@@ -37,6 +37,15 @@ fn logging_config(mock: &MockUpstream, path: &Path) -> Config {
     config
 }
 
+/// The mock and a proxy logging decisions to `path` with their content.
+async fn logging_with_content(path: &Path) -> (MockUpstream, Proxy) {
+    let mock = MockUpstream::with_handler(judge_picks_answer_1).await;
+    let mut config = logging_config(&mock, path);
+    config.decisions.include_content = true;
+    let proxy = start_proxy(config).await;
+    (mock, proxy)
+}
+
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -150,10 +159,7 @@ async fn one_line_per_request_with_every_field_and_no_content_by_default() {
 async fn include_content_adds_the_texts_and_the_conversation() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("decisions.jsonl");
-    let mock = MockUpstream::with_handler(judge_picks_answer_1).await;
-    let mut config = logging_config(&mock, &path);
-    config.decisions.include_content = true;
-    let proxy = start_proxy(config).await;
+    let (_mock, proxy) = logging_with_content(&path).await;
     let answer = post_chat(&proxy, &[("x-best-of-n", "3")], chat_body("Which?")).await;
     answer.expect_ok();
     let logged = wait_for_lines(&path, 1).await;
@@ -249,10 +255,7 @@ async fn rotation_by_size_keeps_only_keep_files() {
 async fn export_pairs_makes_the_winner_chosen_against_each_loser() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("decisions.jsonl");
-    let mock = MockUpstream::with_handler(judge_picks_answer_1).await;
-    let mut config = logging_config(&mock, &path);
-    config.decisions.include_content = true;
-    let proxy = start_proxy(config).await;
+    let (_mock, proxy) = logging_with_content(&path).await;
     let answer = post_chat(&proxy, &[("x-best-of-n", "3")], chat_body("Which?")).await;
     answer.expect_ok();
     let logged = wait_for_lines(&path, 1).await;
@@ -418,10 +421,7 @@ async fn a_streamed_best_of_n_answer_is_logged_too() {
 async fn exported_pairs_round_trip_into_eval() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("decisions.jsonl");
-    let mock = MockUpstream::with_handler(judge_picks_answer_1).await;
-    let mut config = logging_config(&mock, &path);
-    config.decisions.include_content = true;
-    let proxy = start_proxy(config).await;
+    let (mock, proxy) = logging_with_content(&path).await;
     post_chat(&proxy, &[("x-best-of-n", "3")], chat_body("Which?"))
         .await
         .expect_ok();
