@@ -43,22 +43,53 @@ struct Job {
     started: Instant,
 }
 
-/// Answers one best-of-N chat completion, as JSON or as an SSE stream. `body` is the whole
-/// request body, already read within the limits (see `intake`).
-pub async fn handle(
-    state: Arc<AppState>,
+/// A best-of-N request, read and checked: everything that can be refused before spending a
+/// token has been. Made by [`prepare`], answered by [`handle`].
+pub struct Prepared(Job);
+
+/// Checks a best-of-N request whose whole body is in (see `intake`): the JSON, the fields
+/// the plan depends on. The cache key is taken from the parsed JSON before it becomes a
+/// typed request.
+pub fn prepare(
+    state: &AppState,
     plan: BestOfN,
     parts: http::request::Parts,
     body: Bytes,
-) -> Response<Body> {
+) -> Result<Prepared, ApiError> {
+    // The proxy's own time starts once the body is in: a slow upload is not overhead.
+    let started = Instant::now();
     let target = parts
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
-    let job = match read_request(&state, plan, parts.headers, target, body).await {
-        Ok(job) => job,
-        Err(error) => return error.into_response(),
-    };
+    let headers = parts.headers;
+    let value = ChatRequest::parse_object(&body)?;
+    drop(body);
+    let key = state
+        .cache
+        .as_ref()
+        .map(|_| cache_key(state, &plan, &target, &value, &headers));
+    let request = ChatRequest::from_value(value)?;
+    check_choices(&plan, &request)?;
+    Ok(Prepared(Job {
+        plan,
+        headers,
+        target,
+        request,
+        key,
+        started,
+    }))
+}
+
+impl Prepared {
+    /// N, for the memory this request may claim.
+    pub fn n(&self) -> u32 {
+        self.0.plan.n
+    }
+}
+
+/// Answers one best-of-N chat completion, as JSON or as an SSE stream.
+pub async fn handle(state: Arc<AppState>, Prepared(job): Prepared) -> Response<Body> {
     let stream = job.request.is_stream();
     let include_usage = job.request.include_usage();
     let debug = job.plan.debug;
@@ -69,33 +100,16 @@ pub async fn handle(
     }
     let work = answer(state, job);
     if stream {
-        streaming::respond(work, keepalive, include_usage).await
-    } else {
-        match work.await {
-            Ok(ready) => ready.with_debug(debug).into_json_response(),
-            Err(failed) => failed.into_response(),
-        }
+        return streaming::respond(work, keepalive, include_usage).await;
+    }
+    match work.await {
+        Ok(ready) => ready.with_debug(debug).into_json_response(),
+        Err(failed) => failed.into_response(),
     }
 }
 
-/// Checks the body: everything that can be refused before spending a token. The cache key is
-/// taken from the parsed JSON before it becomes a typed request.
-async fn read_request(
-    state: &AppState,
-    plan: BestOfN,
-    headers: HeaderMap,
-    target: String,
-    body: Bytes,
-) -> Result<Job, ApiError> {
-    // The proxy's own time starts once the body is in: a slow upload is not overhead.
-    let started = Instant::now();
-    let value = ChatRequest::parse_object(&body)?;
-    drop(body);
-    let key = state
-        .cache
-        .as_ref()
-        .map(|_| cache_key(state, &plan, &target, &value, &headers));
-    let request = ChatRequest::from_value(value)?;
+/// `n` fits the plan: at most N choices, and one in fuse mode.
+fn check_choices(plan: &BestOfN, request: &ChatRequest) -> Result<(), ApiError> {
     if plan.mode == Mode::Fuse && request.choices_wanted() > 1 {
         return Err(ApiError::invalid_request(
             "n",
@@ -118,14 +132,7 @@ async fn read_request(
             ),
         ));
     }
-    Ok(Job {
-        plan,
-        headers,
-        target,
-        request,
-        key,
-        started,
-    })
+    Ok(())
 }
 
 /// Time spent waiting on upstream calls on the critical path, so the proxy's own share
@@ -205,8 +212,16 @@ fn fuse_live(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Stream
 async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Failed> {
     let (plan, request) = (&job.plan, &job.request);
     let generator = generator(state, false);
-    let candidates =
-        generation::generate(&generator, &job.target, &job.headers, request, plan.n, None).await?;
+    let fan_out = (plan.n, plan.models.as_slice());
+    let candidates = generation::generate(
+        &generator,
+        &job.target,
+        &job.headers,
+        request,
+        fan_out,
+        None,
+    )
+    .await?;
     check_enough(state, plan, request, &candidates)?;
     let rubrics = fuser_rubrics(state, plan);
     let streamed = state
@@ -289,9 +304,11 @@ fn cache_key(
         judge.unwrap_or_default(),
         rubric.unwrap_or_default(),
     );
+    // Names cannot hold commas (the list's separator), so the joined list is unambiguous.
     let scope = format!(
-        "{scope}|{}",
-        generation::fingerprint(&state.config.best_of_n)
+        "{scope}|{}|models={}",
+        generation::fingerprint(&state.config.best_of_n),
+        plan.models.join(",")
     );
     // In fuse mode the fuser writes the answer: its settings matter, the judge's do not.
     let scope = match plan.mode {
@@ -342,8 +359,9 @@ async fn generate_and_select(
     let stop = selecting
         .then(|| selection::early_stop(judge, request, plan.n, needed(state, plan, request)))
         .flatten();
+    let fan_out = (plan.n, plan.models.as_slice());
     let candidates =
-        generation::generate(&generator, &job.target, headers, request, plan.n, stop).await?;
+        generation::generate(&generator, &job.target, headers, request, fan_out, stop).await?;
     timing.waited(generation_started);
     check_enough(state, plan, request, &candidates)?;
     let (ready, selection) = match plan.mode {

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use best_of_n::{BestOfNConfig, Diversity, Generation, Mode, DEFAULT_VARIATIONS};
+pub use best_of_n::{
+    is_model_name, BestOfNConfig, Diversity, Generation, Mode, DEFAULT_VARIATIONS,
+};
 pub use decisions::DecisionsConfig;
 pub use fuser::FuserConfig;
 pub use judge::{Fallback, JudgeConfig, Rubrics, DEFAULT_RUBRIC_PRESET};

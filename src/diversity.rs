@@ -18,12 +18,14 @@ use crate::error::ApiError;
 use crate::openai::ChatRequest;
 
 /// The N bodies of N parallel candidate calls, in generation order. Candidate k gets
-/// `seed + k` when the client fixed a seed (unless diversity is `none`), and with
-/// `diversity = "variations"` instruction `k % len` on its last user message. With
-/// `logprobs` (the judge reads them) every candidate asks for `"logprobs": true`.
+/// `seed + k` when the client fixed a seed (unless diversity is `none`), with
+/// `diversity = "variations"` instruction `k % len` on its last user message, and with a
+/// `models` list model `k % len` instead of the request's. With `logprobs` (the judge reads
+/// them) every candidate asks for `"logprobs": true`.
 pub fn candidate_bodies(
     request: &ChatRequest,
     n: u32,
+    models: &[String],
     config: &BestOfNConfig,
     logprobs: bool,
 ) -> Result<Vec<SharedJson>, Failed> {
@@ -42,11 +44,24 @@ pub fn candidate_bodies(
         Diversity::Variations => &config.variations[..config.variations.len().min(n as usize)],
         Diversity::Seed | Diversity::None => &[],
     };
-    let encoded = encode_variations(&mut base, instructions)?;
+    // Candidates past the first N never reach the models after them.
+    let models = &models[..models.len().min(n as usize)];
+    let encoded = match models {
+        [] => vec![encode_variations(&mut base, instructions)?],
+        models => {
+            let mut table = Vec::with_capacity(models.len());
+            for model in models {
+                base.model.clone_from(model);
+                table.push(encode_variations(&mut base, instructions)?);
+            }
+            table
+        }
+    };
     drop(base);
     Ok((0..n as usize)
         .map(|k| {
-            let body = encoded[k % encoded.len()].clone();
+            let row = &encoded[k % encoded.len()];
+            let body = row[k % row.len()].clone();
             match seed {
                 Some(seed) => seeded(seed.wrapping_add(k as i64), &body),
                 None => SharedJson::from(body),
@@ -122,6 +137,12 @@ fn encode_variations(
         }
         bodies.push(encode(base)?);
     }
+    // Put back as it was: the next model's encodings start from the client's own message.
+    if let Some(content) = original {
+        base.messages[position]
+            .extra
+            .insert("content".into(), content);
+    }
     Ok(bodies)
 }
 
@@ -177,7 +198,8 @@ mod tests {
             {"role": "assistant", "content": "reply"},
             {"role": "user", "content": "second"},
             {"role": "tool", "content": "result", "tool_call_id": "c"}]});
-        let bodies = candidate_bodies(&request(body), 3, &variations(&["A", "B"]), false).unwrap();
+        let bodies =
+            candidate_bodies(&request(body), 3, &[], &variations(&["A", "B"]), false).unwrap();
         let out = decoded(&bodies);
         let last: Vec<&str> = out
             .iter()
@@ -191,18 +213,45 @@ mod tests {
     }
 
     #[test]
+    fn models_cycle_independently_of_variations() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "q"}]});
+        let models = ["a".to_string(), "b".to_string(), "c".to_string()];
+        let bodies =
+            candidate_bodies(&request(body), 4, &models, &variations(&["A", "B"]), false).unwrap();
+        let out = decoded(&bodies);
+        let asked: Vec<(&str, &str)> = out
+            .iter()
+            .map(|b| {
+                let text = b["messages"][0]["content"].as_str().unwrap();
+                (b["model"].as_str().unwrap(), text)
+            })
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                ("a", "q\n\nA"),
+                ("b", "q\n\nB"),
+                ("c", "q\n\nA"),
+                ("a", "q\n\nB")
+            ]
+        );
+    }
+
+    #[test]
     fn parts_get_one_more_text_part_and_no_user_message_means_no_change() {
         let parts = json!({"model": "m", "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:x"}}]}]});
-        let out =
-            decoded(&candidate_bodies(&request(parts), 1, &variations(&["A"]), false).unwrap());
+        let out = decoded(
+            &candidate_bodies(&request(parts), 1, &[], &variations(&["A"]), false).unwrap(),
+        );
         assert_eq!(
             out[0]["messages"][0]["content"][1],
             json!({"type": "text", "text": "A"})
         );
         let system = json!({"model": "m", "messages": [{"role": "system", "content": "s"}]});
-        let out =
-            decoded(&candidate_bodies(&request(system), 2, &variations(&["A"]), false).unwrap());
+        let out = decoded(
+            &candidate_bodies(&request(system), 2, &[], &variations(&["A"]), false).unwrap(),
+        );
         assert!(out.iter().all(|b| b["messages"][0]["content"] == "s"));
     }
 
@@ -222,7 +271,7 @@ mod tests {
             if let Some(sent) = sent {
                 body["temperature"] = sent;
             }
-            let out = decoded(&candidate_bodies(&request(body), 1, &config, false).unwrap());
+            let out = decoded(&candidate_bodies(&request(body), 1, &[], &config, false).unwrap());
             assert_eq!(out[0]["temperature"], expected);
         }
     }
@@ -247,7 +296,7 @@ mod tests {
                 body["logprobs"] = json!(sent);
             }
             let config = BestOfNConfig::default();
-            let bodies = candidate_bodies(&request(body.clone()), 2, &config, judge_reads);
+            let bodies = candidate_bodies(&request(body.clone()), 2, &[], &config, judge_reads);
             let one = n_param_body(&request(body), 2, &config, judge_reads).unwrap();
             let one: Value = serde_json::from_slice(&one.to_vec()).unwrap();
             let parallel = decoded(&bodies.unwrap());

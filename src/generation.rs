@@ -77,20 +77,23 @@ pub struct Generator<'a> {
     pub logprobs: bool,
 }
 
-/// The N candidates of `request`, in generation order. `stop` may cut parallel calls short
-/// (see [`fanout::EarlyStop`]); the `n` call makes all of its candidates at once.
+/// The N candidates of `request`, in generation order; with `models`, candidate k asks for
+/// model `k % len`. `stop` may cut parallel calls short (see [`fanout::EarlyStop`]); the `n`
+/// call makes all of its candidates at once.
 pub async fn generate(
     generator: &Generator<'_>,
     target: &str,
     headers: &HeaderMap,
     request: &ChatRequest,
-    n: u32,
+    (n, models): (u32, &[String]),
     stop: Option<EarlyStop>,
 ) -> Result<Vec<Candidate>, Failed> {
     let config = &generator.config;
     generator.metrics.fan_out(n as usize);
+    // One call asks one model: candidates of several models are made by parallel calls.
     let one_call = config.generation == Generation::NParam
         && n > 1
+        && models.is_empty()
         && !generator.models_without_n.contains(&request.model);
     let mut candidates = if one_call {
         n_param(generator, target, headers, request, n).await?
@@ -101,8 +104,8 @@ pub async fn generate(
     // parallel calls, numbered after the k candidates already there.
     let made = candidates.len();
     if made < n as usize {
-        let bodies =
-            diversity::candidate_bodies(request, n, config, generator.logprobs)?.split_off(made);
+        let bodies = diversity::candidate_bodies(request, n, models, config, generator.logprobs)?
+            .split_off(made);
         let timeout = config.candidate_timeout;
         // Choices an `n` call made are not shown to `stop`, so it could not count them: after
         // a partial `n` call the rest are waited for.

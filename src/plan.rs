@@ -3,18 +3,22 @@
 //! The plan is made from the method, the path, the `x-best-of-n*` headers and the config, before
 //! the body is read, so passthrough requests are never buffered.
 
+use bytes::Bytes;
 use http::{HeaderMap, Method};
+use serde_json::Value;
 
 use crate::cache::Policy;
 use crate::config::{Config, Mode};
 use crate::error::ApiError;
 use crate::judge::Judges;
 
-pub const HEADER_N: &str = "x-best-of-n";
-pub const HEADER_JUDGE: &str = "x-best-of-n-judge";
-pub const HEADER_RUBRIC: &str = "x-best-of-n-rubric";
-pub const HEADER_MODE: &str = "x-best-of-n-mode";
-pub const HEADER_DEBUG: &str = "x-best-of-n-debug";
+mod switches;
+
+pub use switches::Switches;
+use switches::{may_hold_switches, Count, Said};
+pub use switches::{
+    HEADER_DEBUG, HEADER_JUDGE, HEADER_MODE, HEADER_MODELS, HEADER_N, HEADER_RUBRIC,
+};
 
 /// What the proxy does with one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,10 +38,39 @@ pub struct BestOfN {
     pub rubric: Option<String>,
     /// Return the best candidate, or an answer the fuser writes from all of them.
     pub mode: Mode,
+    /// Candidate k asks for `models[k % len]`; empty: every candidate asks for the request's
+    /// own model.
+    pub models: Vec<String>,
     /// Add the `best_of_n` breakdown to the response body.
     pub debug: bool,
     /// What `Cache-Control` allows the answer cache to do.
     pub cache: Policy,
+}
+
+impl BestOfN {
+    /// The model candidate `k` asks for, given the request's own.
+    pub fn model_for<'a>(&'a self, k: usize, requested: &'a str) -> &'a str {
+        self.listed_model(k).unwrap_or(requested)
+    }
+
+    /// The model candidate `k` asks for when the request mixes models; `None` when every
+    /// candidate asks for the request's own.
+    pub fn listed_model(&self, k: usize) -> Option<&str> {
+        match self.models.len() {
+            0 => None,
+            len => Some(&self.models[k % len]),
+        }
+    }
+}
+
+/// What the head of a request (method, path, headers) decides, before the body is read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Head {
+    /// Not a route best-of-N serves: forwarded as it is, its body never read for switches.
+    Forward,
+    /// `POST` to a route best-of-N serves: the body may still switch best-of-N on or off,
+    /// and the headers said this much.
+    Open(Switches),
 }
 
 /// True for the one route best-of-N applies to, with or without the `/v1` prefix.
@@ -45,145 +78,208 @@ pub fn is_chat_completions(path: &str) -> bool {
     matches!(path, "/v1/chat/completions" | "/chat/completions")
 }
 
-pub fn plan(
+/// Reads the `x-best-of-n*` headers. A request that asks for best-of-N where it cannot
+/// apply is refused here, before its body is read.
+pub fn read_head(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
     config: &Config,
-    judges: &Judges,
-) -> Result<Plan, ApiError> {
-    let n = match requested_n(headers, config.best_of_n.max_n)? {
-        Requested::Off => return Ok(Plan::Passthrough),
-        Requested::N(n) => n,
-        Requested::Unset if config.best_of_n.default_n == 0 => return Ok(Plan::Passthrough),
-        Requested::Unset if !is_chat_completions(path) || method != Method::POST => {
-            return Ok(Plan::Passthrough)
-        }
-        Requested::Unset => config.best_of_n.default_n,
-    };
+) -> Result<Head, ApiError> {
+    let switches = Switches::from_headers(headers, config.best_of_n.max_n)?;
+    let asked = matches!(
+        switches.n,
+        Some(Said {
+            value: Count::N(_),
+            ..
+        })
+    );
     if !is_chat_completions(path) {
-        return Err(ApiError::invalid_request(
-            HEADER_N,
-            format!(
-                "`{HEADER_N}` applies only to POST /v1/chat/completions, not {method} {path}. \
-                 Remove the header for this request."
-            ),
-        ));
+        if asked {
+            return Err(ApiError::invalid_request(
+                HEADER_N,
+                format!(
+                    "`{HEADER_N}` applies only to POST /v1/chat/completions, not {method} \
+                     {path}. Remove the header for this request."
+                ),
+            ));
+        }
+        return Ok(Head::Forward);
     }
     if method != Method::POST {
-        return Err(ApiError::method_not_allowed(format!(
-            "Chat completions take POST, not {method}."
-        )));
+        if asked {
+            return Err(ApiError::method_not_allowed(format!(
+                "Chat completions take POST, not {method}."
+            )));
+        }
+        return Ok(Head::Forward);
     }
+    Ok(Head::Open(switches))
+}
+
+/// True when, unless the body says otherwise, an open request is a best-of-N one: its body is
+/// then read as best-of-N reads bodies (its own limit, charged to the memory budget).
+pub fn expects_best_of_n(switches: &Switches, config: &Config) -> bool {
+    match switches.n.as_ref().map(|said| said.value) {
+        Some(Count::N(_)) => true,
+        Some(Count::Off) => false,
+        None => config.best_of_n.default_n > 0,
+    }
+}
+
+/// The plan, once the whole body of an [`Head::Open`] request is in: the body's switches are
+/// taken out of it (the returned body is what goes upstream) and must agree with the headers'.
+/// A body that is not a JSON object is left for the next step to refuse or forward.
+pub fn with_body(
+    switches: Switches,
+    headers: &HeaderMap,
+    body: Bytes,
+    config: &Config,
+    judges: &Judges,
+) -> Result<(Plan, Bytes), ApiError> {
+    if !may_hold_switches(&body, &config.best_of_n) {
+        return Ok((decide(switches, headers, config, judges)?, body));
+    }
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(&body) else {
+        return Ok((decide(switches, headers, config, judges)?, body));
+    };
+    let (said, changed) = Switches::take_from_body(&mut object, &config.best_of_n)?;
+    let switches = switches.merge(said)?;
+    let plan = decide(switches, headers, config, judges)?;
+    let body = match changed {
+        true => serde_json::to_vec(&object)
+            .map(Bytes::from)
+            .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?,
+        false => body,
+    };
+    Ok((plan, body))
+}
+
+/// The plan from everything the request said, and the config where it said nothing.
+fn decide(
+    switches: Switches,
+    headers: &HeaderMap,
+    config: &Config,
+    judges: &Judges,
+) -> Result<Plan, ApiError> {
+    let settings = &config.best_of_n;
+    let n = match switches.n.map(|said| said.value) {
+        Some(Count::Off) => return Ok(Plan::Passthrough),
+        Some(Count::N(n)) => n,
+        None if settings.default_n == 0 => return Ok(Plan::Passthrough),
+        None => settings.default_n,
+    };
     Ok(Plan::BestOfN(BestOfN {
         n,
-        judge: judge_name(headers, judges)?,
-        rubric: rubric_name(headers, judges)?,
-        mode: mode(headers, config)?,
-        debug: debug_requested(headers),
+        judge: judge_name(switches.judge, judges)?,
+        rubric: rubric_name(switches.rubric, judges)?,
+        mode: switches.mode.map_or(settings.mode, |said| said.value),
+        models: switches
+            .models
+            .map_or_else(|| settings.models.clone(), |said| said.value),
+        debug: switches.debug.is_some_and(|said| said.value),
         cache: Policy::from_headers(headers),
     }))
 }
 
-enum Requested {
-    Unset,
-    Off,
-    N(u32),
-}
-
-fn requested_n(headers: &HeaderMap, max_n: u32) -> Result<Requested, ApiError> {
-    let Some(value) = headers.get(HEADER_N) else {
-        return Ok(Requested::Unset);
-    };
-    let text = value.to_str().unwrap_or("").trim();
-    if text.eq_ignore_ascii_case("off") {
-        return Ok(Requested::Off);
-    }
-    match text.parse::<u32>() {
-        Ok(0) => Ok(Requested::Off),
-        Ok(n) if n <= max_n => Ok(Requested::N(n)),
-        _ => Err(ApiError::invalid_request(
-            HEADER_N,
-            format!(
-                "`{HEADER_N}: {}` is not allowed: use a whole number from 1 to {max_n} \
-                 (`best_of_n.max_n`), or `off`/`0` to turn best-of-N off.",
-                String::from_utf8_lossy(value.as_bytes())
-            ),
-        )),
-    }
-}
-
 /// The judge the request names, or the default one.
-fn judge_name(headers: &HeaderMap, judges: &Judges) -> Result<String, ApiError> {
-    let Some(value) = headers.get(HEADER_JUDGE) else {
+fn judge_name(said: Option<Said<String>>, judges: &Judges) -> Result<String, ApiError> {
+    let Some(Said { value: name, by }) = said else {
         return Ok(judges.default_name().to_string());
     };
-    let name = value.to_str().unwrap_or("").trim();
-    if judges.get(name).is_some() {
-        return Ok(name.to_string());
+    if judges.get(&name).is_some() {
+        return Ok(name);
     }
     Err(ApiError::invalid_request(
-        HEADER_JUDGE,
+        by,
         format!(
-            "Unknown judge `{}`; judges: {}.",
-            String::from_utf8_lossy(value.as_bytes()),
+            "Unknown judge `{name}` in `{by}`; judges: {}.",
             judges.names().join(", ")
         ),
     ))
 }
 
 /// The rubric preset the request names, if any.
-fn rubric_name(headers: &HeaderMap, judges: &Judges) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get(HEADER_RUBRIC) else {
+fn rubric_name(said: Option<Said<String>>, judges: &Judges) -> Result<Option<String>, ApiError> {
+    let Some(Said { value: name, by }) = said else {
         return Ok(None);
     };
-    let name = value.to_str().unwrap_or("").trim();
-    if judges.rubric(name).is_some() {
-        return Ok(Some(name.to_string()));
+    if judges.rubric(&name).is_some() {
+        return Ok(Some(name));
     }
     Err(ApiError::invalid_request(
-        HEADER_RUBRIC,
+        by,
         format!(
-            "Unknown rubric preset `{}`; presets: {}.",
-            String::from_utf8_lossy(value.as_bytes()),
+            "Unknown rubric preset `{name}` in `{by}`; presets: {}.",
             judges.rubric_names().join(", ")
         ),
     ))
-}
-
-/// `x-best-of-n-mode`, or `best_of_n.mode`.
-fn mode(headers: &HeaderMap, config: &Config) -> Result<Mode, ApiError> {
-    let Some(value) = headers.get(HEADER_MODE) else {
-        return Ok(config.best_of_n.mode);
-    };
-    let name = value.to_str().unwrap_or("").trim();
-    Mode::from_name(&name.to_ascii_lowercase()).ok_or_else(|| {
-        ApiError::invalid_request(
-            HEADER_MODE,
-            format!(
-                "`{HEADER_MODE}: {}` is not a mode; use `select` (the best candidate) or `fuse` \
-                 (an answer written from all candidates by the [fuser] model).",
-                String::from_utf8_lossy(value.as_bytes())
-            ),
-        )
-    })
-}
-
-fn debug_requested(headers: &HeaderMap) -> bool {
-    headers
-        .get(HEADER_DEBUG)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
-        .unwrap_or(false)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use serde_json::json;
 
     fn judges(config: &Config) -> Judges {
         crate::state::check_judges(config, &crate::state::Secrets::default()).unwrap()
+    }
+
+    /// The plan of a request with an empty JSON object as its body.
+    fn plan(
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        config: &Config,
+        judges: &Judges,
+    ) -> Result<Plan, ApiError> {
+        match read_head(method, path, headers, config)? {
+            Head::Forward => Ok(Plan::Passthrough),
+            Head::Open(switches) => {
+                let body = Bytes::from_static(b"{}");
+                with_body(switches, headers, body, config, judges).map(|(plan, _)| plan)
+            }
+        }
+    }
+
+    fn plan_body(headers: &[(&'static str, &'static str)], body: Value) -> (Plan, Value) {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        let config = Config::default();
+        let Head::Open(switches) =
+            read_head(&Method::POST, "/v1/chat/completions", &map, &config).unwrap()
+        else {
+            panic!("a chat completion is open to body switches");
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap());
+        let (plan, sent) = with_body(switches, &map, bytes, &config, &judges(&config)).unwrap();
+        (plan, serde_json::from_slice(&sent).unwrap())
+    }
+
+    #[test]
+    fn body_switches_plan_and_leave_the_body() {
+        let (plan, sent) = plan_body(
+            &[],
+            json!({"model": "bon-4/m", "messages": [], "best_of_n_judge": "pairwise",
+                   "best_of_n_models": "a,b"}),
+        );
+        let Plan::BestOfN(plan) = plan else {
+            panic!("best-of-N expected");
+        };
+        assert_eq!((plan.n, plan.judge.as_str()), (4, "pairwise"));
+        assert_eq!((plan.model_for(0, "m"), plan.model_for(3, "m")), ("a", "b"));
+        assert_eq!(sent, json!({"model": "m", "messages": []}));
+        // Off by the header, the body's fields are still taken out.
+        let (plan, sent) = plan_body(
+            &[("x-best-of-n", "off")],
+            json!({"model": "m", "best_of_n_debug": true}),
+        );
+        assert_eq!((plan, sent), (Plan::Passthrough, json!({"model": "m"})));
+        let (plan, _) = plan_body(&[], json!({"model": "m", "best_of_n": 0}));
+        assert_eq!(plan, Plan::Passthrough);
     }
 
     #[test]

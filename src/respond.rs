@@ -81,7 +81,7 @@ pub fn fused(plan: &BestOfN, candidates: &[Candidate], fused: Fused) -> Ready {
     let debug = json!({
         "n": plan.n,
         "mode": "fuse",
-        "candidates": candidates.iter().map(|c| candidate_debug(c, false, None)).collect::<Vec<_>>(),
+        "candidates": candidates.iter().map(|c| candidate_debug(plan, c, false, None)).collect::<Vec<_>>(),
         "fuser": {"latency_ms": millis(fused.latency), "usage": fuser_usage},
         "usage": {"candidates": candidate_usage, "fuser": fuser_usage},
     });
@@ -101,7 +101,20 @@ pub fn fused_headers(plan: &BestOfN, fuser: &HeaderMap) -> HeaderMap {
     headers.remove(header::CONTENT_TYPE);
     headers.insert("x-best-of-n", HeaderValue::from(plan.n));
     headers.insert("x-best-of-n-mode", HeaderValue::from_static("fuse"));
+    if let Some(models) = models_header(plan) {
+        headers.insert("x-best-of-n-models", models);
+    }
     headers
+}
+
+/// `x-best-of-n-models`: the model each candidate asked for, in generation order, when the
+/// request mixed models.
+fn models_header(plan: &BestOfN) -> Option<HeaderValue> {
+    plan.listed_model(0)?;
+    let models: Vec<&str> = (0..plan.n as usize)
+        .filter_map(|k| plan.listed_model(k))
+        .collect();
+    HeaderValue::from_str(&models.join(",")).ok()
 }
 
 /// Tokens the candidates spent, all of them.
@@ -133,6 +146,9 @@ fn insert_best_of_n_headers(
     candidates: &[Candidate],
     selection: &Selection,
 ) {
+    if let Some(models) = models_header(plan) {
+        headers.insert("x-best-of-n-models", models);
+    }
     let mut set = |name: &'static str, value: String| {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), value);
@@ -249,16 +265,24 @@ fn debug_object(
         "seed": selection.verdict.as_ref().map(|v| v.seed),
         "candidates": candidates.iter().map(|c| {
             let disqualified = selection.disqualified.contains(&c.index);
-            candidate_debug(c, disqualified, score_of(c, selection))
+            candidate_debug(plan, c, disqualified, score_of(c, selection))
         }).collect::<Vec<_>>(),
         "judge": judge,
         "usage": {"candidates": candidate_usage, "judge": judge_usage},
     })
 }
 
-fn candidate_debug(candidate: &Candidate, disqualified: bool, score: Option<f64>) -> Value {
+fn candidate_debug(
+    plan: &BestOfN,
+    candidate: &Candidate,
+    disqualified: bool,
+    score: Option<f64>,
+) -> Value {
     let mut entry = Map::new();
     entry.insert("index".into(), json!(candidate.index));
+    if let Some(model) = plan.listed_model(candidate.index) {
+        entry.insert("model".into(), json!(model));
+    }
     entry.insert("latency_ms".into(), json!(millis(candidate.latency)));
     match &candidate.result {
         Ok(answer) => {

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -19,14 +20,15 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admission::{Admission, Held, Refused};
+use crate::admission::{Admission, Held, MemoryShare, Refused};
 use crate::body::{self, Body};
 use crate::body_deadline::BodyRules;
 use crate::cache::AnswerCache;
 use crate::config::Config;
 use crate::connections::{ConnectionLimits, ConnectionSlot};
+use crate::error::ApiError;
 use crate::intake::{self, Limit, Received, Refused as BodyRefused};
-use crate::plan::{self, Plan};
+use crate::plan::{self, Head, Plan, Switches};
 use crate::state::{AppState, Secrets};
 use crate::{best_of_n, conn, metrics, passthrough, plain_cache, target};
 
@@ -213,27 +215,24 @@ async fn route(
     let started = Instant::now();
     let inflight = state.metrics.inflight();
     let route = metrics::route_label(request.uri().path());
-    let planned = plan::plan(
+    let head = plan::read_head(
         request.method(),
         request.uri().path(),
         request.headers(),
         &state.config,
-        &state.judges,
     );
-    let (mode, response, held) = match planned {
+    let (mode, response, held) = match head {
         Err(error) => ("rejected", error.into_response(), Held::default()),
-        Ok(Plan::Passthrough) => {
+        Ok(Head::Forward) => {
             let (response, held) = passthrough(shared, request, arrived)
                 .await
                 .unwrap_or_else(|refusal| (refusal, Held::default()));
             ("passthrough", response, held)
         }
-        Ok(Plan::BestOfN(plan)) => {
-            let (response, held) = best_of_n(shared, plan, request, arrived)
-                .await
-                .unwrap_or_else(|refusal| (refusal, Held::default()));
-            ("best_of_n", response, held)
-        }
+        Ok(Head::Open(switches)) => match open(shared, switches, request, arrived).await {
+            Ok(answered) => answered,
+            Err(refusal) => ("rejected", refusal, Held::default()),
+        },
     };
     state
         .metrics
@@ -253,10 +252,7 @@ async fn passthrough(
     let state = &shared.state;
     let server = &state.config.server;
     let (parts, incoming) = request.into_parts();
-    let limit = Limit {
-        bytes: server.max_body_bytes,
-        setting: "server.max_body_bytes",
-    };
+    let limit = passthrough_body_limit(&state.config);
     let rules = shared.body_rules;
     let cache = plain_cache_for(state, &parts);
     // Forwarded while it arrives when a streaming place is free (the common, cheapest way);
@@ -283,38 +279,99 @@ async fn passthrough(
                 Received::Whole(bytes) => body::full(bytes),
                 Received::Streaming(body) => body,
             };
-            passthrough::forward(&state.upstream, &state.metrics, parts, body, Instant::now()).await
+            forward(state, parts, body).await
         }
     };
     Ok((response, held))
 }
 
-/// Reads the whole body, takes a work slot and a share of the memory budget, and answers.
-/// `Err` is a refusal, sent before any work.
+/// A request best-of-N may serve. Its body is read whole, as best-of-N reads bodies when the
+/// headers or the config already ask for it, and otherwise as passthrough reads them; then the
+/// body's own switches settle the plan. `Err` is a refusal before any work (mode `rejected`).
+async fn open(
+    shared: &Shared,
+    switches: Switches,
+    request: Request<Incoming>,
+    arrived: tokio::time::Instant,
+) -> Result<(&'static str, Response<Body>, Held), Response<Body>> {
+    let state = &shared.state;
+    let config = &state.config;
+    let expects_best_of_n = plan::expects_best_of_n(&switches, config);
+    let (mut parts, incoming) = request.into_parts();
+    let rules = shared.body_rules;
+    let mut share = shared.admission.memory_share();
+    let bytes = if expects_best_of_n {
+        if let Err(error) = best_of_n::check_content_type(&parts.headers) {
+            let refused = intake::refuse(error, incoming, rules, arrived).await;
+            return Err(refused.into_response());
+        }
+        let limit = best_of_n_body_limit(config);
+        intake::read_whole(&parts.headers, incoming, limit, rules, arrived, &mut share).await
+    } else {
+        let limit = passthrough_body_limit(config);
+        let buffer = config.server.body_buffer_bytes;
+        match intake::read_head(&parts.headers, incoming, limit, buffer, rules, arrived).await {
+            Ok(Received::Whole(bytes)) => Ok(bytes),
+            // Switches are read from bodies up to `server.body_buffer_bytes`; a larger upload
+            // is forwarded as it arrives.
+            Ok(Received::Streaming(body)) => {
+                let held = shared.admission.work().map_err(Refused::into_response)?;
+                let response = forward(state, parts, body).await;
+                return Ok(("passthrough", response, held));
+            }
+            Err(refused) => Err(refused),
+        }
+    }
+    .map_err(BodyRefused::into_response)?;
+    let planned = plan::with_body(switches, &parts.headers, bytes, config, &state.judges);
+    let planned = planned.map_err(ApiError::into_response)?;
+    // Switches taken out of the body shortened it; the whole body is here, so its length is
+    // known either way.
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(planned.1.len()));
+    match planned {
+        (Plan::Passthrough, bytes) => {
+            let held = shared.admission.work().map_err(Refused::into_response)?;
+            let response = match plain_cache_for(state, &parts) {
+                Some(cache) => plain_cache::handle(state.clone(), cache, parts, bytes).await,
+                None => forward(state, parts, body::full(bytes)).await,
+            };
+            Ok(("passthrough", response, held))
+        }
+        (Plan::BestOfN(plan), bytes) => {
+            let (response, held) = best_of_n(shared, plan, parts, bytes, share).await?;
+            Ok(("best_of_n", response, held))
+        }
+    }
+}
+
+/// Checks a best-of-N request, takes a work slot and its share of the memory budget, and
+/// answers. `Err` is a refusal, sent before any work.
 async fn best_of_n(
     shared: &Shared,
     plan: plan::BestOfN,
-    request: Request<Incoming>,
-    arrived: tokio::time::Instant,
+    parts: http::request::Parts,
+    bytes: Bytes,
+    share: MemoryShare,
 ) -> Result<(Response<Body>, Held), Response<Body>> {
     let state = &shared.state;
-    let (parts, incoming) = request.into_parts();
-    let rules = shared.body_rules;
-    if let Err(error) = best_of_n::check_content_type(&parts.headers) {
-        let refused = intake::refuse(error, incoming, rules, arrived).await;
-        return Err(refused.into_response());
-    }
+    // A body switched on by its own fields was read as passthrough reads bodies: the checks
+    // best-of-N makes before reading are made now.
+    best_of_n::check_content_type(&parts.headers).map_err(ApiError::into_response)?;
     let limit = best_of_n_body_limit(&state.config);
-    let mut share = shared.admission.memory_share();
-    let bytes = intake::read_whole(&parts.headers, incoming, limit, rules, arrived, &mut share)
-        .await
-        .map_err(BodyRefused::into_response)?;
+    if bytes.len() > limit.bytes {
+        return Err(ApiError::payload_too_large(limit.bytes, limit.setting).into_response());
+    }
+    let size = bytes.len();
+    let prepared =
+        best_of_n::prepare(state, plan, parts, bytes).map_err(ApiError::into_response)?;
     let held = shared.admission.work().map_err(Refused::into_response)?;
     let mut held = (shared.admission)
-        .best_of_n_memory(held, share, bytes.len(), plan.n)
+        .best_of_n_memory(held, share, size, prepared.n())
         .await
         .map_err(Refused::into_response)?;
-    let response = best_of_n::handle(state.clone(), plan, parts, bytes).await;
+    let response = best_of_n::handle(state.clone(), prepared).await;
     // A whole answer in memory (not a stream still being computed) no longer needs its share,
     // however slowly the client reads it.
     if http_body::Body::size_hint(response.body())
@@ -324,6 +381,19 @@ async fn best_of_n(
         held.release_memory();
     }
     Ok((response, held))
+}
+
+/// Forwards a request upstream as it is.
+async fn forward(state: &Arc<AppState>, parts: http::request::Parts, body: Body) -> Response<Body> {
+    passthrough::forward(&state.upstream, &state.metrics, parts, body, Instant::now()).await
+}
+
+/// The body limit of requests forwarded as they are.
+fn passthrough_body_limit(config: &Config) -> Limit {
+    Limit {
+        bytes: config.server.max_body_bytes,
+        setting: "server.max_body_bytes",
+    }
 }
 
 /// The smaller of the two body limits that apply to best-of-N, and the setting behind it.

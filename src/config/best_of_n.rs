@@ -39,6 +39,11 @@ pub struct BestOfNConfig {
     /// Largest best-of-N request body; smaller than `server.max_body_bytes` because the proxy
     /// multiplies what it sends by N.
     pub max_body_bytes: usize,
+    /// `"model": "<prefix>N/<model>"` switches best-of-N on with N candidates of `<model>`, for
+    /// clients that can set only a base URL and a model name; empty turns the prefix off.
+    pub model_prefix: String,
+    /// Candidate k uses `models[k % len]` instead of the request's model; empty: the request's.
+    pub models: Vec<String>,
     /// Memory that best-of-N requests in flight may claim together, weighed as body size x N.
     pub memory_budget_bytes: u64,
     /// How long a best-of-N request waits for its share of `memory_budget_bytes` before 503.
@@ -138,6 +143,8 @@ impl Default for BestOfNConfig {
             generation: Generation::Parallel,
             mode: Mode::Select,
             max_body_bytes: 4 * 1024 * 1024,
+            model_prefix: "bon-".to_string(),
+            models: Vec::new(),
             memory_budget_bytes: 256 * 1024 * 1024,
             memory_wait: Duration::from_secs(1),
         }
@@ -170,6 +177,26 @@ impl BestOfNConfig {
                 ),
             );
         }
+        if let Some(k) = self.models.iter().position(|m| !is_model_name(m)) {
+            return fail(
+                "best_of_n.models",
+                format!(
+                    "entry {k} ({:?}) is not a model name; write each name without commas or \
+                     spaces, or leave the list empty to use each request's own model",
+                    self.models[k]
+                ),
+            );
+        }
+        if self.model_prefix.contains(['/', ' ', ',']) {
+            return fail(
+                "best_of_n.model_prefix",
+                format!(
+                    "is {:?}; a prefix is written before the N, as in \"bon-5/gpt-4o-mini\", \
+                     and may not hold '/', ',' or spaces. Use \"\" to turn the prefix off",
+                    self.model_prefix
+                ),
+            );
+        }
         if self.generation == Generation::NParam && self.diversity == Diversity::Variations {
             return fail(
                 "best_of_n.generation",
@@ -181,6 +208,12 @@ impl BestOfNConfig {
         }
         Ok(())
     }
+}
+
+/// True for a name usable in a models list: not empty, no commas (the header's separator), no
+/// whitespace.
+pub fn is_model_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(',') && !name.chars().any(char::is_whitespace)
 }
 
 #[cfg(test)]
@@ -203,6 +236,9 @@ mod tests {
                 "best_of_n.generation",
             ),
             ("generation = \"both\"", "n_param"),
+            ("models = [\"a\", \"\"]", "best_of_n.models"),
+            ("models = [\"a,b\"]", "best_of_n.models"),
+            ("model_prefix = \"bon/\"", "best_of_n.model_prefix"),
         ];
         for (keys, named) in cases {
             let err = Config::parse(&format!("[best_of_n]\n{keys}\n")).unwrap_err();

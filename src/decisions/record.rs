@@ -80,7 +80,10 @@ impl Decision {
         let candidates = answered
             .candidates
             .iter()
-            .map(|c| candidate_record(c, answered.request, disqualified(c.index), include_content))
+            .map(|c| {
+                let asked = plan.model_for(c.index, &answered.request.model);
+                candidate_record(c, asked, disqualified(c.index), include_content)
+            })
             .collect();
         let scores = answered
             .candidates
@@ -120,7 +123,7 @@ impl Decision {
 
 fn candidate_record(
     candidate: &Candidate,
-    request: &ChatRequest,
+    asked: &str,
     disqualified: bool,
     include_content: bool,
 ) -> CandidateRecord {
@@ -148,8 +151,8 @@ fn candidate_record(
         Err(failure) => CandidateRecord {
             index: candidate.index,
             status: failure.outcome().to_string(),
-            // A failed call answered nothing: it was asked for the request's model.
-            model: request.model.clone(),
+            // A failed call answered nothing: it was asked for this model.
+            model: asked.to_string(),
             text: None,
         },
     }
