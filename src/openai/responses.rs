@@ -445,15 +445,20 @@ pub fn events(response: &Value) -> Vec<Bytes> {
     stream.events
 }
 
-/// A failure after the stream has begun, as the Responses `error` event. The proxy replays a
-/// response only once it is finished, so before a failure it has sent nothing but keep-alive
-/// comments: the error is the stream's first event, hence `sequence_number` 0.
+/// A failure after the stream has begun, as the Responses `error` event (`type`, `code`,
+/// `message`, `param`, `sequence_number`). The proxy replays a response only once it is
+/// finished, so before a failure it has sent nothing but keep-alive comments: the error is the
+/// stream's first event, hence `sequence_number` 0.
+///
+/// The event also carries the usual `error` object: openai-python raises `APIError` with its
+/// message for any event whose data has one, both in `create(stream=True)` and in the
+/// `responses.stream()` helper, which without it fails with an unrelated "expected
+/// `response.created`" error because no response was created before the failure.
 pub fn error_events(error: &ApiError) -> Vec<Bytes> {
     let mut stream = EventStream::default();
-    stream.emit(
-        "error",
-        json!({"code": error.code, "message": error.message, "param": error.param}),
-    );
+    let fields = json!({"code": error.code, "message": error.message, "param": error.param,
+        "error": error.to_object()});
+    stream.emit("error", fields);
     stream.events
 }
 
@@ -715,8 +720,9 @@ mod tests {
     fn candidates_are_not_streamed_nor_stored() {
         let request = object(json!({"model": "m", "input": "x", "stream": true,
             "stream_options": {"include_obfuscation": false}, "store": true,
-            "tools": [{"type": "function", "name": "f"}], "text": {"format": {"type": "json_object"}},
-            "reasoning": {"effort": "low"}, "metadata": {"k": "v"}, "vendor": 1}));
+            "tools": [{"type": "function", "name": "f"}],
+            "text": {"format": {"type": "json_object"}}, "reasoning": {"effort": "low"},
+            "metadata": {"k": "v"}, "vendor": 1}));
         let body = Value::Object(candidate_body(&request));
         assert_eq!(body["stream"], false);
         assert_eq!(body["store"], false);
@@ -745,7 +751,8 @@ mod tests {
                 {"type": "reasoning", "id": "rs_1", "summary": []},
                 {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
                  "content": [{"type": "output_text", "annotations": [], "logprobs": [],
-                    "text": "Caching helps because repeated work is skipped, so builds get faster."},
+                    "text": "Caching helps because repeated work is skipped, so builds get \
+                        faster."},
                     {"type": "refusal", "refusal": "I won't share secrets."}]}],
             "parallel_tool_calls": true, "tool_choice": "auto", "tools": [],
             "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4},
@@ -1007,12 +1014,9 @@ mod tests {
     fn errors_are_the_responses_error_event() {
         let error = ApiError::bad_gateway("no_candidates", "every candidate failed");
         let events = parse(&error_events(&error));
-        assert_eq!(
-            events,
-            [
-                json!({"type": "error", "code": "no_candidates", "message": "every candidate failed",
-                "param": null, "sequence_number": 0})
-            ]
-        );
+        let expected = json!({"type": "error", "code": "no_candidates",
+            "message": "every candidate failed", "param": null, "error": error.to_object(),
+            "sequence_number": 0});
+        assert_eq!(events, [expected]);
     }
 }
