@@ -38,10 +38,12 @@
 //! streams trickle visibly without slowing benchmarks much.
 
 mod chat;
+mod completions;
 mod embeddings;
 mod generate;
 mod judge;
 mod rerank;
+mod responses;
 mod sse;
 mod wire;
 
@@ -117,6 +119,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
                 Err(response) => response,
             }
         }
+        (&Method::POST, "/responses" | "/completions") => match read_json(body).await {
+            Ok(request) if route == "/responses" => responses::responses(&state, &request).await,
+            Ok(request) => completions::completions(&state, &request).await,
+            Err(response) => response,
+        },
         (method, _) => {
             let message = format!("Unknown request URL: {method} {path}.");
             error_response(StatusCode::NOT_FOUND, &message, Some("not_found"))
