@@ -184,20 +184,22 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<(), String> {
     if !args.demo && secrets.upstream_key.is_none() {
         warn_without_key(&config);
     }
+    let mut signals = Signals::listen()?;
     let upstream = bon_proxy::upstream::redact_url(&config.upstream.base_url);
     let server = Server::bind(config, secrets).await?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, %upstream, "bon-proxy listening");
-    // A second signal during the drain means "now": the operator is not going to wait.
     let (first, first_seen) = tokio::sync::oneshot::channel::<()>();
-    let first_signal = async move {
-        shutdown_signal().await;
+    // The first signal starts the drain; a second one means "now": the operator will not wait.
+    let watch = async move {
+        signals.recv().await;
         tracing::info!("send the signal again to stop at once");
         let _ = first.send(());
+        signals.recv().await;
     };
     tokio::select! {
-        _ = server.run(first_signal) => {}
-        _ = second_signal(first_seen) => {
+        _ = server.run(async { let _ = first_seen.await; }) => {}
+        _ = watch => {
             tracing::warn!("second shutdown signal: stopping at once, requests in flight are cut off");
         }
     }
@@ -252,6 +254,7 @@ async fn demo_upstream(listen: &str, latency_ms: u64, seed: u64) -> Result<(), S
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let mut signals = Signals::listen()?;
     tracing::info!(%listen, latency_ms, "demo upstream listening");
     let options = DemoOptions {
         latency: Duration::from_millis(latency_ms),
@@ -259,7 +262,7 @@ async fn demo_upstream(listen: &str, latency_ms: u64, seed: u64) -> Result<(), S
     };
     tokio::select! {
         result = demo::serve(listener, options) => result.map_err(|e| e.to_string()),
-        _ = shutdown_signal() => Ok(()),
+        _ = signals.recv() => Ok(()),
     }
 }
 
@@ -361,33 +364,40 @@ fn key_status(who: &str, env: &str, present: bool) -> String {
     format!("# {who} API key: not set (${env} is empty); {then}")
 }
 
-/// Completes on a shutdown signal after the one `first_seen` reports.
-async fn second_signal(first_seen: tokio::sync::oneshot::Receiver<()>) {
-    match first_seen.await {
-        Ok(()) => shutdown_signal().await,
-        Err(_) => std::future::pending().await,
-    }
+/// Ctrl-C and SIGTERM (what Kubernetes sends before killing a pod), listened for from the
+/// moment this is made: a signal that arrives before the server first waits for one must still
+/// stop it gracefully, not kill it (the default action, until a handler is installed).
+struct Signals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
 }
 
-/// Completes on Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+impl Signals {
+    fn listen() -> Result<Signals, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let fail = |e: std::io::Error| format!("cannot listen for shutdown signals: {e}");
+            Ok(Signals {
+                terminate: signal(SignalKind::terminate()).map_err(fail)?,
+                interrupt: signal(SignalKind::interrupt()).map_err(fail)?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    tracing::info!("shutdown signal received");
+
+    /// Completes on the next signal.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {},
+            _ = self.interrupt.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+    }
 }
