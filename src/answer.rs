@@ -8,7 +8,7 @@ use http::{header, HeaderMap, HeaderValue, Response};
 use serde_json::Value;
 
 use crate::body::{self, Body};
-use crate::error::ApiError;
+use crate::error::{ApiError, Reason};
 use crate::openai::ChatCompletion;
 use crate::sse;
 use crate::upstream::{self, JsonReply};
@@ -80,8 +80,14 @@ impl Failed {
         match self {
             Failed::Proxy(error) => error.into_response(),
             Failed::Upstream(reply) => {
+                let reason = Reason(format!(
+                    "the upstream answered every candidate with {}: {}",
+                    reply.status,
+                    upstream::snippet(&reply.body)
+                ));
                 let mut response = Response::new(body::full(reply.body));
                 *response.status_mut() = reply.status;
+                response.extensions_mut().insert(reason);
                 copy_upstream_headers(&reply.headers, response.headers_mut());
                 response
             }

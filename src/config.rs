@@ -7,6 +7,7 @@
 
 mod best_of_n;
 mod decisions;
+mod duration;
 mod fuser;
 mod judge;
 
@@ -53,31 +54,35 @@ pub struct ServerConfig {
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
     /// Upper bound on one best-of-N request, fan-out and judge included.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// Requests handled at once before new ones get 503; 0 means no limit.
     pub max_inflight: usize,
     /// How long shutdown waits for requests in flight to finish.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// At shutdown, how long `/readyz` answers 503 while the proxy still accepts and serves,
+    /// so load balancers stop sending before the listener closes; zero stops at once.
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
     /// Runtime worker threads; 0 means one per CPU core.
     pub worker_threads: usize,
     /// Time a client has to send a request head, counted from its first byte; also how long
     /// an idle connection (a silent new one, or keep-alive between requests) stays open.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub header_read_timeout: Duration,
     /// Time a client has to send a whole request body, counted from its request head.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub body_read_timeout: Duration,
     /// Slowest upload accepted, in bytes per second over each `body_rate_window`; 0 turns
     /// the pace off (the deadline still holds).
     pub min_body_rate: u64,
     /// Window over which `min_body_rate` is measured; the first starts with the request head.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub body_rate_window: Duration,
     /// How long a write to a client may make no progress (the client reads nothing) before
     /// the connection is closed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub write_timeout: Duration,
     /// Passthrough requests whose body may still be arriving while they are forwarded (and hold
     /// a work slot); past it, bodies are read before the request takes a slot. 0 means a
@@ -91,6 +96,9 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// Open client connections in all; 0 means half the process's file-descriptor limit.
     pub max_connections: usize,
+    /// Browser origins allowed to call the proxy (CORS): `scheme://host[:port]` or `*`; empty
+    /// means CORS is off.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +109,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(600),
             max_inflight: 4096,
             shutdown_grace: Duration::from_secs(30),
+            drain_delay: Duration::from_secs(5),
             worker_threads: 0,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
@@ -111,6 +120,7 @@ impl Default for ServerConfig {
             body_buffer_bytes: 1024 * 1024,
             max_connections_per_ip: 4096,
             max_connections: 0,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -124,17 +134,17 @@ pub struct UpstreamConfig {
     pub api_key_env: String,
     /// Forward the client's own `Authorization` header when it sends one.
     pub forward_client_auth: bool,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub connect_timeout: Duration,
     /// Time allowed for an upstream answer: the response head for passthrough, the whole
     /// body for candidate and judge calls.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub timeout: Duration,
     /// Retries of a candidate or judge call after a connection error, 429 or 5xx.
     pub max_retries: u32,
     /// Idle keep-alive connections kept per upstream host.
     pub pool_max_idle_per_host: usize,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
 }
 
@@ -161,7 +171,7 @@ pub struct CacheConfig {
     /// Upper bound on what the cached answers weigh, in bytes.
     pub max_bytes: u64,
     /// How long an answer stays servable.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub ttl: Duration,
     /// Also cache plain (not best-of-N, not streamed) chat completions.
     pub passthrough: bool,
@@ -232,7 +242,7 @@ impl Config {
 
     /// Parses and validates TOML text, without environment overrides.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let config: Config = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
         config.validate()?;
         Ok(config)
     }
@@ -329,6 +339,12 @@ impl Config {
         ] {
             check_duration(key, value)?;
         }
+        if self.server.drain_delay > MAX_DURATION {
+            return fail("server.drain_delay", "must be at most 7 days".into());
+        }
+        if let Err(msg) = crate::cors::check_origins(&self.server.cors_origins) {
+            return fail("server.cors_origins", msg);
+        }
         if !self.metrics.path.starts_with('/') || self.metrics.path.starts_with("/v1/") {
             return fail(
                 "metrics.path",
@@ -349,6 +365,24 @@ impl Config {
             .listen
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+}
+
+/// toml's error (it has the line); a bad duration also gets its key in front, which toml's
+/// message does not name.
+fn parse_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let key = error
+        .message()
+        .starts_with(duration::MARKER)
+        .then(|| {
+            error
+                .span()
+                .and_then(|span| duration::key_at(text, span.start))
+        })
+        .flatten();
+    match key {
+        Some(key) => ConfigError(format!("`{key}`: {error}")),
+        None => ConfigError(error.to_string()),
     }
 }
 
@@ -435,6 +469,53 @@ mod tests {
             config.best_of_n.candidate_timeout,
             Duration::from_millis(1500)
         );
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_key_and_the_accepted_forms() {
+        for (text, shown) in [
+            (
+                "[server]\nrequest_timeout = \"5 minutes please\"\n",
+                "5 minutes please",
+            ),
+            ("[server]\nrequest_timeout = \"abc\"\n", "abc"),
+            ("[server]\n# comment\nrequest_timeout = 300\n", "\"300s\""),
+        ] {
+            let err = Config::parse(text).unwrap_err().0;
+            assert!(err.contains("`server.request_timeout`"), "{err}");
+            assert!(err.contains(shown), "{err}");
+            for form in ["\"500ms\"", "\"30s\"", "\"2m\"", "\"1h\""] {
+                assert!(err.contains(form), "{form} missing: {err}");
+            }
+        }
+        let err = Config::parse("[judges.slow]\ntimeout = \"soon\"\n")
+            .unwrap_err()
+            .0;
+        assert!(err.contains("`judges.slow.timeout`"), "{err}");
+        // Long unit names are durations too, and a duration prints back the way it parses.
+        let config = Config::parse("[server]\nrequest_timeout = \"5 minutes\"\n").unwrap();
+        assert_eq!(config.server.request_timeout, Duration::from_secs(300));
+        let printed = toml::to_string(&config).unwrap();
+        assert_eq!(
+            Config::parse(&printed).unwrap().server.request_timeout,
+            Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn cors_origins_are_checked_and_named() {
+        let ok = "[server]\ncors_origins = [\"*\", \"http://localhost:3000\"]\n";
+        assert_eq!(Config::parse(ok).unwrap().server.cors_origins.len(), 2);
+        let err = Config::parse("[server]\ncors_origins = [\"https://a.example/\"]\n").unwrap_err();
+        assert!(err.0.contains("`server.cors_origins`"), "{err}");
+        assert!(err.0.contains("https://a.example/"), "{err}");
+    }
+
+    #[test]
+    fn drain_delay_defaults_to_five_seconds_and_may_be_zero() {
+        assert_eq!(Config::default().server.drain_delay, Duration::from_secs(5));
+        let config = Config::parse("[server]\ndrain_delay = \"0s\"\n").unwrap();
+        assert!(config.server.drain_delay.is_zero());
     }
 
     #[test]

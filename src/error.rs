@@ -9,6 +9,11 @@ use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use serde_json::json;
 
+/// Why a response is an error, in words for the log. It rides on the response as an
+/// extension, so the server can log it with the request id without reading the body back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reason(pub String);
+
 /// An error the proxy answers with, in OpenAI's wire shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -129,6 +134,16 @@ impl ApiError {
         )
     }
 
+    /// 403: the request is understood and refused (a browser origin CORS does not allow).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "forbidden",
+            message.into(),
+        )
+    }
+
     /// 429: this client holds too much of the proxy (connections, for now).
     pub fn too_many_connections(message: impl Into<String>) -> Self {
         Self::new(
@@ -168,6 +183,7 @@ impl ApiError {
     pub fn into_response(self) -> http::Response<crate::body::Body> {
         let mut response = http::Response::new(crate::body::full(self.to_body()));
         *response.status_mut() = self.status;
+        response.extensions_mut().insert(Reason(self.to_string()));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

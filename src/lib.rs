@@ -18,6 +18,7 @@ pub(crate) mod concurrently;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod connections;
+pub(crate) mod cors;
 pub mod decisions;
 pub mod demo;
 pub(crate) mod diversity;

@@ -29,6 +29,10 @@ enum Command {
     CheckConfig {
         #[arg(long, default_value = "proxy.toml", env = "BON_CONFIG")]
         config: PathBuf,
+        /// Check what `serve --demo` would run: the config file, or the defaults when it is
+        /// missing, with every call sent to the built-in demo upstream.
+        #[arg(long)]
+        demo: bool,
     },
     /// Evaluate judges on a preference data set (JSONL pairs or lists), without a server.
     Eval(EvalArgs),
@@ -109,7 +113,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => load_config(&args.config, args.demo).and_then(|config| {
             runtime(config.server.worker_threads)?.block_on(serve(args, config))
         }),
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config, demo } => check_config(&config, demo),
         Command::Eval(args) => eval(args),
         Command::DemoUpstream {
             listen,
@@ -173,19 +177,60 @@ fn env_config() -> Result<Config, String> {
 async fn serve(args: ServeArgs, mut config: Config) -> Result<(), String> {
     if args.demo {
         let addr = start_demo(args.demo_latency_ms).await?;
-        config.upstream.base_url = format!("http://{addr}/v1");
-        // Every judge asks the demo too: it answers each strategy's prompts.
-        config.judge.base_url.clear();
-        config.judges.values_mut().for_each(|j| j.base_url.clear());
+        use_demo(&mut config, addr);
         tracing::info!(%addr, latency_ms = args.demo_latency_ms, "demo upstream running in-process");
     }
     let secrets = Secrets::from_env(&config);
+    if !args.demo && secrets.upstream_key.is_none() {
+        warn_without_key(&config);
+    }
+    let mut signals = Signals::listen()?;
     let upstream = bon_proxy::upstream::redact_url(&config.upstream.base_url);
     let server = Server::bind(config, secrets).await?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, %upstream, "bon-proxy listening");
-    server.run(shutdown_signal()).await;
+    let (first, first_seen) = tokio::sync::oneshot::channel::<()>();
+    // The first signal starts the drain; a second one means "now": the operator will not wait.
+    let watch = async move {
+        signals.recv().await;
+        tracing::info!("send the signal again to stop at once");
+        let _ = first.send(());
+        signals.recv().await;
+    };
+    tokio::select! {
+        _ = server.run(async { let _ = first_seen.await; }) => {}
+        _ = watch => {
+            tracing::warn!("second shutdown signal: stopping at once, requests in flight are cut off");
+        }
+    }
     Ok(())
+}
+
+/// Points the upstream and every judge at the demo upstream listening on `addr`.
+fn use_demo(config: &mut Config, addr: std::net::SocketAddr) {
+    config.upstream.base_url = format!("http://{addr}/v1");
+    // Every judge asks the demo too: it answers each strategy's prompts.
+    config.judge.base_url.clear();
+    config.judges.values_mut().for_each(|j| j.base_url.clear());
+}
+
+/// Without a key, requests reach the upstream with whatever the client sent, which for most
+/// first-time setups is nothing: say so at start rather than with the first 401.
+fn warn_without_key(config: &Config) {
+    let env = &config.upstream.api_key_env;
+    if config.upstream.forward_client_auth {
+        tracing::warn!(
+            "no upstream API key: ${env} (upstream.api_key_env) is unset or empty; requests \
+             will be sent to the upstream unauthenticated unless clients bring their own \
+             Authorization header"
+        );
+    } else {
+        tracing::warn!(
+            "no upstream API key: ${env} (upstream.api_key_env) is unset or empty and \
+             upstream.forward_client_auth is false; every request will be sent to the \
+             upstream unauthenticated"
+        );
+    }
 }
 
 async fn start_demo(latency_ms: u64) -> Result<std::net::SocketAddr, String> {
@@ -209,6 +254,7 @@ async fn demo_upstream(listen: &str, latency_ms: u64, seed: u64) -> Result<(), S
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let mut signals = Signals::listen()?;
     tracing::info!(%listen, latency_ms, "demo upstream listening");
     let options = DemoOptions {
         latency: Duration::from_millis(latency_ms),
@@ -216,7 +262,7 @@ async fn demo_upstream(listen: &str, latency_ms: u64, seed: u64) -> Result<(), S
     };
     tokio::select! {
         result = demo::serve(listener, options) => result.map_err(|e| e.to_string()),
-        _ = shutdown_signal() => Ok(()),
+        _ = signals.recv() => Ok(()),
     }
 }
 
@@ -236,19 +282,28 @@ fn eval(args: EvalArgs) -> Result<(), String> {
     runtime(config.server.worker_threads)?.block_on(bon_proxy::eval::run(&config, &command))
 }
 
-fn check_config(path: &Path) -> Result<(), String> {
-    let mut config = load_config(path, false)?;
+fn check_config(path: &Path, demo: bool) -> Result<(), String> {
+    let mut config = load_config(path, demo)?;
+    if demo {
+        // The demo's real port is picked at start; any loopback address checks the same.
+        use_demo(&mut config, std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
     let secrets = Secrets::from_env(&config);
     let (judges, fuser) = bon_proxy::state::check_deciders(&config, &secrets)?;
-    println!("# {}: valid", path.display());
-    println!(
-        "{}",
-        key_status(
-            "upstream",
-            &config.upstream.api_key_env,
-            secrets.upstream_key.is_some()
-        )
-    );
+    println!("# {}: valid", config_source(path, demo));
+    if demo {
+        println!("# upstream: the built-in demo upstream, in-process on a free loopback port");
+        println!("# upstream API key: not needed (the demo upstream)");
+    } else {
+        println!(
+            "{}",
+            key_status(
+                "upstream",
+                &config.upstream.api_key_env,
+                secrets.upstream_key.is_some()
+            )
+        );
+    }
     for env in bon_proxy::state::judge_key_names(&config) {
         let present = secrets.judge_keys.contains_key(env);
         println!("{}", key_status("judge", env, present));
@@ -266,6 +321,20 @@ fn check_config(path: &Path) -> Result<(), String> {
     let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
     println!("\n{text}");
     Ok(())
+}
+
+/// What `check-config` checked: the file, or with `--demo` and no file, the defaults.
+fn config_source(path: &Path, demo: bool) -> String {
+    if demo && !path.exists() {
+        format!(
+            "demo configuration (defaults and environment; {} not found)",
+            path.display()
+        )
+    } else if demo {
+        format!("{} with the demo upstream", path.display())
+    } else {
+        path.display().to_string()
+    }
 }
 
 fn export_pairs(from: &Path, out: &Path) -> Result<(), String> {
@@ -295,25 +364,40 @@ fn key_status(who: &str, env: &str, present: bool) -> String {
     format!("# {who} API key: not set (${env} is empty); {then}")
 }
 
-/// Completes on Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Ctrl-C and SIGTERM (what Kubernetes sends before killing a pod), listened for from the
+/// moment this is made: a signal that arrives before the server first waits for one must still
+/// stop it gracefully, not kill it (the default action, until a handler is installed).
+struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Result<Signals, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let fail = |e: std::io::Error| format!("cannot listen for shutdown signals: {e}");
+            Ok(Signals {
+                terminate: signal(SignalKind::terminate()).map_err(fail)?,
+                interrupt: signal(SignalKind::interrupt()).map_err(fail)?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    tracing::info!("shutdown signal received");
+
+    /// Completes on the next signal.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {},
+            _ = self.interrupt.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+    }
 }

@@ -17,7 +17,7 @@ use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCod
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::admission::{Admission, Held, MemoryShare, Refused};
@@ -26,7 +26,8 @@ use crate::body_deadline::BodyRules;
 use crate::cache::AnswerCache;
 use crate::config::Config;
 use crate::connections::{ConnectionLimits, ConnectionSlot};
-use crate::error::ApiError;
+use crate::cors::Cors;
+use crate::error::{ApiError, Reason};
 use crate::intake::{self, Limit, Received, Refused as BodyRefused};
 use crate::plan::{self, Head, Plan, Switches};
 use crate::state::{AppState, Secrets};
@@ -47,6 +48,7 @@ struct Shared {
     admission: Admission,
     connections: Arc<ConnectionLimits>,
     body_rules: BodyRules,
+    cors: Cors,
     shutting_down: AtomicBool,
 }
 
@@ -73,6 +75,7 @@ impl Server {
             "client connections are bounded (server.max_connections)"
         );
         let body_rules = BodyRules::from_config(&config.server);
+        let cors = Cors::new(&config.server.cors_origins);
         let state = AppState::new(config, secrets)?;
         Ok(Server {
             listener,
@@ -81,6 +84,7 @@ impl Server {
                 admission,
                 connections,
                 body_rules,
+                cors,
                 shutting_down: AtomicBool::new(false),
             }),
         })
@@ -90,8 +94,10 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets requests in flight finish
-    /// for up to `server.shutdown_grace`, and returns.
+    /// Serves until `shutdown` completes, then drains: `/readyz` answers 503 while the proxy
+    /// keeps accepting and serving for `server.drain_delay` (load balancers notice and stop
+    /// sending), then it stops accepting, lets requests in flight finish for up to
+    /// `server.shutdown_grace`, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let server = &self.shared.state.config.server;
         let patience = conn::Patience {
@@ -107,28 +113,12 @@ impl Server {
             .header_read_timeout(patience.idle);
         let builder = Arc::new(builder);
         let (closing, closing_seen) = watch::channel(false);
-        tokio::pin!(shutdown);
+        let drained = drain_after(self.shared.clone(), shutdown);
+        tokio::pin!(drained);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(conn) => conn,
-                        Err(e) => {
-                            // Usually out of file descriptors: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let slot = match self.shared.connections.admit(peer.ip()) {
-                        Ok(slot) => slot,
-                        Err(refusal) => {
-                            tracing::debug!(%peer, ?refusal, "connection refused");
-                            self.shared.state.metrics.connection_refused(refusal.label());
-                            refusal.answer(stream);
-                            continue;
-                        }
-                    };
+                    let Some((stream, slot)) = self.admit(accepted).await else { continue };
                     let shared = self.shared.clone();
                     // Boxed: hyper keeps a box the size of the service's future for as long as
                     // the connection lives, and the whole request path is large; this way an
@@ -144,27 +134,75 @@ impl Server {
                         served.await;
                     });
                 }
-                _ = &mut shutdown => break,
+                _ = &mut drained => break,
             }
         }
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
         drop(self.listener);
         drop(closing_seen);
         let _ = closing.send(true);
         let grace = self.shared.state.config.server.shutdown_grace;
+        tracing::info!(?grace, "no longer accepting connections; waiting for requests in flight (server.shutdown_grace)");
         // Every connection holds a receiver: all are gone once the last connection closed.
         tokio::select! {
             _ = closing.closed() => tracing::info!("all connections closed"),
             _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown grace period over; closing connections in flight"),
         }
     }
+
+    /// A new connection and its place in the connection limits; None when it was refused
+    /// (answered) or accepting failed.
+    async fn admit(
+        &self,
+        accepted: std::io::Result<(TcpStream, SocketAddr)>,
+    ) -> Option<(TcpStream, ConnectionSlot)> {
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return None;
+            }
+        };
+        match self.shared.connections.admit(peer.ip()) {
+            Ok(slot) => Some((stream, slot)),
+            Err(refusal) => {
+                tracing::debug!(%peer, ?refusal, "connection refused");
+                self.shared
+                    .state
+                    .metrics
+                    .connection_refused(refusal.label());
+                refusal.answer(stream);
+                None
+            }
+        }
+    }
+}
+
+/// Completes `server.drain_delay` after `shutdown`, with `/readyz` answering 503 meanwhile;
+/// the accept loop runs on until then.
+async fn drain_after(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    shutdown.await;
+    shared.shutting_down.store(true, Ordering::SeqCst);
+    let delay = shared.state.config.server.drain_delay;
+    tracing::info!(
+        ?delay,
+        "draining: /readyz answers 503, new requests are still served for server.drain_delay"
+    );
+    tokio::time::sleep(delay).await;
 }
 
 async fn handle(shared: &Shared, mut request: Request<Incoming>) -> Response<Body> {
     let arrived = tokio::time::Instant::now();
     let request_id = ensure_request_id(&mut request);
-    let mut response = route(shared, request, arrived).await;
+    // CORS's one seam: a preflight is answered without routing; other answers get its headers.
+    let mut cors = shared.cors.check(&request);
+    let mut response = match cors.take_preflight() {
+        Some(preflight) => preflight,
+        None => route(shared, request, arrived).await,
+    };
     let headers = response.headers_mut();
+    cors.decorate(headers);
     // The upstream's own id (the one its support desk asks for) stays available beside ours.
     if let Some(upstream_id) = headers.remove(X_REQUEST_ID) {
         if upstream_id != request_id {
@@ -347,8 +385,24 @@ async fn open(
 }
 
 /// Checks a best-of-N request, takes a work slot and its share of the memory budget, and
-/// answers. `Err` is a refusal, sent before any work.
+/// answers. `Err` is a refusal, sent before any work. Either way, a failure is logged.
 async fn best_of_n(
+    shared: &Shared,
+    plan: plan::BestOfN,
+    parts: http::request::Parts,
+    bytes: Bytes,
+    share: MemoryShare,
+) -> Result<(Response<Body>, Held), Response<Body>> {
+    let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
+    let answered = answer_best_of_n(shared, plan, parts, bytes, share).await;
+    let response = match &answered {
+        Ok((response, _)) | Err(response) => response,
+    };
+    warn_if_failed(&shared.state, request_id.as_ref(), response);
+    answered
+}
+
+async fn answer_best_of_n(
     shared: &Shared,
     plan: plan::BestOfN,
     parts: http::request::Parts,
@@ -396,6 +450,20 @@ fn passthrough_body_limit(config: &Config) -> Limit {
     }
 }
 
+/// A best-of-N request that failed is logged with its id and why, as passthrough failures are:
+/// the client got the error, the operator should not have to ask for it.
+fn warn_if_failed(state: &AppState, request_id: Option<&HeaderValue>, response: &Response<Body>) {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return;
+    }
+    let request_id = request_id.and_then(|id| id.to_str().ok()).unwrap_or("-");
+    let reason = response.extensions().get::<Reason>();
+    let error = reason.map_or("(no reason given)", |r| r.0.as_str());
+    let error = state.upstream.redact(error);
+    tracing::warn!(request_id, status = status.as_u16(), %error, "best-of-N request failed");
+}
+
 /// The smaller of the two body limits that apply to best-of-N, and the setting behind it.
 fn best_of_n_body_limit(config: &Config) -> Limit {
     let (own, server) = (
@@ -440,7 +508,7 @@ async fn metrics_response(state: &AppState) -> Response<Body> {
 
 fn readiness(shared: &Shared) -> Response<Body> {
     if shared.shutting_down.load(Ordering::SeqCst) {
-        json_status(StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+        json_status(StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else {
         json_status(StatusCode::OK, "ready")
     }

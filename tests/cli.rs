@@ -102,12 +102,17 @@ impl Proc {
 
     /// Sends SIGTERM, as Kubernetes or systemd would, and waits for the exit.
     fn terminate(&mut self) -> ExitStatus {
+        self.send_term();
+        self.wait_exit(WAIT)
+    }
+
+    /// Sends SIGTERM without waiting.
+    fn send_term(&self) {
         let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM failed");
-        self.wait_exit(WAIT)
     }
 }
 
@@ -536,7 +541,7 @@ async fn serve_with_key(
     let config = write_config(
         &cwd,
         &format!(
-            "[server]\nlisten = \"{addr}\"\n\n[upstream]\nbase_url = \"{}\"\nmax_retries = {retries}\n",
+            "[server]\nlisten = \"{addr}\"\ndrain_delay = \"0s\"\n\n[upstream]\nbase_url = \"{}\"\nmax_retries = {retries}\n",
             mock.base_url()
         ),
     );
@@ -701,4 +706,305 @@ async fn demo_upstream_serves_models_and_chat_completions() {
 
     let status = blocking(|| demo.terminate());
     assert!(status.success(), "exit after SIGTERM: {status}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The first hour: drain, warnings, check-config --demo
+// ---------------------------------------------------------------------------------------------
+
+/// `bon-proxy serve` against `mock` with `server_keys` added to `[server]` and `env` set, ready;
+/// its base URL and its working directory.
+async fn serve_mock(
+    mock: &MockUpstream,
+    server_keys: &str,
+    env: &[(&str, &str)],
+) -> (Proc, String, TempDir) {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let addr = free_port();
+    let config = write_config(
+        &cwd,
+        &format!(
+            "[server]\nlisten = \"{addr}\"\n{server_keys}\n\n[upstream]\nbase_url = \"{}\"\nmax_retries = 0\n",
+            mock.base_url()
+        ),
+    );
+    let mut cmd = bon(cwd.path(), &["serve", "--config", path_str(&config)]);
+    cmd.envs(env.iter().copied());
+    let mut proxy = Proc::spawn(cmd);
+    let base = format!("http://{addr}");
+    wait_ready(&mut proxy, &format!("{base}/healthz")).await;
+    (proxy, base, cwd)
+}
+
+fn question(text: &str) -> Value {
+    json!({"model": "m", "messages": [{"role": "user", "content": text}]})
+}
+
+/// Polls until `check` holds, for at most `limit`; false when it never did.
+async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_readyz_turns_503_new_requests_are_served_and_a_slow_one_finishes() {
+    const DRAIN: Duration = Duration::from_secs(2);
+    let mock = MockUpstream::with_handler(|call: &Call| {
+        if call.prompt_text().contains("slow") {
+            return Reply::completion("the slow answer").with_delay(Duration::from_secs(4));
+        }
+        default_handler(call)
+    })
+    .await;
+    let keys = "drain_delay = \"2s\"\nshutdown_grace = \"10s\"";
+    let (mut proxy, base, _cwd) = serve_mock(&mock, keys, &[("OPENAI_API_KEY", "sk-x")]).await;
+    assert_eq!(
+        get(&format!("{base}/readyz")).await.json()["status"],
+        "ready"
+    );
+
+    let chat = format!("{base}/v1/chat/completions");
+    let slow = tokio::spawn(async move { post_json(&chat, &[], &question("slow please")).await });
+    let arrived = eventually(WAIT, async || !mock.calls().is_empty()).await;
+    assert!(arrived, "the slow request never reached the upstream");
+    let signalled = Instant::now();
+    proxy.send_term();
+
+    // Draining: readiness fails at once...
+    let readyz = format!("{base}/readyz");
+    let draining = eventually(DRAIN / 2, async || {
+        try_send(Method::GET, &readyz, &[], Bytes::new())
+            .await
+            .is_ok_and(|a| a.status == StatusCode::SERVICE_UNAVAILABLE)
+    })
+    .await;
+    assert!(
+        draining,
+        "/readyz did not turn 503; stderr:\n{}",
+        proxy.stderr()
+    );
+    let answer = get(&readyz).await;
+    assert_eq!(answer.json(), json!({"status": "draining"}));
+    // ...while new connections are still accepted and their requests answered.
+    let models = get(&format!("{base}/v1/models")).await;
+    assert_eq!(models.status, StatusCode::OK);
+    let chat = post_json(&format!("{base}/v1/chat/completions"), &[], &question("hi")).await;
+    assert_chat_completion(&chat);
+    assert!(signalled.elapsed() < DRAIN, "too slow to test the drain");
+    assert!(proxy.exited().is_none(), "exited during the drain");
+
+    // After the delay the listener closes, though the slow request still runs.
+    let healthz = format!("{base}/healthz");
+    let closed = eventually(WAIT, async || {
+        try_send(Method::GET, &healthz, &[], Bytes::new())
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(closed, "still accepting after the drain");
+    let closed_after = signalled.elapsed();
+    assert!(
+        closed_after >= DRAIN - Duration::from_millis(100),
+        "closed after {closed_after:?}"
+    );
+    assert!(proxy.exited().is_none(), "exited with a request in flight");
+
+    let slow = slow.await.expect("slow request task");
+    assert_eq!(slow.status, StatusCode::OK, "{:?}", slow.body);
+    assert_eq!(slow.content(), "the slow answer");
+    let status = blocking(|| proxy.wait_exit(WAIT));
+    assert!(
+        status.success(),
+        "exit: {status}; stderr:\n{}",
+        proxy.stderr()
+    );
+    let logs = proxy.stderr();
+    for phase in [
+        "shutdown signal received",
+        "draining",
+        "no longer accepting",
+        "all connections closed",
+    ] {
+        assert!(logs.contains(phase), "no `{phase}` in:\n{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_during_the_drain_stops_at_once() {
+    let mock = MockUpstream::start().await;
+    let keys = "drain_delay = \"60s\"";
+    let (mut proxy, base, _cwd) = serve_mock(&mock, keys, &[("OPENAI_API_KEY", "sk-x")]).await;
+    proxy.send_term();
+    let readyz = format!("{base}/readyz");
+    let draining = eventually(WAIT, async || {
+        try_send(Method::GET, &readyz, &[], Bytes::new())
+            .await
+            .is_ok_and(|a| a.status == StatusCode::SERVICE_UNAVAILABLE)
+    })
+    .await;
+    assert!(
+        draining,
+        "/readyz did not turn 503; stderr:\n{}",
+        proxy.stderr()
+    );
+    let second = Instant::now();
+    let status = blocking(|| proxy.terminate());
+    assert!(
+        status.success(),
+        "exit: {status}; stderr:\n{}",
+        proxy.stderr()
+    );
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        second.elapsed()
+    );
+    assert!(
+        proxy.stderr().contains("second shutdown signal"),
+        "{}",
+        proxy.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_an_upstream_key_warns_at_start_that_requests_go_unauthenticated() {
+    let mock = MockUpstream::start().await;
+    let warning = "requests will be sent to the upstream unauthenticated unless clients bring \
+                   their own Authorization";
+    for env in [vec![], vec![("OPENAI_API_KEY", "  ")]] {
+        let (mut proxy, _base, _cwd) = serve_mock(&mock, "drain_delay = \"0s\"", &env).await;
+        let logs = proxy.stderr();
+        let line = logs.lines().find(|l| l.contains("no upstream API key"));
+        let line = line.unwrap_or_else(|| panic!("no warning in:\n{logs}"));
+        assert!(
+            line.contains("WARN") && line.contains("$OPENAI_API_KEY"),
+            "{line}"
+        );
+        assert!(line.contains(warning), "{line}");
+        blocking(|| proxy.terminate());
+    }
+    let (mut proxy, _base, _cwd) =
+        serve_mock(&mock, "drain_delay = \"0s\"", &[("OPENAI_API_KEY", "sk-x")]).await;
+    assert!(
+        !proxy.stderr().contains("no upstream API key"),
+        "{}",
+        proxy.stderr()
+    );
+    blocking(|| proxy.terminate());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_best_of_n_request_is_logged_at_warn_with_its_id_and_why() {
+    let mock = MockUpstream::with_handler(|call: &Call| {
+        if call.path().ends_with("/chat/completions") && !call.is_judge() {
+            return Reply::error(500, "mock: every candidate is overloaded", "server_error");
+        }
+        default_handler(call)
+    })
+    .await;
+    let env = [("OPENAI_API_KEY", "sk-x")];
+    let (mut proxy, base, _cwd) = serve_mock(&mock, "drain_delay = \"0s\"", &env).await;
+    let chat = format!("{base}/v1/chat/completions");
+    let failed = post_json(
+        &chat,
+        &[("x-best-of-n", "2"), ("x-request-id", "req-bon-fails-5xx")],
+        &question("hello"),
+    )
+    .await;
+    assert!(failed.status.is_server_error(), "{:?}", failed.body);
+    let told = failed.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let refused = post_json(
+        &chat,
+        &[("x-best-of-n", "2"), ("x-request-id", "req-bon-fails-4xx")],
+        &json!({"model": "m"}),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+
+    blocking(|| proxy.terminate());
+    let logs = proxy.stderr();
+    let line_of = |id: &str| {
+        let line = logs.lines().find(|l| l.contains(id));
+        line.unwrap_or_else(|| panic!("no line for {id} in:\n{logs}"))
+            .to_string()
+    };
+    let line = line_of("req-bon-fails-5xx");
+    assert!(
+        line.contains("WARN") && line.contains("best-of-N request failed"),
+        "{line}"
+    );
+    assert!(
+        !told.is_empty() && line.contains(&told),
+        "`{told}` missing from {line}"
+    );
+    let line = line_of("req-bon-fails-4xx");
+    assert!(line.contains("WARN") && line.contains("messages"), "{line}");
+}
+
+#[test]
+fn check_config_demo_validates_what_serve_demo_runs() {
+    // No proxy.toml in the working directory: `serve --demo` runs on the defaults, and so
+    // does the check.
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let out = run(bon(cwd.path(), &["check-config", "--demo"]));
+    assert!(
+        out.status.success(),
+        "status {}; stderr:\n{}",
+        out.status,
+        out.stderr
+    );
+    assert!(out.stdout.contains("demo configuration"), "{}", out.stdout);
+    assert!(out.stdout.contains(": valid"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("the built-in demo upstream"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("# judges:"), "{}", out.stdout);
+    // Without --demo the same directory is an error: there is no config file.
+    let out = run(bon(cwd.path(), &["check-config"]));
+    assert!(!out.status.success(), "{}", out.stdout);
+
+    // With a file, the file is checked (its mistakes too), pointed at the demo.
+    let out = check_config_args(&["--demo"], "[best_of_n]\nmax_n = 7\n");
+    assert!(out.status.success(), "stderr:\n{}", out.stderr);
+    let toml_start = out.stdout.find("\n[").expect("a TOML table in stdout");
+    let printed: toml::Table = out.stdout[toml_start..].parse().expect("TOML");
+    assert_eq!(printed["best_of_n"]["max_n"].as_integer(), Some(7));
+    let base_url = printed["upstream"]["base_url"].as_str().unwrap_or_default();
+    assert!(base_url.starts_with("http://127.0.0.1"), "{base_url}");
+    let out = check_config_args(&["--demo"], "[best_of_n]\ndefault_n = 40\n");
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(out.stderr.contains("best_of_n.default_n"), "{}", out.stderr);
+}
+
+/// `bon-proxy check-config --config <file> ARGS` where the file holds `toml`.
+fn check_config_args(args: &[&str], toml: &str) -> Finished {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_config(&dir, toml);
+    let mut all = vec!["check-config", "--config", path_str(&path)];
+    all.extend_from_slice(args);
+    run(bon(dir.path(), &all))
+}
+
+#[test]
+fn check_config_names_the_key_of_a_bad_duration_and_the_accepted_forms() {
+    let out = check_config("[server]\nrequest_timeout = \"abc\"\n", &[]);
+    assert!(!out.status.success(), "{}", out.stdout);
+    for needle in ["server.request_timeout", "abc", "\"30s\"", "\"2m\""] {
+        assert!(
+            out.stderr.contains(needle),
+            "no `{needle}` in:\n{}",
+            out.stderr
+        );
+    }
 }

@@ -15,13 +15,13 @@ pub struct BestOfNConfig {
     /// Largest N a client may ask for.
     pub max_n: u32,
     /// Deadline of each candidate call.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "super::duration")]
     pub candidate_timeout: Duration,
     /// Fewest successful candidates that still make an answer.
     pub min_candidates: u32,
     /// For streaming clients: when no answer is ready after this long, the proxy commits to
     /// 200 and sends SSE keep-alive comments at this interval until it is.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "super::duration")]
     pub stream_keepalive: Duration,
     /// How candidates are made to differ from each other.
     pub diversity: Diversity,
@@ -47,7 +47,7 @@ pub struct BestOfNConfig {
     /// Memory that best-of-N requests in flight may claim together, weighed as body size x N.
     pub memory_budget_bytes: u64,
     /// How long a best-of-N request waits for its share of `memory_budget_bytes` before 503.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "super::duration")]
     pub memory_wait: Duration,
 }
 

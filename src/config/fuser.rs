@@ -24,7 +24,7 @@ pub struct FuserConfig {
     /// Upper bound on the fused answer, sent as `max_tokens`; 0 keeps the request's own.
     pub max_tokens: u32,
     /// Deadline of the fuser call (the whole answer, or the whole stream).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "super::duration")]
     pub timeout: Duration,
 }
 

@@ -72,7 +72,7 @@ pub struct JudgeConfig {
     pub temperature: f64,
     /// Upper bound on the judge's answer length, sent as `max_tokens`; 0 sends none.
     pub max_tokens: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "super::duration")]
     pub timeout: Duration,
     pub fallback: Fallback,
     /// Shuffle candidates before the judge sees them, against position bias.

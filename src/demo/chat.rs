@@ -11,9 +11,8 @@ use serde_json::{json, Value};
 use super::generate::*;
 use super::judge::*;
 use super::sse::*;
+use super::tools;
 use super::wire::*;
-
-pub(super) const TOOL_ARGUMENTS: &str = r#"{"location":"Paris"}"#;
 
 /// Options for the demo upstream.
 #[derive(Debug, Clone)]
@@ -48,6 +47,8 @@ pub(super) struct Chat<'a> {
     last_user: std::ops::Range<usize>,
     last_is_user: bool,
     tool_name: Option<&'a str>,
+    /// The first tool, whose schema names the argument the demo fills in.
+    tool: Option<&'a Value>,
     json_mode: bool,
     /// `"logprobs": true`: plain answers carry token log-probabilities.
     logprobs: bool,
@@ -79,6 +80,7 @@ pub(super) fn parse_chat(request: &Value) -> Option<Chat<'_>> {
         last_user,
         last_is_user,
         tool_name: first_tool.map(|tool| str_at(tool, "/function/name").unwrap_or("get_weather")),
+        tool: first_tool,
         json_mode: matches!(format, Some("json_object" | "json_schema")),
         logprobs: flag("/logprobs"),
     })
@@ -101,7 +103,12 @@ pub(super) fn append_text(content: Option<&Value>, out: &mut String) {
 #[derive(Clone)]
 pub(super) enum Answer {
     Text(String),
-    ToolCall { id: String, name: String },
+    ToolCall {
+        id: String,
+        name: String,
+        /// JSON, for the place the question asks about.
+        arguments: String,
+    },
 }
 
 impl Answer {
@@ -115,7 +122,9 @@ impl Answer {
     fn tokens(&self) -> u64 {
         match self {
             Answer::Text(text) => approx_tokens(text),
-            Answer::ToolCall { name, .. } => approx_tokens(name) + approx_tokens(TOOL_ARGUMENTS),
+            Answer::ToolCall {
+                name, arguments, ..
+            } => approx_tokens(name) + approx_tokens(arguments),
         }
     }
 }
@@ -151,19 +160,21 @@ pub(super) fn answers(state: &State, chat: &Chat<'_>, call: u64) -> Vec<Answer> 
     let question = chat.prompt.get(chat.last_user.clone()).unwrap_or("");
     let asks_weather = chat.last_is_user && contains_ignore_case(question, b"weather");
     let tool = chat.tool_name.filter(|_| asks_weather);
+    let arguments = tool.map(|_| tools::arguments(question, chat.tool));
     let topic = topic(question);
     let sum = arithmetic(question);
     let base = state.options.seed ^ fnv1a(chat.prompt.as_bytes()) ^ call.wrapping_mul(GOLDEN);
     let answer = |index: u64| {
         let mut rng = Rng(base ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        match tool {
+        match (tool, &arguments) {
             // Unique without touching the counter, because `n` is at most 128.
-            Some(name) => Answer::ToolCall {
+            (Some(name), Some(arguments)) => Answer::ToolCall {
                 id: format!("call_demo_{}", call.wrapping_mul(128).wrapping_add(index)),
                 name: name.to_owned(),
+                arguments: arguments.clone(),
             },
-            None if chat.json_mode => Answer::Text(json_answer(&mut rng, &topic)),
-            None => match &sum {
+            _ if chat.json_mode => Answer::Text(json_answer(&mut rng, &topic)),
+            _ => match &sum {
                 Some(sum) => Answer::Text(math_answer(&mut rng, sum)),
                 None => Answer::Text(generate(&mut rng, &topic)),
             },
@@ -183,9 +194,13 @@ pub(super) fn completion(
     let choice = |(index, answer): (usize, &Answer)| {
         let message = match answer {
             Answer::Text(text) => json!({"role": "assistant", "content": text, "refusal": null}),
-            Answer::ToolCall { id, name } => json!({"role": "assistant", "content": null,
+            Answer::ToolCall {
+                id,
+                name,
+                arguments,
+            } => json!({"role": "assistant", "content": null,
                 "tool_calls": [{"id": id, "type": "function",
-                    "function": {"name": name, "arguments": TOOL_ARGUMENTS}}],
+                    "function": {"name": name, "arguments": arguments}}],
                 "refusal": null}),
         };
         let logprobs = match (logprobs, answer) {
@@ -242,12 +257,21 @@ pub(super) fn deltas(answer: &Answer) -> Vec<Value> {
                 deltas.push(json!({"content": piece}));
             }
         }
-        Answer::ToolCall { id, name } => {
+        Answer::ToolCall {
+            id,
+            name,
+            arguments,
+        } => {
             let call = json!({"index": 0, "id": id, "type": "function",
                 "function": {"name": name, "arguments": ""}});
             deltas.push(json!({"role": "assistant", "content": null, "tool_calls": [call]}));
             // Real models stream the arguments in pieces too; clients must concatenate them.
-            let (head, tail) = TOOL_ARGUMENTS.split_at(9);
+            let cut = arguments.len() / 2;
+            let cut = (0..=cut)
+                .rev()
+                .find(|&i| arguments.is_char_boundary(i))
+                .unwrap_or(0);
+            let (head, tail) = arguments.split_at(cut);
             for piece in [head, tail] {
                 let call = json!({"index": 0, "function": {"arguments": piece}});
                 deltas.push(json!({"tool_calls": [call]}));

@@ -14,7 +14,7 @@
 //! index: they differ from call to call, yet a run is reproducible. Their shape varies on purpose
 //! (one line, paragraph, bullet list, numbered list with heading and summary) so that a judge has
 //! a real choice. With `tools`, a last user message mentioning "weather" gets a call to the first
-//! tool; a `json_object` or `json_schema` response format gets a small JSON object. A question
+//! tool, its arguments naming the place the question asks about (see `tools.rs`); a `json_object` or `json_schema` response format gets a small JSON object. A question
 //! holding `a op b` (whole numbers; `+`, `-`, `*`, `x`, `×`) gets a numeric answer instead: right
 //! three times in five, in one of four spellings (`1,000`, `Final answer: 1000`, `\boxed{}`,
 //! bold), so `consensus` has answers to agree on. With `"logprobs": true`, plain (not streamed)
@@ -45,6 +45,7 @@ mod judge;
 mod rerank;
 mod responses;
 mod sse;
+mod tools;
 mod wire;
 
 use std::convert::Infallible;
@@ -316,7 +317,7 @@ mod tests {
     async fn tools_and_json_mode() {
         let mut client = Client::start(Duration::ZERO).await;
         let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {}}}]);
-        let messages = json!([{"role": "user", "content": "What's the WEATHER like?"}]);
+        let messages = json!([{"role": "user", "content": "What's the WEATHER like in Tokyo?"}]);
         let mut request = json!({"model": "demo", "tools": tools, "messages": messages});
         let mut response = client.post("/v1/chat/completions", request.clone()).await;
         let choice = response["choices"][0].take();
@@ -324,7 +325,7 @@ mod tests {
         assert!(choice["message"]["content"].is_null());
         let function = &choice["message"]["tool_calls"][0]["function"];
         assert_eq!(function["name"], "lookup");
-        assert_eq!(function["arguments"], TOOL_ARGUMENTS);
+        assert_eq!(function["arguments"], r#"{"location":"Tokyo"}"#);
         request["stream"] = json!(true);
         let (_, _, body) = client
             .send(Method::POST, "/chat/completions", request)
@@ -333,7 +334,7 @@ mod tests {
         let arguments = chunks.iter().filter_map(|c| {
             c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
         });
-        assert_eq!(arguments.collect::<String>(), TOOL_ARGUMENTS);
+        assert_eq!(arguments.collect::<String>(), r#"{"location":"Tokyo"}"#);
         let last = &chunks[chunks.len() - 1];
         assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
         let format = json!({"type": "json_object"});
