@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::body::{self, Body};
 use crate::error::{ApiError, Reason};
-use crate::openai::ChatCompletion;
+use crate::openai::{Api, ChatCompletion};
 use crate::sse;
 use crate::upstream::{self, JsonReply};
 
@@ -18,7 +18,12 @@ use crate::upstream::{self, JsonReply};
 /// an SSE stream, whichever the client asked for.
 #[derive(Debug, Clone)]
 pub struct Ready {
+    /// The chosen choices and the summed usage; for an API other than chat, its chat view.
     pub completion: ChatCompletion,
+    /// The API the answer is written back in.
+    pub api: Api,
+    /// The winner's Responses object, which goes back with the summed usage written in.
+    pub native: Option<Arc<Value>>,
     pub headers: HeaderMap,
     /// The `best_of_n` breakdown, kept aside so a cached answer can serve clients that ask
     /// for it and clients that do not.
@@ -39,7 +44,8 @@ impl Ready {
     }
 
     pub fn into_json_response(self) -> Response<Body> {
-        let body = match serde_json::to_vec(&self.completion) {
+        let body = self.api.body(&self.completion, self.native.as_deref());
+        let body = match serde_json::to_vec(&body) {
             Ok(bytes) => bytes,
             Err(e) => {
                 return ApiError::internal(format!("cannot encode the answer: {e}")).into_response()
@@ -54,9 +60,10 @@ impl Ready {
         response
     }
 
-    /// The answer as SSE events, `[DONE]` included.
+    /// The answer as its API's SSE events (`[DONE]` included where the API has one).
     pub fn sse_events(&self, include_usage: bool) -> Vec<Bytes> {
-        sse::encode(&self.completion, include_usage)
+        let native = self.native.as_deref();
+        self.api.events(&self.completion, native, include_usage)
     }
 }
 
@@ -94,10 +101,13 @@ impl Failed {
         }
     }
 
-    /// The error as SSE events, for a stream that has already answered 200.
-    pub fn sse_events(&self) -> Vec<Bytes> {
+    /// The error as `api`'s SSE events, for a stream that has already answered 200.
+    pub fn sse_events(&self, api: Api) -> Vec<Bytes> {
         match self {
-            Failed::Proxy(error) => sse::error_events(error),
+            Failed::Proxy(error) => api.error_events(error),
+            Failed::Upstream(reply) if api == Api::Responses => {
+                api.error_events(&upstream_failure(reply))
+            }
             Failed::Upstream(reply) => {
                 let (status, body) = (reply.status, &reply.body);
                 let upstream_error = serde_json::from_slice::<Value>(body)
@@ -117,6 +127,29 @@ impl Failed {
             }
         }
     }
+}
+
+/// An upstream error reply as the proxy's own error, keeping the upstream's status, message
+/// and param when it sent an OpenAI-shaped error.
+fn upstream_failure(reply: &JsonReply) -> ApiError {
+    let error = serde_json::from_slice::<Value>(&reply.body)
+        .ok()
+        .and_then(|v| v.get("error").cloned());
+    let text = |key: &str| {
+        let value = error.as_ref()?.get(key)?.as_str()?;
+        Some(value.to_string())
+    };
+    let message = text("message").unwrap_or_else(|| {
+        format!(
+            "The upstream answered {}: {}",
+            reply.status.as_u16(),
+            upstream::snippet(&reply.body)
+        )
+    });
+    let mut failure = ApiError::bad_gateway("upstream_error", message);
+    failure.status = reply.status;
+    failure.param = text("param");
+    failure
 }
 
 /// The winner's upstream headers (rate limits, processing time…) that still describe the

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use http::{header, HeaderMap, Response};
+use serde_json::{Map, Value};
 
 use crate::answer::{Failed, Ready};
 use crate::body::Body;
@@ -23,8 +24,9 @@ use crate::fanout::Candidate;
 use crate::fusion::{FuserFailed, FuserStream};
 use crate::generation;
 use crate::judge::NamedJudge;
-use crate::openai::{ChatRequest, Usage};
-use crate::plan::BestOfN;
+use crate::openai::api::Viewed;
+use crate::openai::{Api, ChatRequest, Usage};
+use crate::plan::{BestOfN, HEADER_JUDGE, HEADER_MODE};
 use crate::relay;
 use crate::respond;
 use crate::selection::{self, Selection};
@@ -37,7 +39,10 @@ struct Job {
     headers: HeaderMap,
     /// Path and query the candidates are sent to.
     target: String,
+    /// The request as chat: all of it for chat completions, the judge's view otherwise.
     request: ChatRequest,
+    /// The client's own body, for the APIs other than chat; candidates are made from it.
+    native: Option<Map<String, Value>>,
     /// `None` when the cache is off.
     key: Option<cache::CacheKey>,
     started: Instant,
@@ -69,13 +74,18 @@ pub fn prepare(
         .cache
         .as_ref()
         .map(|_| cache_key(state, &plan, &target, &value, &headers));
-    let request = ChatRequest::from_value(value)?;
+    let Viewed {
+        view: request,
+        native,
+    } = plan.api.view(value)?;
     check_choices(&plan, &request)?;
+    check_api(state, &plan)?;
     Ok(Prepared(Job {
         plan,
         headers,
         target,
         request,
+        native,
         key,
         started,
     }))
@@ -88,24 +98,57 @@ impl Prepared {
     }
 }
 
-/// Answers one best-of-N chat completion, as JSON or as an SSE stream.
+/// Answers one best-of-N request, as JSON or as an SSE stream.
 pub async fn handle(state: Arc<AppState>, Prepared(job): Prepared) -> Response<Body> {
     let stream = job.request.is_stream();
-    let include_usage = job.request.include_usage();
+    let shape = streaming::Shape {
+        api: job.plan.api,
+        include_usage: job.request.include_usage(),
+    };
     let debug = job.plan.debug;
     let keepalive = state.config.best_of_n.stream_keepalive;
     if stream && job.plan.mode == Mode::Fuse {
         let work = fuse_live(state, job);
-        return streaming::respond_streamed(work, keepalive, include_usage).await;
+        return streaming::respond_streamed(work, keepalive, shape).await;
     }
     let work = answer(state, job);
     if stream {
-        return streaming::respond(work, keepalive, include_usage).await;
+        return streaming::respond(work, keepalive, shape).await;
     }
     match work.await {
         Ok(ready) => ready.with_debug(debug).into_json_response(),
         Err(failed) => failed.into_response(),
     }
+}
+
+/// What only chat completions can do: fuse mode (the fuser writes a chat completion), and a
+/// judge that reads chat log-probabilities.
+fn check_api(state: &AppState, plan: &BestOfN) -> Result<(), ApiError> {
+    if plan.api == Api::Chat {
+        return Ok(());
+    }
+    if plan.mode == Mode::Fuse {
+        return Err(ApiError::invalid_request(
+            HEADER_MODE,
+            format!(
+                "fuse mode writes a chat completion and serves POST /v1/chat/completions only; \
+                 use `select` (the default) on {:?} requests.",
+                plan.api
+            ),
+        ));
+    }
+    let judge = state.judges.get(&plan.judge);
+    if judge.is_some_and(|j| j.judge.wants_logprobs()) {
+        return Err(ApiError::invalid_request(
+            HEADER_JUDGE,
+            format!(
+                "judge `{}` reads chat completion log-probabilities and judges POST \
+                 /v1/chat/completions only; name another judge.",
+                plan.judge
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `n` fits the plan: at most N choices, and one in fuse mode.
@@ -133,6 +176,17 @@ fn check_choices(plan: &BestOfN, request: &ChatRequest) -> Result<(), ApiError> 
         ));
     }
     Ok(())
+}
+
+impl Job {
+    /// What the candidates are asked.
+    fn ask(&self) -> generation::Ask<'_> {
+        generation::Ask {
+            api: self.plan.api,
+            request: &self.request,
+            native: self.native.as_ref(),
+        }
+    }
 }
 
 /// Time spent waiting on upstream calls on the critical path, so the proxy's own share
@@ -217,7 +271,7 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
         &generator,
         &job.target,
         &job.headers,
-        request,
+        job.ask(),
         fan_out,
         None,
     )
@@ -361,7 +415,7 @@ async fn generate_and_select(
         .flatten();
     let fan_out = (plan.n, plan.models.as_slice());
     let candidates =
-        generation::generate(&generator, &job.target, headers, request, fan_out, stop).await?;
+        generation::generate(&generator, &job.target, headers, job.ask(), fan_out, stop).await?;
     timing.waited(generation_started);
     check_enough(state, plan, request, &candidates)?;
     let (ready, selection) = match plan.mode {

@@ -9,13 +9,13 @@
 //! `seed`, which differs for every candidate, is written as a small head before the shared rest.
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::answer::Failed;
 use crate::body::SharedJson;
 use crate::config::{BestOfNConfig, Diversity};
 use crate::error::ApiError;
-use crate::openai::ChatRequest;
+use crate::openai::{Api, ChatRequest};
 
 /// The N bodies of N parallel candidate calls, in generation order. Candidate k gets
 /// `seed + k` when the client fixed a seed (unless diversity is `none`), with
@@ -30,7 +30,7 @@ pub fn candidate_bodies(
     logprobs: bool,
 ) -> Result<Vec<SharedJson>, Failed> {
     let mut base = request.candidate_body();
-    with_default_temperature(&mut base, config.temperature);
+    with_default_temperature(&mut base.extra, config.temperature);
     with_logprobs(&mut base, logprobs);
     let seed = match config.diversity {
         Diversity::Seed | Diversity::Variations => base.extra.get("seed").and_then(Value::as_i64),
@@ -70,6 +70,46 @@ pub fn candidate_bodies(
         .collect())
 }
 
+/// The N bodies of N candidate calls of an API other than chat, made from the client's own
+/// body (see [`Api::candidate_body`]): candidate k asks for model `k % len` of `models`, and
+/// `seed + k` when the client fixed a seed (unless diversity is `none`); the default
+/// temperature fills in. Variations are not added: they rewrite chat messages.
+pub fn native_bodies(
+    api: Api,
+    native: &Map<String, Value>,
+    n: u32,
+    models: &[String],
+    config: &BestOfNConfig,
+) -> Result<Vec<SharedJson>, Failed> {
+    let mut base = api.candidate_body(native);
+    with_default_temperature(&mut base, config.temperature);
+    let seed = match config.diversity {
+        Diversity::Seed | Diversity::Variations => base.get("seed").and_then(Value::as_i64),
+        Diversity::None => None,
+    };
+    if seed.is_some() {
+        base.shift_remove("seed");
+    }
+    let models = &models[..models.len().min(n as usize)];
+    let mut encoded = Vec::with_capacity(models.len().max(1));
+    if models.is_empty() {
+        encoded.push(encode(&base)?);
+    }
+    for model in models {
+        base.insert("model".into(), Value::from(model.as_str()));
+        encoded.push(encode(&base)?);
+    }
+    Ok((0..n as usize)
+        .map(|k| {
+            let body = encoded[k % encoded.len()].clone();
+            match seed {
+                Some(seed) => seeded(seed.wrapping_add(k as i64), &body),
+                None => SharedJson::from(body),
+            }
+        })
+        .collect())
+}
+
 /// The body of one call asking for all N candidates as `"n": N`: the client's request, not
 /// streamed, with the default temperature. One call has one seed, so a client's `seed` stays as
 /// it is, and there is no per-candidate instruction (configuration refuses variations here).
@@ -81,20 +121,20 @@ pub fn n_param_body(
     logprobs: bool,
 ) -> Result<SharedJson, Failed> {
     let mut base = request.candidate_body();
-    with_default_temperature(&mut base, config.temperature);
+    with_default_temperature(&mut base.extra, config.temperature);
     with_logprobs(&mut base, logprobs);
     base.n = Some(n);
     encode(&base).map(SharedJson::from)
 }
 
-/// Sets `temperature` when the client sent none (or `null`); a client's own value is kept.
-fn with_default_temperature(body: &mut ChatRequest, temperature: Option<f64>) {
+/// Sets `temperature` in a request's fields when the client sent none (or `null`); a client's
+/// own value is kept.
+fn with_default_temperature(fields: &mut Map<String, Value>, temperature: Option<f64>) {
     let Some(temperature) = temperature else {
         return;
     };
-    if !matches!(body.extra.get("temperature"), Some(own) if !own.is_null()) {
-        body.extra
-            .insert("temperature".into(), Value::from(temperature));
+    if !matches!(fields.get("temperature"), Some(own) if !own.is_null()) {
+        fields.insert("temperature".into(), Value::from(temperature));
     }
 }
 
@@ -160,7 +200,7 @@ fn with_instruction(content: &Value, instruction: &str) -> Option<Value> {
     }
 }
 
-fn encode(body: &ChatRequest) -> Result<Bytes, Failed> {
+fn encode(body: &impl serde::Serialize) -> Result<Bytes, Failed> {
     serde_json::to_vec(body).map(Bytes::from).map_err(|e| {
         Failed::Proxy(ApiError::internal(format!(
             "cannot encode the candidate request: {e}"

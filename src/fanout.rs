@@ -8,14 +8,17 @@
 //! answer: the calls still running are dropped and recorded as cancelled.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::HeaderMap;
 
 use crate::body::SharedJson;
+use serde_json::Value;
+
 use crate::metrics::Metrics;
-use crate::openai::ChatCompletion;
+use crate::openai::{Api, ChatCompletion};
 use crate::upstream::{call_status, snippet, JsonReply, Upstream, UpstreamError};
 
 /// One candidate call and how it went.
@@ -27,11 +30,14 @@ pub struct Candidate {
     pub result: Result<Answer, Failure>,
 }
 
-/// A successful candidate: the parsed completion and the upstream's response headers.
+/// A successful candidate: the parsed completion (for another API, its chat view) and the
+/// upstream's response headers.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub completion: ChatCompletion,
     pub headers: HeaderMap,
+    /// A Responses API answer as the upstream sent it; the view cannot be turned back into it.
+    pub native: Option<Arc<Value>>,
 }
 
 /// Why a candidate produced no answer.
@@ -101,13 +107,13 @@ impl Candidate {
 /// decide the answer, so that the calls still running can be cancelled.
 pub type EarlyStop = Box<dyn FnMut(&Candidate) -> bool + Send>;
 
-/// Sends every body in `bodies` (one per candidate) concurrently and waits for all of them,
-/// or, with `stop`, until it says the finished ones decide. Candidates are numbered from 0 in
-/// the order of `bodies`.
+/// Sends every body in `bodies` (one per candidate) concurrently to `path`, reads the answers
+/// as `api` writes them, and waits for all of them, or, with `stop`, until it says the
+/// finished ones decide. Candidates are numbered from 0 in the order of `bodies`.
 pub async fn generate(
     upstream: &Upstream,
     metrics: &Metrics,
-    path: &str,
+    (path, api): (&str, Api),
     client_headers: &HeaderMap,
     bodies: Vec<SharedJson>,
     timeout: Duration,
@@ -119,8 +125,9 @@ pub async fn generate(
         .enumerate()
         .map(|(index, body)| async move {
             let started = Instant::now();
+            let route = (path, api);
             let result =
-                one_candidate(upstream, metrics, path, client_headers, body, timeout).await;
+                one_candidate(upstream, metrics, route, client_headers, body, timeout).await;
             let candidate = Candidate {
                 index,
                 latency: started.elapsed(),
@@ -184,7 +191,7 @@ pub fn record(metrics: &Metrics, candidate: &Candidate) {
 async fn one_candidate(
     upstream: &Upstream,
     metrics: &Metrics,
-    path: &str,
+    (path, api): (&str, Api),
     client_headers: &HeaderMap,
     body: SharedJson,
     timeout: Duration,
@@ -199,10 +206,12 @@ async fn one_candidate(
         return Err(Failure::Status(reply));
     }
     // A parse error may quote the answer: it is upstream text like any other.
-    let completion = ChatCompletion::parse(&reply.body)
+    let (completion, native) = api
+        .read_answer(&reply.body)
         .map_err(|why| Failure::Invalid(upstream.redact(&why)))?;
     Ok(Answer {
         completion,
         headers: reply.headers,
+        native: native.map(Arc::new),
     })
 }

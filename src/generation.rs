@@ -16,14 +16,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::answer::Failed;
 use crate::config::{BestOfNConfig, Diversity, Generation};
 use crate::diversity;
 use crate::fanout::{self, Answer, Candidate, EarlyStop, Failure};
 use crate::metrics::Metrics;
-use crate::openai::{ChatCompletion, ChatRequest};
+use crate::openai::{Api, ChatCompletion, ChatRequest};
 use crate::upstream::{call_status, JsonReply, Upstream, UpstreamError};
 
 /// Most model names remembered as refusing `n`: names come from clients, so what they can make
@@ -77,23 +77,36 @@ pub struct Generator<'a> {
     pub logprobs: bool,
 }
 
-/// The N candidates of `request`, in generation order; with `models`, candidate k asks for
+/// What the candidates are asked: a chat request, or the body of a request of another API.
+#[derive(Clone, Copy)]
+pub struct Ask<'a> {
+    pub api: Api,
+    /// The request as chat: the whole of it for chat completions, the judge's view otherwise.
+    pub request: &'a ChatRequest,
+    /// The client's own body, for the APIs other than chat.
+    pub native: Option<&'a Map<String, Value>>,
+}
+
+/// The N candidates of `ask`, in generation order; with `models`, candidate k asks for
 /// model `k % len`. `stop` may cut parallel calls short (see [`fanout::EarlyStop`]); the `n`
 /// call makes all of its candidates at once.
 pub async fn generate(
     generator: &Generator<'_>,
     target: &str,
     headers: &HeaderMap,
-    request: &ChatRequest,
+    ask: Ask<'_>,
     (n, models): (u32, &[String]),
     stop: Option<EarlyStop>,
 ) -> Result<Vec<Candidate>, Failed> {
     let config = &generator.config;
+    let request = ask.request;
     generator.metrics.fan_out(n as usize);
-    // One call asks one model: candidates of several models are made by parallel calls.
+    // One call asks one model: candidates of several models are made by parallel calls, and
+    // so are those of the APIs other than chat.
     let one_call = config.generation == Generation::NParam
         && n > 1
         && models.is_empty()
+        && ask.native.is_none()
         && !generator.models_without_n.contains(&request.model);
     let mut candidates = if one_call {
         n_param(generator, target, headers, request, n).await?
@@ -104,8 +117,11 @@ pub async fn generate(
     // parallel calls, numbered after the k candidates already there.
     let made = candidates.len();
     if made < n as usize {
-        let bodies = diversity::candidate_bodies(request, n, models, config, generator.logprobs)?
-            .split_off(made);
+        let bodies = match ask.native {
+            None => diversity::candidate_bodies(request, n, models, config, generator.logprobs)?,
+            Some(native) => diversity::native_bodies(ask.api, native, n, models, config)?,
+        }
+        .split_off(made);
         let timeout = config.candidate_timeout;
         // Choices an `n` call made are not shown to `stop`, so it could not count them: after
         // a partial `n` call the rest are waited for.
@@ -113,7 +129,7 @@ pub async fn generate(
         let more = fanout::generate(
             generator.upstream,
             generator.metrics,
-            target,
+            (target, ask.api),
             headers,
             bodies,
             timeout,
@@ -302,6 +318,7 @@ fn split(
                 index,
                 latency,
                 result: Ok(Answer {
+                    native: None,
                     completion: one,
                     headers: headers.clone(),
                 }),

@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::answer::{self, Failed, Ready};
 use crate::body::{self, Body};
 use crate::cache::{self, AnswerCache, KeyBuilder, Outcome, Policy};
+use crate::openai::Api;
 use crate::openai::ChatCompletion;
 use crate::state::AppState;
 use crate::{passthrough, streaming};
@@ -122,6 +123,8 @@ async fn fetch(
     ready_headers.remove(http::header::CONTENT_TYPE);
     Ok(Ready {
         completion,
+        api: Api::Chat,
+        native: None,
         headers: ready_headers,
         debug: None,
         cacheable: true,

@@ -11,6 +11,7 @@ use crate::cache::Policy;
 use crate::config::{Config, Mode};
 use crate::error::ApiError;
 use crate::judge::Judges;
+use crate::openai::{completions, Api};
 
 mod switches;
 
@@ -31,6 +32,8 @@ pub enum Plan {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BestOfN {
+    /// The API the request speaks, and its candidates and answer with it.
+    pub api: Api,
     pub n: u32,
     /// The name of the judge that picks, one of [`Judges::names`].
     pub judge: String,
@@ -70,12 +73,12 @@ pub enum Head {
     Forward,
     /// `POST` to a route best-of-N serves: the body may still switch best-of-N on or off,
     /// and the headers said this much.
-    Open(Switches),
+    Open(Api, Switches),
 }
 
-/// True for the one route best-of-N applies to, with or without the `/v1` prefix.
+/// True for the chat completions route, with or without the `/v1` prefix.
 pub fn is_chat_completions(path: &str) -> bool {
-    matches!(path, "/v1/chat/completions" | "/chat/completions")
+    Api::of_path(path) == Some(Api::Chat)
 }
 
 /// Reads the `x-best-of-n*` headers. A request that asks for best-of-N where it cannot
@@ -94,27 +97,28 @@ pub fn read_head(
             ..
         })
     );
-    if !is_chat_completions(path) {
+    let Some(api) = Api::of_path(path) else {
         if asked {
             return Err(ApiError::invalid_request(
                 HEADER_N,
                 format!(
-                    "`{HEADER_N}` applies only to POST /v1/chat/completions, not {method} \
-                     {path}. Remove the header for this request."
+                    "`{HEADER_N}` applies only to {}, not {method} {path}. Remove the header \
+                     for this request.",
+                    Api::ROUTES
                 ),
             ));
         }
         return Ok(Head::Forward);
-    }
+    };
     if method != Method::POST {
         if asked {
             return Err(ApiError::method_not_allowed(format!(
-                "Chat completions take POST, not {method}."
+                "{path} takes POST, not {method}."
             )));
         }
         return Ok(Head::Forward);
     }
-    Ok(Head::Open(switches))
+    Ok(Head::Open(api, switches))
 }
 
 /// True when, unless the body says otherwise, an open request is a best-of-N one: its body is
@@ -131,21 +135,26 @@ pub fn expects_best_of_n(switches: &Switches, config: &Config) -> bool {
 /// taken out of it (the returned body is what goes upstream) and must agree with the headers'.
 /// A body that is not a JSON object is left for the next step to refuse or forward.
 pub fn with_body(
-    switches: Switches,
+    (api, switches): (Api, Switches),
     headers: &HeaderMap,
     body: Bytes,
     config: &Config,
     judges: &Judges,
 ) -> Result<(Plan, Bytes), ApiError> {
-    if !may_hold_switches(&body, &config.best_of_n) {
-        return Ok((decide(switches, headers, config, judges)?, body));
+    let legacy_best_of =
+        api == Api::Completions && memchr::memmem::find(&body, b"\"best_of\"").is_some();
+    if !may_hold_switches(&body, &config.best_of_n) && !legacy_best_of {
+        return Ok((decide(api, switches, headers, config, judges)?, body));
     }
     let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(&body) else {
-        return Ok((decide(switches, headers, config, judges)?, body));
+        return Ok((decide(api, switches, headers, config, judges)?, body));
     };
-    let (said, changed) = Switches::take_from_body(&mut object, &config.best_of_n)?;
-    let switches = switches.merge(said)?;
-    let plan = decide(switches, headers, config, judges)?;
+    let (said, mut changed) = Switches::take_from_body(&mut object, &config.best_of_n)?;
+    let mut switches = switches.merge(said)?;
+    if api == Api::Completions {
+        switches = honour_best_of(switches, &mut object, config, &mut changed)?;
+    }
+    let plan = decide(api, switches, headers, config, judges)?;
     let body = match changed {
         true => serde_json::to_vec(&object)
             .map(Bytes::from)
@@ -155,8 +164,44 @@ pub fn with_body(
     Ok((plan, body))
 }
 
+/// A legacy completion's `best_of: K` (K > `n`) as N, when best-of-N is on for the request
+/// (a switch, `best_of_n.default_n`) or `best_of_n.legacy_best_of` says so; it is then the
+/// proxy's to honour and taken out of the body. Otherwise the upstream gets it as sent.
+fn honour_best_of(
+    switches: Switches,
+    object: &mut serde_json::Map<String, Value>,
+    config: &Config,
+    changed: &mut bool,
+) -> Result<Switches, ApiError> {
+    let Some(k) = completions::best_of(object)? else {
+        return Ok(switches);
+    };
+    let on = match switches.n.as_ref().map(|said| said.value) {
+        Some(Count::N(_)) => true,
+        Some(Count::Off) => false,
+        None => config.best_of_n.default_n > 0 || config.best_of_n.legacy_best_of,
+    };
+    if !on || k <= completions::n(object) {
+        return Ok(switches);
+    }
+    let max_n = config.best_of_n.max_n;
+    if k > max_n {
+        return Err(ApiError::invalid_request(
+            "best_of",
+            format!(
+                "`best_of` is {k}, and the proxy answers it with its own best-of-N, which allows \
+                 at most {max_n} candidates (`best_of_n.max_n`). Lower `best_of`."
+            ),
+        ));
+    }
+    object.shift_remove("best_of");
+    *changed = true;
+    switches.with_best_of(k)
+}
+
 /// The plan from everything the request said, and the config where it said nothing.
 fn decide(
+    api: Api,
     switches: Switches,
     headers: &HeaderMap,
     config: &Config,
@@ -170,6 +215,7 @@ fn decide(
         None => settings.default_n,
     };
     Ok(Plan::BestOfN(BestOfN {
+        api,
         n,
         judge: judge_name(switches.judge, judges)?,
         rubric: rubric_name(switches.rubric, judges)?,
@@ -236,9 +282,9 @@ mod tests {
     ) -> Result<Plan, ApiError> {
         match read_head(method, path, headers, config)? {
             Head::Forward => Ok(Plan::Passthrough),
-            Head::Open(switches) => {
+            Head::Open(api, switches) => {
                 let body = Bytes::from_static(b"{}");
-                with_body(switches, headers, body, config, judges).map(|(plan, _)| plan)
+                with_body((api, switches), headers, body, config, judges).map(|(plan, _)| plan)
             }
         }
     }
@@ -249,13 +295,14 @@ mod tests {
             map.insert(*k, HeaderValue::from_static(v));
         }
         let config = Config::default();
-        let Head::Open(switches) =
+        let Head::Open(api, switches) =
             read_head(&Method::POST, "/v1/chat/completions", &map, &config).unwrap()
         else {
             panic!("a chat completion is open to body switches");
         };
         let bytes = Bytes::from(serde_json::to_vec(&body).unwrap());
-        let (plan, sent) = with_body(switches, &map, bytes, &config, &judges(&config)).unwrap();
+        let opened = (api, switches);
+        let (plan, sent) = with_body(opened, &map, bytes, &config, &judges(&config)).unwrap();
         (plan, serde_json::from_slice(&sent).unwrap())
     }
 

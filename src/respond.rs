@@ -13,7 +13,7 @@ use crate::config::Mode;
 use crate::error::ApiError;
 use crate::fanout::{Candidate, Failure};
 use crate::fusion::Fused;
-use crate::openai::{ChatCompletion, Usage};
+use crate::openai::{Api, ChatCompletion, Usage};
 use crate::plan::BestOfN;
 use crate::selection::Selection;
 use crate::upstream::JsonReply;
@@ -58,6 +58,8 @@ pub fn build(
     insert_best_of_n_headers(&mut headers, plan, candidates, selection);
     Ok(Ready {
         completion,
+        api: plan.api,
+        native: winner.native.clone(),
         headers,
         debug: Some(Arc::new(debug)),
         // An early stop's answer is whole: the candidates it cancelled could not have changed
@@ -87,6 +89,9 @@ pub fn fused(plan: &BestOfN, candidates: &[Candidate], fused: Fused) -> Ready {
     });
     Ready {
         completion,
+        // The fuser writes chat completions: fuse mode serves chat only (see `best_of_n`).
+        api: Api::Chat,
+        native: None,
         headers: fused_headers(plan, &fused.headers),
         debug: Some(Arc::new(debug)),
         cacheable: candidates.iter().all(|c| c.answer().is_some()),

@@ -29,6 +29,7 @@ use crate::connections::{ConnectionLimits, ConnectionSlot};
 use crate::cors::Cors;
 use crate::error::{ApiError, Reason};
 use crate::intake::{self, Limit, Received, Refused as BodyRefused};
+use crate::openai::Api;
 use crate::plan::{self, Head, Plan, Switches};
 use crate::state::{AppState, Secrets};
 use crate::{best_of_n, conn, metrics, passthrough, plain_cache, target};
@@ -267,10 +268,12 @@ async fn route(
                 .unwrap_or_else(|refusal| (refusal, Held::default()));
             ("passthrough", response, held)
         }
-        Ok(Head::Open(switches)) => match open(shared, switches, request, arrived).await {
-            Ok(answered) => answered,
-            Err(refusal) => ("rejected", refusal, Held::default()),
-        },
+        Ok(Head::Open(api, switches)) => {
+            match open(shared, (api, switches), request, arrived).await {
+                Ok(answered) => answered,
+                Err(refusal) => ("rejected", refusal, Held::default()),
+            }
+        }
     };
     state
         .metrics
@@ -328,7 +331,7 @@ async fn passthrough(
 /// body's own switches settle the plan. `Err` is a refusal before any work (mode `rejected`).
 async fn open(
     shared: &Shared,
-    switches: Switches,
+    (api, switches): (Api, Switches),
     request: Request<Incoming>,
     arrived: tokio::time::Instant,
 ) -> Result<(&'static str, Response<Body>, Held), Response<Body>> {
@@ -361,7 +364,8 @@ async fn open(
         }
     }
     .map_err(BodyRefused::into_response)?;
-    let planned = plan::with_body(switches, &parts.headers, bytes, config, &state.judges);
+    let opened = (api, switches);
+    let planned = plan::with_body(opened, &parts.headers, bytes, config, &state.judges);
     let planned = planned.map_err(ApiError::into_response)?;
     // Switches taken out of the body shortened it; the whole body is here, so its length is
     // known either way.

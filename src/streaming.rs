@@ -19,6 +19,7 @@ use http_body_util::StreamBody;
 
 use crate::answer::{Failed, Ready};
 use crate::body::{self, Body, BoxError};
+use crate::openai::Api;
 use crate::sse;
 
 type Work = BoxFuture<'static, Result<Ready, Failed>>;
@@ -38,25 +39,33 @@ pub struct Live {
 
 type LiveWork = BoxFuture<'static, Result<Streamed, Failed>>;
 
-pub async fn respond(work: Work, keepalive: Duration, include_usage: bool) -> Response<Body> {
+pub async fn respond(work: Work, keepalive: Duration, shape: Shape) -> Response<Body> {
     let work = async move { work.await.map(|ready| Streamed::Ready(Box::new(ready))) }.boxed();
-    respond_streamed(work, keepalive, include_usage).await
+    respond_streamed(work, keepalive, shape).await
+}
+
+/// What a stream is written as: the API whose events it carries (for errors: an answer knows
+/// its own) and whether the client asked for a usage chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub api: Api,
+    pub include_usage: bool,
 }
 
 /// [`respond`] for work that may end in a live stream.
 pub async fn respond_streamed(
     mut work: LiveWork,
     keepalive: Duration,
-    include_usage: bool,
+    shape: Shape,
 ) -> Response<Body> {
     match tokio::time::timeout(keepalive, &mut work).await {
         Ok(Ok(Streamed::Ready(ready))) => {
-            let events = ready.sse_events(include_usage);
+            let events = ready.sse_events(shape.include_usage);
             events_response(ready.headers, events)
         }
         Ok(Ok(Streamed::Live(live))) => sse_response(Some(live.headers), live.events),
         Ok(Err(failed)) => failed.into_response(),
-        Err(_) => sse_response(None, committed(work, keepalive, include_usage)),
+        Err(_) => sse_response(None, committed(work, keepalive, shape)),
     }
 }
 
@@ -66,13 +75,13 @@ pub async fn respond_streamed(
 fn committed(
     work: LiveWork,
     keepalive: Duration,
-    include_usage: bool,
+    shape: Shape,
 ) -> stream::BoxStream<'static, Bytes> {
     let ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     let waiting = stream::unfold(Some((work, ticker)), move |state| async move {
         let (mut work, mut ticker) = state?;
         tokio::select! {
-            result = &mut work => Some((final_events(result, include_usage), None)),
+            result = &mut work => Some((final_events(result, shape), None)),
             _ = ticker.tick() => {
                 let keep = stream::iter(vec![Bytes::from_static(sse::KEEPALIVE)]).boxed();
                 Some((keep, Some((work, ticker))))
@@ -87,18 +96,18 @@ fn committed(
 
 fn final_events(
     result: Result<Streamed, Failed>,
-    include_usage: bool,
+    shape: Shape,
 ) -> stream::BoxStream<'static, Bytes> {
     match result {
         Ok(Streamed::Ready(ready)) => {
             let mut events = header_comments(&ready.headers);
-            events.extend(ready.sse_events(include_usage));
+            events.extend(ready.sse_events(shape.include_usage));
             stream::iter(events).boxed()
         }
         Ok(Streamed::Live(live)) => stream::iter(header_comments(&live.headers))
             .chain(live.events)
             .boxed(),
-        Err(failed) => stream::iter(failed.sse_events()).boxed(),
+        Err(failed) => stream::iter(failed.sse_events(shape.api)).boxed(),
     }
 }
 

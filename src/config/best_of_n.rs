@@ -44,6 +44,9 @@ pub struct BestOfNConfig {
     pub model_prefix: String,
     /// Candidate k uses `models[k % len]` instead of the request's model; empty: the request's.
     pub models: Vec<String>,
+    /// A legacy completions request with `best_of: K` (K > `n`) is answered by the proxy's own
+    /// best-of-K, judged, even when nothing else switches best-of-N on.
+    pub legacy_best_of: bool,
     /// Memory that best-of-N requests in flight may claim together, weighed as body size x N.
     pub memory_budget_bytes: u64,
     /// How long a best-of-N request waits for its share of `memory_budget_bytes` before 503.
@@ -145,6 +148,7 @@ impl Default for BestOfNConfig {
             max_body_bytes: 4 * 1024 * 1024,
             model_prefix: "bon-".to_string(),
             models: Vec::new(),
+            legacy_best_of: false,
             memory_budget_bytes: 256 * 1024 * 1024,
             memory_wait: Duration::from_secs(1),
         }

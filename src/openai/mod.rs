@@ -5,12 +5,14 @@
 //! Only the fields the proxy acts on are typed; everything else is carried in a flattened map,
 //! so a field OpenAI or a vendor adds tomorrow survives the round trip untouched.
 
+pub mod api;
 pub mod completions;
 pub mod request;
 pub mod response;
 pub mod responses;
 pub mod usage;
 
+pub use api::Api;
 pub use request::{ChatRequest, RequestMessage};
 pub use response::{ChatCompletion, Choice};
 pub use usage::Usage;

@@ -4,7 +4,8 @@
 //! compares [`ChatCompletion`] choices and sums chat [`Usage`]. This module translates at the
 //! edges, without I/O:
 //! - [`conversation`]: `instructions` and `input` as chat messages for the judge;
-//! - [`candidate_body`]: the body of one candidate call (not streamed, not stored upstream);
+//! - [`candidate_body`]: the body of one candidate call (not streamed; `store` as the client
+//!   chose, see there);
 //! - [`to_completion`]: a chat-completion *view* of a Responses object, for judging and usage;
 //! - [`with_usage`]: a chat usage written back into a Responses object;
 //! - [`events`] and [`error_events`]: a finished response replayed as the typed SSE stream.
@@ -217,8 +218,11 @@ fn string_field<'a>(object: &'a Map<String, Value>, key: &str) -> &'a str {
     object.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
-/// The body of one candidate call: the client's request, not streamed and not stored upstream
-/// (N stored responses per request would fill the client's dashboard with losers); everything
+/// The body of one candidate call: the client's request, not streamed, `store` as the client
+/// sent it. Which candidate wins is known only once all have answered, and the winner's `id`
+/// must work as the next request's `previous_response_id`, which needs it stored; so every
+/// candidate is stored as the client asked, and the losers are stored responses nobody
+/// refers to (a client that sends `store: false` stores none). Everything
 /// else (tools, `text.format`, `reasoning`, `metadata`, vendor fields) as the client sent it.
 pub fn candidate_body(request: &Map<String, Value>) -> Map<String, Value> {
     let mut body = request.clone();
@@ -226,7 +230,6 @@ pub fn candidate_body(request: &Map<String, Value>) -> Map<String, Value> {
         body.insert("stream".into(), Value::Bool(false));
     }
     body.shift_remove("stream_options");
-    body.insert("store".into(), Value::Bool(false));
     body
 }
 
@@ -717,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn candidates_are_not_streamed_nor_stored() {
+    fn candidates_are_not_streamed_and_stored_as_the_client_chose() {
         let request = object(json!({"model": "m", "input": "x", "stream": true,
             "stream_options": {"include_obfuscation": false}, "store": true,
             "tools": [{"type": "function", "name": "f"}],
@@ -725,7 +728,7 @@ mod tests {
             "metadata": {"k": "v"}, "vendor": 1}));
         let body = Value::Object(candidate_body(&request));
         assert_eq!(body["stream"], false);
-        assert_eq!(body["store"], false);
+        assert_eq!(body["store"], true);
         assert!(body.get("stream_options").is_none());
         for key in [
             "tools",
@@ -741,7 +744,7 @@ mod tests {
         let plain = object(json!({"model": "m", "input": "x"}));
         let body = candidate_body(&plain);
         assert!(body.get("stream").is_none());
-        assert_eq!(body["store"], false);
+        assert!(body.get("store").is_none());
     }
 
     fn message_response() -> Value {

@@ -156,6 +156,16 @@ impl Switches {
         Ok((switches, changed))
     }
 
+    /// A legacy completion's `best_of: K` as N, which must agree with any other N switch.
+    pub fn with_best_of(mut self, k: u32) -> Result<Switches, ApiError> {
+        let best_of = Said {
+            value: Count::N(k),
+            by: "best_of",
+        };
+        self.n = agree(self.n, Some(best_of))?;
+        Ok(self)
+    }
+
     /// The header's value where both say something, after checking they agree: a header and
     /// a body field that disagree are refused, naming both.
     pub fn merge(self, body: Switches) -> Result<Switches, ApiError> {
