@@ -8,8 +8,8 @@ use std::hint::black_box;
 
 use bon_proxy::cache::KeyBuilder;
 use bon_proxy::judge::protocol;
+use bon_proxy::openai::chat_events;
 use bon_proxy::openai::{ChatCompletion, ChatRequest};
-use bon_proxy::sse;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
@@ -78,7 +78,7 @@ fn benches(c: &mut Criterion) {
 
     let answer = answer_4kb();
     c.bench_function("sse: encode a 4 kB answer", |b| {
-        b.iter(|| sse::encode(black_box(&answer), true))
+        b.iter(|| chat_events::encode(black_box(&answer), true))
     });
 }
 

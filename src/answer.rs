@@ -44,12 +44,16 @@ impl Ready {
     }
 
     pub fn into_json_response(self) -> Response<Body> {
-        let body = self.api.body(&self.completion, self.native.as_deref());
-        let body = match serde_json::to_vec(&body) {
+        let encoded = self
+            .api
+            .body(&self.completion, self.native.as_deref())
+            .and_then(|body| {
+                serde_json::to_vec(&body)
+                    .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))
+            });
+        let body = match encoded {
             Ok(bytes) => bytes,
-            Err(e) => {
-                return ApiError::internal(format!("cannot encode the answer: {e}")).into_response()
-            }
+            Err(error) => return error.into_response(),
         };
         let mut response = Response::new(body::full(body));
         *response.headers_mut() = self.headers;
@@ -98,6 +102,18 @@ impl Failed {
                 copy_upstream_headers(&reply.headers, response.headers_mut());
                 response
             }
+        }
+    }
+
+    /// What went wrong, in a line for the log (upstream text is the caller's to redact).
+    pub fn describe(&self) -> String {
+        match self {
+            Failed::Proxy(error) => error.to_string(),
+            Failed::Upstream(reply) => format!(
+                "every candidate got the same upstream error, {}: {}",
+                reply.status.as_u16(),
+                upstream::snippet(&reply.body)
+            ),
         }
     }
 

@@ -25,8 +25,8 @@ use crate::fusion::{FuserFailed, FuserStream};
 use crate::generation;
 use crate::judge::NamedJudge;
 use crate::openai::api::Viewed;
-use crate::openai::{Api, ChatRequest, Usage};
-use crate::plan::{BestOfN, HEADER_JUDGE, HEADER_MODE};
+use crate::openai::{ChatRequest, Usage};
+use crate::plan::BestOfN;
 use crate::relay;
 use crate::respond;
 use crate::selection::{self, Selection};
@@ -79,7 +79,6 @@ pub fn prepare(
         native,
     } = plan.api.view(value)?;
     check_choices(&plan, &request)?;
-    check_api(state, &plan)?;
     Ok(Prepared(Job {
         plan,
         headers,
@@ -107,11 +106,12 @@ pub async fn handle(state: Arc<AppState>, Prepared(job): Prepared) -> Response<B
     };
     let debug = job.plan.debug;
     let keepalive = state.config.best_of_n.stream_keepalive;
+    let request_id = job.request_id().unwrap_or("-").to_string();
     if stream && job.plan.mode == Mode::Fuse {
-        let work = fuse_live(state, job);
+        let work = logged(fuse_live(state.clone(), job), state, request_id);
         return streaming::respond_streamed(work, keepalive, shape).await;
     }
-    let work = answer(state, job);
+    let work = logged(answer(state.clone(), job), state, request_id);
     if stream {
         return streaming::respond(work, keepalive, shape).await;
     }
@@ -121,34 +121,22 @@ pub async fn handle(state: Arc<AppState>, Prepared(job): Prepared) -> Response<B
     }
 }
 
-/// What only chat completions can do: fuse mode (the fuser writes a chat completion), and a
-/// judge that reads chat log-probabilities.
-fn check_api(state: &AppState, plan: &BestOfN) -> Result<(), ApiError> {
-    if plan.api == Api::Chat {
-        return Ok(());
+/// `work`, logging its failure at WARN with the request id and why, whether the client hears
+/// it as an error status or, its stream's head already sent, as an error event.
+fn logged<T: Send + 'static>(
+    work: BoxFuture<'static, Result<T, Failed>>,
+    state: Arc<AppState>,
+    request_id: String,
+) -> BoxFuture<'static, Result<T, Failed>> {
+    async move {
+        let result = work.await;
+        if let Err(failed) = &result {
+            let error = state.upstream.redact(&failed.describe());
+            tracing::warn!(request_id, %error, "best-of-N request failed");
+        }
+        result
     }
-    if plan.mode == Mode::Fuse {
-        return Err(ApiError::invalid_request(
-            HEADER_MODE,
-            format!(
-                "fuse mode writes a chat completion and serves POST /v1/chat/completions only; \
-                 use `select` (the default) on {:?} requests.",
-                plan.api
-            ),
-        ));
-    }
-    let judge = state.judges.get(&plan.judge);
-    if judge.is_some_and(|j| j.judge.wants_logprobs()) {
-        return Err(ApiError::invalid_request(
-            HEADER_JUDGE,
-            format!(
-                "judge `{}` reads chat completion log-probabilities and judges POST \
-                 /v1/chat/completions only; name another judge.",
-                plan.judge
-            ),
-        ));
-    }
-    Ok(())
+    .boxed()
 }
 
 /// `n` fits the plan: at most N choices, and one in fuse mode.
@@ -179,6 +167,11 @@ fn check_choices(plan: &BestOfN, request: &ChatRequest) -> Result<(), ApiError> 
 }
 
 impl Job {
+    /// The request's id (the client's, or the one the server gave it).
+    fn request_id(&self) -> Option<&str> {
+        self.headers.get("x-request-id")?.to_str().ok()
+    }
+
     /// What the candidates are asked.
     fn ask(&self) -> generation::Ask<'_> {
         generation::Ask {
@@ -470,10 +463,7 @@ fn log_decision(
         selection,
         usage,
         latency: job.started.elapsed(),
-        request_id: job
-            .headers
-            .get("x-request-id")
-            .and_then(|id| id.to_str().ok()),
+        request_id: job.request_id(),
     };
     log.record(|include_content| Decision::from_answer(&answered, include_content));
 }

@@ -209,13 +209,19 @@ fn weight(ready: &Ready) -> u32 {
         .as_ref()
         .map(|d| d.to_string().len())
         .unwrap_or(0);
+    // A Responses answer also holds the winner's response object.
+    let native = ready
+        .native
+        .as_ref()
+        .map(|n| n.to_string().len())
+        .unwrap_or(0);
     let headers: usize = ready
         .headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 32)
         .sum();
     // Fixed overhead per entry: the key, the Arc and moka's bookkeeping.
-    u32::try_from(body + debug + headers + 256).unwrap_or(u32::MAX)
+    u32::try_from(body + debug + native + headers + 256).unwrap_or(u32::MAX)
 }
 
 /// Headers on a response of a cacheable request.

@@ -12,6 +12,8 @@
 //! headers, which a browser would otherwise hide from the page. An upstream's own CORS headers
 //! are dropped whenever CORS is on, so the proxy's policy is the only one a browser sees.
 
+use std::sync::LazyLock;
+
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::body::{self, Body};
@@ -25,9 +27,21 @@ const DEFAULT_ALLOW_HEADERS: &str = "authorization, content-type, x-request-id, 
      x-best-of-n-judge, x-best-of-n-mode, x-best-of-n-rubric, x-best-of-n-debug";
 
 /// Response headers a page may read besides the safelisted ones (content-type and a few).
-const EXPOSE_HEADERS: &str = "x-request-id, x-upstream-request-id, x-cache, retry-after, \
-     x-best-of-n, x-best-of-n-selected, x-best-of-n-scores, x-best-of-n-judge, \
-     x-best-of-n-fallback, x-best-of-n-disqualified, x-best-of-n-mode, x-best-of-n-judged";
+const EXPOSE_ALWAYS: [&str; 4] = [
+    "x-request-id",
+    "x-upstream-request-id",
+    "x-cache",
+    "retry-after",
+];
+
+/// [`EXPOSE_ALWAYS`] and every decision header of a best-of-N answer, as one header value.
+static EXPOSE_HEADERS: LazyLock<HeaderValue> = LazyLock::new(|| {
+    let names: Vec<&str> = EXPOSE_ALWAYS
+        .into_iter()
+        .chain(crate::respond::DECISION_HEADERS)
+        .collect();
+    HeaderValue::from_str(&names.join(", ")).unwrap_or(HeaderValue::from_static("x-request-id"))
+});
 
 /// How long a browser may reuse a preflight's answer, in seconds: long enough to save a round
 /// trip per call, short enough that a changed policy takes effect soon (Chrome caps it at 2 h).
@@ -120,7 +134,7 @@ impl Verdict {
                 add_origin(headers, origin);
                 headers.insert(
                     header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                    HeaderValue::from_static(EXPOSE_HEADERS),
+                    EXPOSE_HEADERS.clone(),
                 );
             }
         }

@@ -1,7 +1,8 @@
 //! bon-proxy: an OpenAI-compatible reverse proxy that answers one chat completion with the
 //! best of N, chosen by a judge.
 //!
-//! The request path, top to bottom: [`server`] routes, [`plan`] decides, `generation` asks for
+//! The request path, top to bottom: [`server`] routes, [`plan`] decides, `dispatch` reads the
+//! body and admits the request, `generation` asks for
 //! the candidates (`diversity` writes their bodies, [`fanout`] makes parallel calls),
 //! [`selection`] has the [`judge`] pick (or falls back), [`respond`] builds the [`answer`];
 //! [`passthrough`] carries everything else; [`decisions`] logs what each answer was made from.
@@ -21,6 +22,7 @@ pub(crate) mod connections;
 pub(crate) mod cors;
 pub mod decisions;
 pub mod demo;
+pub(crate) mod dispatch;
 pub(crate) mod diversity;
 pub mod error;
 pub mod eval;

@@ -1,7 +1,10 @@
 //! Deciding what to do with a request: pass it through, or run best-of-N, and with what.
 //!
-//! The plan is made from the method, the path, the `x-best-of-n*` headers and the config, before
-//! the body is read, so passthrough requests are never buffered.
+//! The plan is made in two steps. The head (method, path, `x-best-of-n*` headers) settles
+//! everything but the routes best-of-N serves, whose bodies are then never read. On those
+//! three routes the body may hold switches too (`best_of_n*` fields, a `bon-N/` model prefix,
+//! a legacy `best_of`): it is read whole (up to `server.body_buffer_bytes` when nothing asks
+//! for best-of-N yet), and the plan is made from both, with the config where neither spoke.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
@@ -118,16 +121,25 @@ pub fn read_head(
         }
         return Ok(Head::Forward);
     }
+    // With every body switch off, a body only matters once something else asked: the rest
+    // are forwarded as they arrive, never read.
+    if !config.best_of_n.bodies_may_switch() && !expects_best_of_n(&switches, config) {
+        return Ok(Head::Forward);
+    }
     Ok(Head::Open(api, switches))
 }
 
 /// True when, unless the body says otherwise, an open request is a best-of-N one: its body is
 /// then read as best-of-N reads bodies (its own limit, charged to the memory budget).
 pub fn expects_best_of_n(switches: &Switches, config: &Config) -> bool {
-    match switches.n.as_ref().map(|said| said.value) {
-        Some(Count::N(_)) => true,
-        Some(Count::Off) => false,
-        None => config.best_of_n.default_n > 0,
+    switched_on(switches).unwrap_or(config.best_of_n.default_n > 0)
+}
+
+/// What the N switches said: on, off, or nothing (`None`, the config decides).
+fn switched_on(switches: &Switches) -> Option<bool> {
+    match switches.n.as_ref()?.value {
+        Count::N(_) => Some(true),
+        Count::Off => Some(false),
     }
 }
 
@@ -141,8 +153,8 @@ pub fn with_body(
     config: &Config,
     judges: &Judges,
 ) -> Result<(Plan, Bytes), ApiError> {
-    let legacy_best_of =
-        api == Api::Completions && memchr::memmem::find(&body, b"\"best_of\"").is_some();
+    let legacy_best_of = api == Api::Completions
+        && memchr::memmem::find(&body, completions::BEST_OF.as_bytes()).is_some();
     if !may_hold_switches(&body, &config.best_of_n) && !legacy_best_of {
         return Ok((decide(api, switches, headers, config, judges)?, body));
     }
@@ -173,28 +185,29 @@ fn honour_best_of(
     config: &Config,
     changed: &mut bool,
 ) -> Result<Switches, ApiError> {
+    let settings = &config.best_of_n;
+    let on = switched_on(&switches).unwrap_or(settings.default_n > 0 || settings.legacy_best_of);
+    // Off, `best_of` is the upstream's: it goes as sent, and the upstream judges it.
+    if !on {
+        return Ok(switches);
+    }
     let Some(k) = completions::best_of(object)? else {
         return Ok(switches);
     };
-    let on = match switches.n.as_ref().map(|said| said.value) {
-        Some(Count::N(_)) => true,
-        Some(Count::Off) => false,
-        None => config.best_of_n.default_n > 0 || config.best_of_n.legacy_best_of,
-    };
-    if !on || k <= completions::n(object) {
+    if k <= completions::n(object) {
         return Ok(switches);
     }
     let max_n = config.best_of_n.max_n;
     if k > max_n {
         return Err(ApiError::invalid_request(
-            "best_of",
+            completions::BEST_OF,
             format!(
                 "`best_of` is {k}, and the proxy answers it with its own best-of-N, which allows \
                  at most {max_n} candidates (`best_of_n.max_n`). Lower `best_of`."
             ),
         ));
     }
-    object.shift_remove("best_of");
+    object.shift_remove(completions::BEST_OF);
     *changed = true;
     switches.with_best_of(k)
 }
@@ -214,18 +227,61 @@ fn decide(
         None if settings.default_n == 0 => return Ok(Plan::Passthrough),
         None => settings.default_n,
     };
+    let mut models = switches
+        .models
+        .map_or_else(|| settings.models.clone(), |said| said.value);
+    // Models past the N-th are never asked: dropped, so they do not split the cache.
+    models.truncate(n as usize);
     Ok(Plan::BestOfN(BestOfN {
         api,
         n,
-        judge: judge_name(switches.judge, judges)?,
+        judge: judge_for(api, switches.judge, judges)?,
         rubric: rubric_name(switches.rubric, judges)?,
-        mode: switches.mode.map_or(settings.mode, |said| said.value),
-        models: switches
-            .models
-            .map_or_else(|| settings.models.clone(), |said| said.value),
+        mode: mode_for(api, switches.mode, settings.mode)?,
+        models,
         debug: switches.debug.is_some_and(|said| said.value),
         cache: Policy::from_headers(headers),
     }))
+}
+
+/// The mode the request asked for, or the config's. Fuse mode writes a chat completion: the
+/// other APIs refuse it when asked for, and use `select` when it is only the config's default.
+fn mode_for(api: Api, said: Option<Said<Mode>>, default: Mode) -> Result<Mode, ApiError> {
+    match said {
+        Some(Said {
+            value: Mode::Fuse,
+            by,
+        }) if api != Api::Chat => Err(ApiError::invalid_request(
+            by,
+            format!(
+                "fuse mode writes a chat completion and serves POST /v1/chat/completions only; \
+                 use `select` on {} requests.",
+                api.route()
+            ),
+        )),
+        Some(said) => Ok(said.value),
+        None if api != Api::Chat => Ok(Mode::Select),
+        None => Ok(default),
+    }
+}
+
+/// The judge the request names, or the default one; a judge that reads chat log-probabilities
+/// judges chat completions only.
+fn judge_for(api: Api, said: Option<Said<String>>, judges: &Judges) -> Result<String, ApiError> {
+    let by = said.as_ref().map_or("judge.default", |said| said.by);
+    let name = judge_name(said, judges)?;
+    let reads_logprobs = judges.get(&name).is_some_and(|j| j.judge.wants_logprobs());
+    if reads_logprobs && api != Api::Chat {
+        return Err(ApiError::invalid_request(
+            by,
+            format!(
+                "judge `{name}` reads chat completion log-probabilities and judges POST \
+                 /v1/chat/completions only; name another judge for {} requests.",
+                api.route()
+            ),
+        ));
+    }
+    Ok(name)
 }
 
 /// The judge the request names, or the default one.

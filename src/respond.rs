@@ -18,6 +18,19 @@ use crate::plan::BestOfN;
 use crate::selection::Selection;
 use crate::upstream::JsonReply;
 
+/// Every decision header a best-of-N answer may carry (DESIGN §4); CORS exposes them all.
+pub const DECISION_HEADERS: [&str; 9] = [
+    "x-best-of-n",
+    "x-best-of-n-selected",
+    "x-best-of-n-scores",
+    "x-best-of-n-judge",
+    "x-best-of-n-fallback",
+    "x-best-of-n-disqualified",
+    "x-best-of-n-mode",
+    "x-best-of-n-judged",
+    "x-best-of-n-models",
+];
+
 /// The answer: the winner's completion carrying the top `choices` candidates in rank order,
 /// usage summed over everything spent, and the best-of-N headers. With `strip_logprobs`
 /// (the proxy asked for them, the client did not), the choices carry `"logprobs": null`, as

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -20,19 +19,16 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::admission::{Admission, Held, MemoryShare, Refused};
+use crate::admission::{Admission, Held};
 use crate::body::{self, Body};
 use crate::body_deadline::BodyRules;
-use crate::cache::AnswerCache;
 use crate::config::Config;
 use crate::connections::{ConnectionLimits, ConnectionSlot};
 use crate::cors::Cors;
-use crate::error::{ApiError, Reason};
-use crate::intake::{self, Limit, Received, Refused as BodyRefused};
-use crate::openai::Api;
-use crate::plan::{self, Head, Plan, Switches};
+use crate::dispatch::{self, Gate};
+use crate::plan::{self, Head};
 use crate::state::{AppState, Secrets};
-use crate::{best_of_n, conn, metrics, passthrough, plain_cache, target};
+use crate::{conn, metrics, target};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
@@ -46,9 +42,8 @@ pub struct Server {
 /// What the connection tasks share.
 struct Shared {
     state: Arc<AppState>,
-    admission: Admission,
+    gate: Gate,
     connections: Arc<ConnectionLimits>,
-    body_rules: BodyRules,
     cors: Cors,
     shutting_down: AtomicBool,
 }
@@ -81,10 +76,13 @@ impl Server {
         Ok(Server {
             listener,
             shared: Arc::new(Shared {
+                gate: Gate {
+                    state: state.clone(),
+                    admission,
+                    body_rules,
+                },
                 state,
-                admission,
                 connections,
-                body_rules,
                 cors,
                 shutting_down: AtomicBool::new(false),
             }),
@@ -263,13 +261,13 @@ async fn route(
     let (mode, response, held) = match head {
         Err(error) => ("rejected", error.into_response(), Held::default()),
         Ok(Head::Forward) => {
-            let (response, held) = passthrough(shared, request, arrived)
+            let (response, held) = dispatch::passthrough(&shared.gate, request, arrived)
                 .await
                 .unwrap_or_else(|refusal| (refusal, Held::default()));
             ("passthrough", response, held)
         }
         Ok(Head::Open(api, switches)) => {
-            match open(shared, (api, switches), request, arrived).await {
+            match dispatch::open(&shared.gate, (api, switches), request, arrived).await {
                 Ok(answered) => answered,
                 Err(refusal) => ("rejected", refusal, Held::default()),
             }
@@ -281,221 +279,6 @@ async fn route(
     // What the request holds is released when the body has been sent, not when its head is
     // ready, so a long stream still counts as in flight.
     response.map(|body| body::with_guard(body, (held, inflight)))
-}
-
-/// Reads the body (whole, or its head for uploads), takes a work slot, and forwards, through
-/// the plain-completion cache when it applies. `Err` is a refusal, sent before any work.
-async fn passthrough(
-    shared: &Shared,
-    request: Request<Incoming>,
-    arrived: tokio::time::Instant,
-) -> Result<(Response<Body>, Held), Response<Body>> {
-    let state = &shared.state;
-    let server = &state.config.server;
-    let (parts, incoming) = request.into_parts();
-    let limit = passthrough_body_limit(&state.config);
-    let rules = shared.body_rules;
-    let cache = plain_cache_for(state, &parts);
-    // Forwarded while it arrives when a streaming place is free (the common, cheapest way);
-    // otherwise, and for the plain-completion cache, read first so it holds no slot meanwhile.
-    let place = cache
-        .is_none()
-        .then(|| shared.admission.streaming_place())
-        .flatten();
-    let received = match place {
-        Some(place) => intake::stream(&parts.headers, incoming, limit, rules, arrived, place).await,
-        None => {
-            let buffer = server.body_buffer_bytes;
-            intake::read_head(&parts.headers, incoming, limit, buffer, rules, arrived).await
-        }
-    }
-    .map_err(BodyRefused::into_response)?;
-    let held = shared.admission.work().map_err(Refused::into_response)?;
-    let response = match (cache, received) {
-        (Some(cache), Received::Whole(bytes)) => {
-            plain_cache::handle(state.clone(), cache, parts, bytes).await
-        }
-        (_, received) => {
-            let body = match received {
-                Received::Whole(bytes) => body::full(bytes),
-                Received::Streaming(body) => body,
-            };
-            forward(state, parts, body).await
-        }
-    };
-    Ok((response, held))
-}
-
-/// A request best-of-N may serve. Its body is read whole, as best-of-N reads bodies when the
-/// headers or the config already ask for it, and otherwise as passthrough reads them; then the
-/// body's own switches settle the plan. `Err` is a refusal before any work (mode `rejected`).
-async fn open(
-    shared: &Shared,
-    (api, switches): (Api, Switches),
-    request: Request<Incoming>,
-    arrived: tokio::time::Instant,
-) -> Result<(&'static str, Response<Body>, Held), Response<Body>> {
-    let state = &shared.state;
-    let config = &state.config;
-    let expects_best_of_n = plan::expects_best_of_n(&switches, config);
-    let (mut parts, incoming) = request.into_parts();
-    let rules = shared.body_rules;
-    let mut share = shared.admission.memory_share();
-    let bytes = if expects_best_of_n {
-        if let Err(error) = best_of_n::check_content_type(&parts.headers) {
-            let refused = intake::refuse(error, incoming, rules, arrived).await;
-            return Err(refused.into_response());
-        }
-        let limit = best_of_n_body_limit(config);
-        intake::read_whole(&parts.headers, incoming, limit, rules, arrived, &mut share).await
-    } else {
-        let limit = passthrough_body_limit(config);
-        let buffer = config.server.body_buffer_bytes;
-        match intake::read_head(&parts.headers, incoming, limit, buffer, rules, arrived).await {
-            Ok(Received::Whole(bytes)) => Ok(bytes),
-            // Switches are read from bodies up to `server.body_buffer_bytes`; a larger upload
-            // is forwarded as it arrives.
-            Ok(Received::Streaming(body)) => {
-                let held = shared.admission.work().map_err(Refused::into_response)?;
-                let response = forward(state, parts, body).await;
-                return Ok(("passthrough", response, held));
-            }
-            Err(refused) => Err(refused),
-        }
-    }
-    .map_err(BodyRefused::into_response)?;
-    let opened = (api, switches);
-    let planned = plan::with_body(opened, &parts.headers, bytes, config, &state.judges);
-    let planned = planned.map_err(ApiError::into_response)?;
-    // Switches taken out of the body shortened it; the whole body is here, so its length is
-    // known either way.
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(planned.1.len()));
-    match planned {
-        (Plan::Passthrough, bytes) => {
-            let held = shared.admission.work().map_err(Refused::into_response)?;
-            let response = match plain_cache_for(state, &parts) {
-                Some(cache) => plain_cache::handle(state.clone(), cache, parts, bytes).await,
-                None => forward(state, parts, body::full(bytes)).await,
-            };
-            Ok(("passthrough", response, held))
-        }
-        (Plan::BestOfN(plan), bytes) => {
-            let (response, held) = best_of_n(shared, plan, parts, bytes, share).await?;
-            Ok(("best_of_n", response, held))
-        }
-    }
-}
-
-/// Checks a best-of-N request, takes a work slot and its share of the memory budget, and
-/// answers. `Err` is a refusal, sent before any work. Either way, a failure is logged.
-async fn best_of_n(
-    shared: &Shared,
-    plan: plan::BestOfN,
-    parts: http::request::Parts,
-    bytes: Bytes,
-    share: MemoryShare,
-) -> Result<(Response<Body>, Held), Response<Body>> {
-    let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
-    let answered = answer_best_of_n(shared, plan, parts, bytes, share).await;
-    let response = match &answered {
-        Ok((response, _)) | Err(response) => response,
-    };
-    warn_if_failed(&shared.state, request_id.as_ref(), response);
-    answered
-}
-
-async fn answer_best_of_n(
-    shared: &Shared,
-    plan: plan::BestOfN,
-    parts: http::request::Parts,
-    bytes: Bytes,
-    share: MemoryShare,
-) -> Result<(Response<Body>, Held), Response<Body>> {
-    let state = &shared.state;
-    // A body switched on by its own fields was read as passthrough reads bodies: the checks
-    // best-of-N makes before reading are made now.
-    best_of_n::check_content_type(&parts.headers).map_err(ApiError::into_response)?;
-    let limit = best_of_n_body_limit(&state.config);
-    if bytes.len() > limit.bytes {
-        return Err(ApiError::payload_too_large(limit.bytes, limit.setting).into_response());
-    }
-    let size = bytes.len();
-    let prepared =
-        best_of_n::prepare(state, plan, parts, bytes).map_err(ApiError::into_response)?;
-    let held = shared.admission.work().map_err(Refused::into_response)?;
-    let mut held = (shared.admission)
-        .best_of_n_memory(held, share, size, prepared.n())
-        .await
-        .map_err(Refused::into_response)?;
-    let response = best_of_n::handle(state.clone(), prepared).await;
-    // A whole answer in memory (not a stream still being computed) no longer needs its share,
-    // however slowly the client reads it.
-    if http_body::Body::size_hint(response.body())
-        .exact()
-        .is_some()
-    {
-        held.release_memory();
-    }
-    Ok((response, held))
-}
-
-/// Forwards a request upstream as it is.
-async fn forward(state: &Arc<AppState>, parts: http::request::Parts, body: Body) -> Response<Body> {
-    passthrough::forward(&state.upstream, &state.metrics, parts, body, Instant::now()).await
-}
-
-/// The body limit of requests forwarded as they are.
-fn passthrough_body_limit(config: &Config) -> Limit {
-    Limit {
-        bytes: config.server.max_body_bytes,
-        setting: "server.max_body_bytes",
-    }
-}
-
-/// A best-of-N request that failed is logged with its id and why, as passthrough failures are:
-/// the client got the error, the operator should not have to ask for it.
-fn warn_if_failed(state: &AppState, request_id: Option<&HeaderValue>, response: &Response<Body>) {
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return;
-    }
-    let request_id = request_id.and_then(|id| id.to_str().ok()).unwrap_or("-");
-    let reason = response.extensions().get::<Reason>();
-    let error = reason.map_or("(no reason given)", |r| r.0.as_str());
-    let error = state.upstream.redact(error);
-    tracing::warn!(request_id, status = status.as_u16(), %error, "best-of-N request failed");
-}
-
-/// The smaller of the two body limits that apply to best-of-N, and the setting behind it.
-fn best_of_n_body_limit(config: &Config) -> Limit {
-    let (own, server) = (
-        config.best_of_n.max_body_bytes,
-        config.server.max_body_bytes,
-    );
-    if own <= server {
-        Limit {
-            bytes: own,
-            setting: "best_of_n.max_body_bytes",
-        }
-    } else {
-        Limit {
-            bytes: server,
-            setting: "server.max_body_bytes",
-        }
-    }
-}
-
-/// Plain chat completions go through the cache only when `cache.passthrough` says so.
-fn plain_cache_for<'a>(
-    state: &'a AppState,
-    request: &http::request::Parts,
-) -> Option<&'a AnswerCache> {
-    let cacheable = state.config.cache.passthrough
-        && request.method == Method::POST
-        && plan::is_chat_completions(request.uri.path());
-    state.cache.as_ref().filter(|_| cacheable)
 }
 
 async fn metrics_response(state: &AppState) -> Response<Body> {

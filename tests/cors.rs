@@ -129,6 +129,7 @@ async fn answers_to_a_listed_origin_carry_allow_origin_and_expose_the_proxys_hea
             "x-best-of-n",
             "x-best-of-n-selected",
             "x-best-of-n-scores",
+            "x-best-of-n-models",
         ] {
             assert!(
                 exposed.iter().any(|e| e == name),

@@ -325,6 +325,26 @@ async fn refusals_before_planning_count_as_rejected() {
     }
 }
 
+#[tokio::test]
+async fn with_body_switches_off_bodies_go_upstream_as_sent() {
+    let mock = MockUpstream::start().await;
+    let mut config = config_for(&mock);
+    config.best_of_n.body_switches = false;
+    config.best_of_n.model_prefix = String::new();
+    let proxy = start_proxy(config).await;
+    let body = json!({"model": "bon-3/gpt-test", "best_of_n": 3,
+                      "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let answer = post_chat(&proxy, &[], body.clone()).await;
+    answer.expect_ok();
+    assert!(answer.header("x-best-of-n").is_none());
+    assert_eq!(mock.calls().len(), 1);
+    assert_eq!(mock.calls()[0].body, body.as_bytes());
+    // The header still switches best-of-N on.
+    let answer = post_chat(&proxy, &[("x-best-of-n", "2")], chat_body("hi")).await;
+    assert_eq!(answer.header("x-best-of-n"), Some("2"));
+}
+
 fn chat_body_for(model: &str) -> String {
     json!({"model": model, "messages": [{"role": "user", "content": "Why?"}]}).to_string()
 }

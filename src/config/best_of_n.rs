@@ -39,6 +39,10 @@ pub struct BestOfNConfig {
     /// Largest best-of-N request body; smaller than `server.max_body_bytes` because the proxy
     /// multiplies what it sends by N.
     pub max_body_bytes: usize,
+    /// Read `best_of_n*` fields in request bodies. With this off, `model_prefix` empty and
+    /// `legacy_best_of` off, requests that no header (or `default_n`) switches on are forwarded
+    /// as they arrive, their bodies never read: the cheapest passthrough.
+    pub body_switches: bool,
     /// `"model": "<prefix>N/<model>"` switches best-of-N on with N candidates of `<model>`, for
     /// clients that can set only a base URL and a model name; empty turns the prefix off.
     pub model_prefix: String,
@@ -146,6 +150,7 @@ impl Default for BestOfNConfig {
             generation: Generation::Parallel,
             mode: Mode::Select,
             max_body_bytes: 4 * 1024 * 1024,
+            body_switches: true,
             model_prefix: "bon-".to_string(),
             models: Vec::new(),
             legacy_best_of: false,
@@ -211,6 +216,14 @@ impl BestOfNConfig {
             );
         }
         Ok(())
+    }
+}
+
+impl BestOfNConfig {
+    /// True when a request body may switch best-of-N on or off (`body_switches`,
+    /// `model_prefix`, `legacy_best_of`), so bodies on the best-of-N routes are read first.
+    pub fn bodies_may_switch(&self) -> bool {
+        self.body_switches || !self.model_prefix.is_empty() || self.legacy_best_of
     }
 }
 

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::{completions, responses, ChatCompletion, ChatRequest};
+use super::{chat_events, completions, responses, ChatCompletion, ChatRequest};
 use crate::error::ApiError;
 use crate::sse;
 
@@ -21,6 +21,20 @@ pub enum Api {
     Responses,
     /// `POST /v1/completions` (legacy), whose own `best_of` the proxy can honour.
     Completions,
+}
+
+/// The winner's Responses object with the summed usage written in, and the debug breakdown
+/// when it was asked for (it rides on the view).
+fn responses_body(completion: &ChatCompletion, native: &Value) -> Value {
+    let mut response = native.clone();
+    if let Some(usage) = &completion.usage {
+        responses::with_usage(&mut response, usage);
+    }
+    let debug = completion.extra.get("best_of_n");
+    if let (Some(debug), Some(object)) = (debug, response.as_object_mut()) {
+        object.insert("best_of_n".into(), debug.clone());
+    }
+    response
 }
 
 /// A request as the pipeline holds it: the chat view the judge reads, and for the other APIs
@@ -38,6 +52,15 @@ impl Api {
             "/responses" => Some(Api::Responses),
             "/completions" => Some(Api::Completions),
             _ => None,
+        }
+    }
+
+    /// The route, for messages: `POST /v1/responses`.
+    pub fn route(self) -> &'static str {
+        match self {
+            Api::Chat => "POST /v1/chat/completions",
+            Api::Responses => "POST /v1/responses",
+            Api::Completions => "POST /v1/completions",
         }
     }
 
@@ -78,6 +101,15 @@ impl Api {
                         "background",
                         "best-of-N judges finished answers, and a background response is \
                          answered later; send the request without `background`, or without \
+                         best-of-N.",
+                    ));
+                }
+                if native.get("conversation").is_some_and(|c| !c.is_null()) {
+                    return Err(ApiError::invalid_request(
+                        "conversation",
+                        "with `conversation`, the upstream adds every answer to it, and \
+                         best-of-N would add N (the losers too). Continue with \
+                         `previous_response_id` instead, or send this request without \
                          best-of-N.",
                     ));
                 }
@@ -137,23 +169,16 @@ impl Api {
 
     /// The finished answer as this API's response body: `completion` carries the chosen
     /// choices and the summed usage; `native` the winner's Responses object.
-    pub fn body(self, completion: &ChatCompletion, native: Option<&Value>) -> Value {
+    pub fn body(
+        self,
+        completion: &ChatCompletion,
+        native: Option<&Value>,
+    ) -> Result<Value, ApiError> {
         match (self, native) {
-            (Api::Responses, Some(native)) => {
-                let mut response = native.clone();
-                if let Some(usage) = &completion.usage {
-                    responses::with_usage(&mut response, usage);
-                }
-                // The debug breakdown, when asked for, rides on the view.
-                if let (Some(debug), Some(object)) =
-                    (completion.extra.get("best_of_n"), response.as_object_mut())
-                {
-                    object.insert("best_of_n".into(), debug.clone());
-                }
-                response
-            }
-            (Api::Completions, _) => completions::from_completion(completion),
-            _ => serde_json::to_value(completion).unwrap_or_default(),
+            (Api::Responses, Some(native)) => Ok(responses_body(completion, native)),
+            (Api::Completions, _) => Ok(completions::from_completion(completion)),
+            _ => serde_json::to_value(completion)
+                .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}"))),
         }
     }
 
@@ -164,10 +189,15 @@ impl Api {
         native: Option<&Value>,
         include_usage: bool,
     ) -> Vec<Bytes> {
-        match self {
-            Api::Chat => sse::encode(completion, include_usage),
-            Api::Responses => responses::events(&self.body(completion, native)),
-            Api::Completions => completions::events(&self.body(completion, native), include_usage),
+        match (self, native) {
+            (Api::Responses, Some(native)) => {
+                responses::events(&responses_body(completion, native))
+            }
+            (Api::Completions, _) => {
+                let body = completions::from_completion(completion);
+                completions::events(&body, include_usage)
+            }
+            _ => chat_events::encode(completion, include_usage),
         }
     }
 
@@ -235,7 +265,7 @@ mod tests {
         let mut usage = view.usage.clone().unwrap();
         usage.add(&view.usage.clone().unwrap());
         view.usage = Some(usage);
-        let body = Api::Responses.body(&view, kept.as_ref());
+        let body = Api::Responses.body(&view, kept.as_ref()).unwrap();
         assert_eq!(body["vendor"], 1);
         assert_eq!(body["usage"]["total_tokens"], 10);
         assert_eq!(body["output"], native["output"]);

@@ -66,16 +66,19 @@ fn prompt_text(prompt: Option<&Value>) -> Result<&str, ApiError> {
     }
 }
 
+/// The legacy API's own best-of field.
+pub const BEST_OF: &str = "best_of";
+
 /// The request's `best_of` (`None` when absent), checked as OpenAI does: a positive integer at
 /// least `n`. A malformed `n` is reported here too, under `n`.
 pub fn best_of(request: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
     let n = count(request, "n")?.unwrap_or(1);
-    let Some(best_of) = count(request, "best_of")? else {
+    let Some(best_of) = count(request, BEST_OF)? else {
         return Ok(None);
     };
     if best_of < n {
         return Err(ApiError::invalid_request(
-            "best_of",
+            BEST_OF,
             format!(
                 "`best_of` ({best_of}) must be at least `n` ({n}): the best `n` are chosen \
                  among `best_of` candidates."
@@ -112,7 +115,7 @@ fn count(request: &Map<String, Value>, field: &str) -> Result<Option<u32>, ApiEr
 /// as the client sent them.
 pub fn candidate_body(request: &Map<String, Value>) -> Map<String, Value> {
     let mut body = request.clone();
-    body.shift_remove("best_of");
+    body.shift_remove(BEST_OF);
     body.shift_remove("stream_options");
     if body.contains_key("n") {
         body.insert("n".into(), json!(1));

@@ -6,6 +6,7 @@
 //! so a field OpenAI or a vendor adds tomorrow survives the round trip untouched.
 
 pub mod api;
+pub mod chat_events;
 pub mod completions;
 pub mod request;
 pub mod response;

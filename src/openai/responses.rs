@@ -21,8 +21,10 @@
 //! private (often encrypted) thinking, and the judge grades answers. Every other item type
 //! (built-in tool calls, `item_reference`, MCP items…) becomes a short `[type]` note, from the
 //! assistant, or from a `tool` for a `*_output` item, so the judge knows something happened
-//! there that it cannot see. A request that continues an earlier one (`previous_response_id`,
-//! `conversation`) is fine: the judge sees only what this request carries.
+//! there that it cannot see. A request that continues an earlier one (`previous_response_id`)
+//! is fine: the judge sees only what this request carries. (`conversation` is refused by the
+//! caller: the upstream would add every candidate to it.) A stored prompt template is named
+//! for the judge, who cannot see what the upstream expands it to.
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -54,7 +56,19 @@ pub fn conversation(request: &Map<String, Value>) -> Result<Vec<RequestMessage>,
             ))
         }
     }
-    push_input(&mut messages, request.get("input"))?;
+    // A stored prompt template (`prompt: {id, variables}`) is expanded upstream, out of the
+    // judge's sight: it is named, and the request may then carry no `input` of its own.
+    let stored_prompt = request.get("prompt").filter(|p| p.is_object());
+    if let Some(prompt) = stored_prompt {
+        messages.push(message(
+            "system",
+            json!(format!("[stored prompt] {prompt}")),
+        ));
+    }
+    match request.get("input") {
+        None | Some(Value::Null) if stored_prompt.is_some() => {}
+        input => push_input(&mut messages, input)?,
+    }
     Ok(messages)
 }
 
@@ -699,6 +713,18 @@ mod tests {
             "input": "And in Paris?"}));
         let lines = judge_lines(&conversation(&request).unwrap());
         assert_eq!(lines, ["user: And in Paris?"]);
+    }
+
+    #[test]
+    fn a_stored_prompt_is_named_and_needs_no_input() {
+        let request = object(json!({"model": "m",
+            "prompt": {"id": "pmpt_1", "variables": {"city": "Paris"}}}));
+        let lines = judge_lines(&conversation(&request).unwrap());
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].contains("pmpt_1") && lines[0].contains("Paris"),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -106,6 +106,12 @@ impl Switches {
     ) -> Result<(Switches, bool), ApiError> {
         let mut switches = Switches::default();
         let mut changed = false;
+        if !config.body_switches {
+            let prefixed = take_model_prefix(body, &config.model_prefix, config.max_n)?;
+            let changed = prefixed.is_some();
+            switches.n = prefixed;
+            return Ok((switches, changed));
+        }
         if let Some(value) = body.shift_remove(FIELD_N) {
             changed = true;
             switches.n = body_count(&value, config.max_n)?.map(|value| Said { value, by: FIELD_N });
@@ -160,7 +166,7 @@ impl Switches {
     pub fn with_best_of(mut self, k: u32) -> Result<Switches, ApiError> {
         let best_of = Said {
             value: Count::N(k),
-            by: "best_of",
+            by: crate::openai::completions::BEST_OF,
         };
         self.n = agree(self.n, Some(best_of))?;
         Ok(self)
@@ -184,11 +190,11 @@ impl Switches {
 /// byte search, so that the bodies of plain requests are never parsed; a false positive (the
 /// text appears inside a message) only costs a parse that finds nothing.
 pub fn may_hold_switches(body: &[u8], config: &BestOfNConfig) -> bool {
-    let field = memchr::memmem::find(body, FIELD_N.as_bytes()).is_some();
-    let prefix = !config.model_prefix.is_empty() && {
-        let quoted = format!("\"{}", config.model_prefix);
-        memchr::memmem::find(body, quoted.as_bytes()).is_some()
-    };
+    let field = config.body_switches && memchr::memmem::find(body, FIELD_N.as_bytes()).is_some();
+    // The prefix at the start of a JSON string: right after a quote.
+    let prefix = !config.model_prefix.is_empty()
+        && memchr::memmem::find_iter(body, config.model_prefix.as_bytes())
+            .any(|at| at > 0 && body[at - 1] == b'"');
     field || prefix
 }
 
