@@ -65,7 +65,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             KeyBuilder::new(b"best_of_n|5|listwise|fingerprint|/v1/chat/completions")
                 .request(black_box(&value))
-                .tenant(&headers)
+                .tenant(&headers, None)
                 .finish()
         })
     });

@@ -15,6 +15,7 @@ use http::{header, HeaderMap, Response};
 use serde_json::{Map, Value};
 
 use crate::answer::{Failed, Ready};
+use crate::auth::ClientKey;
 use crate::body::Body;
 use crate::cache::{self, KeyBuilder};
 use crate::config::{Mode, DEFAULT_RUBRIC_PRESET};
@@ -45,6 +46,8 @@ struct Job {
     native: Option<Map<String, Value>>,
     /// `None` when the cache is off.
     key: Option<cache::CacheKey>,
+    /// The client key `[auth]` admitted the request with, charged for what it spends.
+    client: Option<Arc<ClientKey>>,
     started: Instant,
 }
 
@@ -68,12 +71,13 @@ pub fn prepare(
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
     let headers = parts.headers;
+    let client = parts.extensions.get::<Arc<ClientKey>>().cloned();
     let value = ChatRequest::parse_object(&body)?;
     drop(body);
     let key = state
         .cache
         .as_ref()
-        .map(|_| cache_key(state, &plan, &target, &value, &headers));
+        .map(|_| cache_key(state, &plan, &target, &value, (&headers, client.as_deref())));
     let Viewed {
         view: request,
         native,
@@ -86,6 +90,7 @@ pub fn prepare(
         request,
         native,
         key,
+        client,
         started,
     }))
 }
@@ -94,6 +99,14 @@ impl Prepared {
     /// N, for the memory this request may claim.
     pub fn n(&self) -> u32 {
         self.0.plan.n
+    }
+
+    /// Every model the request makes the proxy ask: its own (the judge's, unless the judge
+    /// names one) and the candidates' list.
+    pub fn models_asked(&self) -> impl Iterator<Item = &str> {
+        let job = &self.0;
+        std::iter::once(job.request.model.as_str())
+            .chain(job.plan.models.iter().map(String::as_str))
     }
 }
 
@@ -308,6 +321,7 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
         Streamed::Live(_) => Some(respond::candidate_usage(&candidates)),
     };
     log_decision(state, job, &candidates, selection.as_ref(), usage.as_ref());
+    charge_client(state, job, usage.as_ref());
     Ok(streamed)
 }
 
@@ -327,7 +341,7 @@ fn cache_key(
     plan: &BestOfN,
     target: &str,
     request: &serde_json::Value,
-    headers: &HeaderMap,
+    (headers, client): (&HeaderMap, Option<&ClientKey>),
 ) -> cache::CacheKey {
     // The judge's own fingerprint (fallback included) and the rubric the request chose:
     // everything that can change the pick; and the candidate settings: everything that can
@@ -364,7 +378,7 @@ fn cache_key(
     };
     KeyBuilder::new(scope.as_bytes())
         .request(request)
-        .tenant(headers)
+        .tenant(headers, client)
         .finish()
 }
 
@@ -421,6 +435,7 @@ async fn generate_and_select(
     };
     let usage = ready.completion.usage.as_ref();
     log_decision(state, job, &candidates, selection.as_ref(), usage);
+    charge_client(state, job, usage);
     Ok(ready)
 }
 
@@ -466,6 +481,16 @@ fn log_decision(
         request_id: job.request_id(),
     };
     log.record(|include_content| Decision::from_answer(&answered, include_content));
+}
+
+/// Counts what an answer spent against the client key's daily budget and per-key metric
+/// (computed answers only: a cache hit spent nothing).
+fn charge_client(state: &AppState, job: &Job, usage: Option<&Usage>) {
+    let (Some(client), Some(usage)) = (&job.client, usage) else {
+        return;
+    };
+    client.charge(usage.total_tokens);
+    state.metrics.key_tokens(client.label(), usage.total_tokens);
 }
 
 /// How this process asks for candidates; `logprobs` when the judge reads them.

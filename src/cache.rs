@@ -9,6 +9,7 @@
 //! fallback chose, or some candidates failed) are shared with the requests in flight but not
 //! stored.
 
+use crate::auth::ClientKey;
 use http::{header, HeaderMap, HeaderValue};
 use serde_json::Value;
 use std::future::Future;
@@ -252,10 +253,16 @@ impl KeyBuilder {
         self
     }
 
-    /// Adds the tenant: the client's credential, organisation and project, so answers never
-    /// cross between clients.
-    pub fn tenant(mut self, headers: &HeaderMap) -> KeyBuilder {
+    /// Adds the tenant, so answers never cross between clients: the client key `[auth]`
+    /// admitted the request with, or else the client's own credential, organisation and
+    /// project.
+    pub fn tenant(mut self, headers: &HeaderMap, client: Option<&ClientKey>) -> KeyBuilder {
         self.0.push(0);
+        if let Some(client) = client {
+            self.0.extend_from_slice(b"client=");
+            self.0.extend_from_slice(client.tenant().as_bytes());
+            self.0.push(b';');
+        }
         let names = [
             "authorization",
             "api-key",
@@ -325,7 +332,7 @@ mod tests {
         headers.insert("authorization", HeaderValue::from_str(auth).unwrap());
         KeyBuilder::new(scope.as_bytes())
             .request(body)
-            .tenant(&headers)
+            .tenant(&headers, None)
             .finish()
     }
 

@@ -5,6 +5,7 @@
 //! with the key, the line and what is allowed: toml's own errors carry the line, and
 //! [`Config::validate`] names the key for the checks that toml cannot express.
 
+mod auth;
 mod best_of_n;
 mod decisions;
 mod duration;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::{AuthConfig, KeyConfig};
 pub use best_of_n::{
     is_model_name, BestOfNConfig, Diversity, Generation, Mode, DEFAULT_VARIATIONS,
 };
@@ -41,6 +43,8 @@ pub struct Config {
     /// The model that writes fused answers (`fuse` mode).
     pub fuser: FuserConfig,
     pub cache: CacheConfig,
+    /// Client keys and their limits; off by default.
+    pub auth: AuthConfig,
     pub metrics: MetricsConfig,
     /// The decision log (`bon-proxy export-pairs` reads it).
     pub decisions: DecisionsConfig,
@@ -194,6 +198,9 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Where Prometheus scrapes.
     pub path: String,
+    /// An environment variable holding a token `/metrics` then requires as
+    /// `Authorization: Bearer <token>`; empty: open.
+    pub bearer_token_env: String,
 }
 
 impl Default for MetricsConfig {
@@ -201,6 +208,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             enabled: true,
             path: "/metrics".into(),
+            bearer_token_env: String::new(),
         }
     }
 }
@@ -234,6 +242,7 @@ impl Config {
         config.apply_env(|name| std::env::var(name).ok())?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.judge.resolve_paths(base);
+        config.auth.resolve_paths(base);
         for judge in config.judges.values_mut() {
             judge.resolve_paths(base);
         }

@@ -15,6 +15,7 @@ use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::admission::{Admission, Held, MemoryShare, Refused};
+use crate::auth::ClientKey;
 use crate::body::{self, Body};
 use crate::body_deadline::BodyRules;
 use crate::cache::AnswerCache;
@@ -49,10 +50,11 @@ pub(crate) async fn passthrough(
     let limit = passthrough_body_limit(&state.config);
     let rules = gate.body_rules;
     let cache = plain_cache_for(state, &parts);
+    // A key limited to some models has its request's `model` read: the body is read first.
+    let checks_model = client(&parts).is_some_and(|k| k.limits_models());
     // Forwarded while it arrives when a streaming place is free (the common, cheapest way);
     // otherwise, and for the plain-completion cache, read first so it holds no slot meanwhile.
-    let place = cache
-        .is_none()
+    let place = (cache.is_none() && !checks_model)
         .then(|| gate.admission.streaming_place())
         .flatten();
     let received = match place {
@@ -63,6 +65,12 @@ pub(crate) async fn passthrough(
         }
     }
     .map_err(BodyRefused::into_response)?;
+    if checks_model {
+        let model = received_model(&received, server.body_buffer_bytes);
+        model
+            .and_then(|model| within_key(gate, &parts, None, &model))
+            .map_err(ApiError::into_response)?;
+    }
     let held = gate.admission.work().map_err(Refused::into_response)?;
     let response = match (cache, received) {
         (Some(cache), Received::Whole(bytes)) => {
@@ -106,6 +114,9 @@ pub(crate) async fn open(
         // Switches are read from bodies up to `server.body_buffer_bytes`; a larger upload is
         // forwarded as it arrives.
         OpenBody::Upload(body) => {
+            if client(&parts).is_some_and(|k| k.limits_models()) {
+                return Err(unreadable_model(config.server.body_buffer_bytes).into_response());
+            }
             let Ok(held) = gate.admission.work() else {
                 return Ok((
                     "passthrough",
@@ -123,6 +134,11 @@ pub(crate) async fn open(
     // known either way.
     let length = HeaderValue::from(bytes.len());
     parts.headers.insert(header::CONTENT_LENGTH, length);
+    if let (Plan::Passthrough, Some(key)) = (&plan, client(&parts)) {
+        if key.limits_models() {
+            within_key(gate, &parts, None, &model_of(&bytes)).map_err(ApiError::into_response)?;
+        }
+    }
     match plan {
         Plan::Passthrough => {
             // A full proxy is still a planned passthrough, counted as one.
@@ -198,12 +214,21 @@ async fn best_of_n(
 ) -> Result<(Response<Body>, Held), Response<Body>> {
     let state = &gate.state;
     let size = bytes.len();
+    within_key(gate, &parts, Some(plan.n), &[]).map_err(ApiError::into_response)?;
+    let key = client(&parts).cloned();
     let prepared = checked(state, plan, parts, bytes).map_err(|(error, request_id)| {
         let error_text = state.upstream.redact(&error.to_string());
         let status = error.status.as_u16();
         tracing::warn!(request_id, status, error = %error_text, "best-of-N request failed");
         error.into_response()
     })?;
+    if let Some(key) = key.filter(|k| k.limits_models()) {
+        for model in prepared.models_asked() {
+            let allowed =
+                refuse_for_key(gate, key.check_model(model, "model"), "model_not_allowed");
+            allowed.map_err(ApiError::into_response)?;
+        }
+    }
     // Past this point the request is a planned best-of-N one: a full proxy is counted as such.
     let held = match gate.admission.work() {
         Ok(held) => held,
@@ -239,6 +264,70 @@ fn passthrough_body_limit(config: &Config) -> Limit {
         bytes: config.server.max_body_bytes,
         setting: "server.max_body_bytes",
     }
+}
+
+/// The client key `[auth]` admitted the request with, when it is on.
+fn client(parts: &http::request::Parts) -> Option<&Arc<ClientKey>> {
+    parts.extensions.get::<Arc<ClientKey>>()
+}
+
+/// The client key's limits on what the request asks for: N (400) and its models (403), each
+/// refusal counted in `bon_auth_rejections_total`.
+fn within_key(
+    gate: &Gate,
+    parts: &http::request::Parts,
+    n: Option<u32>,
+    models: &[String],
+) -> Result<(), ApiError> {
+    let Some(key) = client(parts) else {
+        return Ok(());
+    };
+    if let Some(n) = n {
+        refuse_for_key(gate, key.check_n(n), "n_too_large")?;
+    }
+    for model in models {
+        refuse_for_key(gate, key.check_model(model, "model"), "model_not_allowed")?;
+    }
+    Ok(())
+}
+
+fn refuse_for_key(
+    gate: &Gate,
+    checked: Result<(), ApiError>,
+    reason: &'static str,
+) -> Result<(), ApiError> {
+    checked.inspect_err(|_| gate.state.metrics.auth_rejection(reason))
+}
+
+/// The `model` of a JSON request body; none when it has no such field (or is not JSON).
+fn model_of(bytes: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Model {
+        model: Option<String>,
+    }
+    let model = serde_json::from_slice::<Model>(bytes)
+        .ok()
+        .and_then(|m| m.model);
+    model.into_iter().collect()
+}
+
+/// [`model_of`] a body read for forwarding; one too large to have been read whole is refused.
+fn received_model(received: &Received, buffer: usize) -> Result<Vec<String>, ApiError> {
+    match received {
+        Received::Whole(bytes) => Ok(model_of(bytes)),
+        Received::Streaming(_) => Err(unreadable_model(buffer)),
+    }
+}
+
+/// 413 for a body too large to read for its `model`, from a key limited to some models.
+fn unreadable_model(buffer: usize) -> ApiError {
+    let mut error = ApiError::payload_too_large(buffer, "server.body_buffer_bytes");
+    error.message = format!(
+        "This key may use only some models, so the proxy reads each request's `model`, and \
+         this body is larger than it reads ({buffer} bytes, server.body_buffer_bytes). Send a \
+         smaller body, or ask the operator to raise server.body_buffer_bytes."
+    );
+    error
 }
 
 /// A body switched on by its own fields was read as passthrough reads bodies: the checks

@@ -135,6 +135,29 @@ impl ApiError {
     }
 
     /// 403: the request is understood and refused (a browser origin CORS does not allow).
+    /// A refusal at the door (a missing or unknown key, a limit): the status, and a code the
+    /// client can act on.
+    pub fn refused(status: StatusCode, code: &'static str, message: String) -> Self {
+        let kind = match status {
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            _ => "invalid_request_error",
+        };
+        Self::new(status, kind, code, message)
+    }
+
+    /// 403 for something the client's key does not allow, naming the field (`model`).
+    pub fn not_allowed(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut error = Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "model_not_allowed",
+            message.into(),
+        );
+        error.param = Some(param.into());
+        error
+    }
+
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,

@@ -11,6 +11,7 @@
 pub(crate) mod admission;
 pub(crate) mod allocator;
 pub mod answer;
+pub mod auth;
 pub mod best_of_n;
 pub mod body;
 pub mod body_deadline;

@@ -56,6 +56,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the SHA-256 of a client key read from stdin, for `[auth]` (`sha256 = "..."`).
+    /// The key never goes on the command line, where shell history and `ps` would see it.
+    HashKey,
 }
 
 #[derive(Args, Default)]
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
             seed,
         } => runtime(0).and_then(|rt| rt.block_on(demo_upstream(&listen, latency_ms, seed))),
         Command::ExportPairs { from, out } => export_pairs(&from, &out),
+        Command::HashKey => hash_key(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -290,7 +294,11 @@ fn check_config(path: &Path, demo: bool) -> Result<(), String> {
     }
     let secrets = Secrets::from_env(&config);
     let (judges, fuser) = bon_proxy::state::check_deciders(&config, &secrets)?;
+    let keys = config.auth.all_keys().map_err(|e| e.to_string())?;
     println!("# {}: valid", config_source(path, demo));
+    if config.auth.enabled {
+        println!("# auth: on, {} client keys", keys.len());
+    }
     if demo {
         println!("# upstream: the built-in demo upstream, in-process on a free loopback port");
         println!("# upstream API key: not needed (the demo upstream)");
@@ -335,6 +343,22 @@ fn config_source(path: &Path, demo: bool) -> String {
     } else {
         path.display().to_string()
     }
+}
+
+/// Reads one key from stdin (its first line, without the line ending) and prints its hash.
+fn hash_key() -> Result<(), String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the key from stdin: {e}"))?;
+    let key = line.trim_end_matches(['\r', '\n']);
+    if key.trim().is_empty() {
+        return Err(
+            "no key on stdin: pipe it in, e.g. `printf %s \"$KEY\" | bon-proxy hash-key`".into(),
+        );
+    }
+    println!("{}", bon_proxy::auth::hash_key(key));
+    Ok(())
 }
 
 fn export_pairs(from: &Path, out: &Path) -> Result<(), String> {

@@ -48,6 +48,9 @@ pub struct Metrics {
     inflight: IntGauge,
     connections_refused: IntCounterVec,
     decisions_dropped: IntCounter,
+    auth_rejections: IntCounterVec,
+    key_requests: IntCounterVec,
+    key_tokens: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -199,6 +202,25 @@ impl Metrics {
                 &["reason"],
             ),
             decisions_dropped,
+            auth_rejections: counter(
+                &r,
+                "bon_auth_rejections_total",
+                "Requests refused at the door: missing_key, unknown_key, rate_limited, \
+                 token_budget, model_not_allowed, n_too_large, metrics_token",
+                &["reason"],
+            ),
+            key_requests: counter(
+                &r,
+                "bon_key_requests_total",
+                "Requests admitted per client key (its name, or `unnamed`)",
+                &["key"],
+            ),
+            key_tokens: counter(
+                &r,
+                "bon_key_tokens_total",
+                "Tokens spent per client key, candidates and judge included",
+                &["key"],
+            ),
             registry: r,
         }
     }
@@ -263,6 +285,21 @@ impl Metrics {
         self.tokens
             .with_label_values(&[kind, "completion"])
             .inc_by(completion);
+    }
+
+    /// A request refused by `[auth]` or the metrics token, by why.
+    pub fn auth_rejection(&self, reason: &str) {
+        self.auth_rejections.with_label_values(&[reason]).inc();
+    }
+
+    /// A request admitted under client key `key` (its name, or `unnamed`).
+    pub fn key_request(&self, key: &str) {
+        self.key_requests.with_label_values(&[key]).inc();
+    }
+
+    /// Tokens spent under client key `key`.
+    pub fn key_tokens(&self, key: &str, tokens: u64) {
+        self.key_tokens.with_label_values(&[key]).inc_by(tokens);
     }
 
     /// `reason` is `per_ip` or `total`.

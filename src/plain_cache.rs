@@ -13,6 +13,7 @@ use http::{HeaderMap, Response};
 use serde_json::Value;
 
 use crate::answer::{self, Failed, Ready};
+use crate::auth::ClientKey;
 use crate::body::{self, Body};
 use crate::cache::{self, AnswerCache, KeyBuilder, Outcome, Policy};
 use crate::openai::Api;
@@ -39,7 +40,10 @@ pub async fn handle(
         .to_string();
     let key = KeyBuilder::new(format!("plain|{target}").as_bytes())
         .request(&request)
-        .tenant(&parts.headers)
+        .tenant(
+            &parts.headers,
+            parts.extensions.get::<Arc<ClientKey>>().map(|k| &**k),
+        )
         .finish();
     let policy = Policy::from_headers(&parts.headers);
     if request.get("stream") == Some(&Value::Bool(true)) {

@@ -16,6 +16,7 @@ use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCod
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -26,9 +27,10 @@ use crate::config::Config;
 use crate::connections::{ConnectionLimits, ConnectionSlot};
 use crate::cors::Cors;
 use crate::dispatch::{self, Gate};
+use crate::error::ApiError;
 use crate::plan::{self, Head};
 use crate::state::{AppState, Secrets};
-use crate::{conn, metrics, target};
+use crate::{auth, conn, metrics, target};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
@@ -245,9 +247,19 @@ async fn route(
         (&Method::GET, path)
             if state.config.metrics.enabled && path == state.config.metrics.path =>
         {
-            return metrics_response(state).await
+            return metrics_response(state, request.headers()).await
         }
         _ => {}
+    }
+    let mut request = request;
+    if let Err(rejection) = admit_client(state, &mut request) {
+        let refusal = rejection.into_response();
+        let route = metrics::route_label(request.uri().path());
+        let status = refusal.status().as_u16();
+        state
+            .metrics
+            .request_done(route, "rejected", status, arrived.elapsed());
+        return refusal;
     }
     let started = Instant::now();
     let inflight = state.metrics.inflight();
@@ -281,7 +293,57 @@ async fn route(
     response.map(|body| body::with_guard(body, (held, inflight)))
 }
 
-async fn metrics_response(state: &AppState) -> Response<Body> {
+/// `[auth]`'s one seam: the client's key checked and one request taken from its limits, its
+/// credentials taken off the request (the proxy's own keys go upstream), and the key left in
+/// the request's extensions for the steps after (N and model limits, cache tenant, tokens).
+fn admit_client(state: &AppState, request: &mut Request<Incoming>) -> Result<(), auth::Rejection> {
+    let Some(keys) = &state.keys else {
+        return Ok(());
+    };
+    let admitted = keys.authenticate(request.headers()).and_then(|key| {
+        key.admit()?;
+        Ok(key)
+    });
+    match admitted {
+        Ok(key) => {
+            state.metrics.key_request(key.label());
+            auth::strip_credentials(request.headers_mut());
+            request.extensions_mut().insert(key);
+            Ok(())
+        }
+        Err(rejection) => {
+            state.metrics.auth_rejection(rejection.reason);
+            tracing::debug!(reason = rejection.reason, "request refused by [auth]");
+            Err(rejection)
+        }
+    }
+}
+
+/// True when `/metrics` needs no token, or the request carries it (compared in constant time).
+fn metrics_allowed(state: &AppState, headers: &http::HeaderMap) -> bool {
+    let Some(token) = &state.metrics_token else {
+        return true;
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(presented.as_bytes().ct_eq(token.secret().as_bytes()))
+}
+
+async fn metrics_response(state: &AppState, headers: &http::HeaderMap) -> Response<Body> {
+    if !metrics_allowed(state, headers) {
+        state.metrics.auth_rejection("metrics_token");
+        let error = ApiError::refused(
+            StatusCode::UNAUTHORIZED,
+            "invalid_metrics_token",
+            "/metrics needs `Authorization: Bearer <token>`, the token in the variable \
+             metrics.bearer_token_env names."
+                .to_string(),
+        );
+        return error.into_response();
+    }
     if let Some(cache) = &state.cache {
         cache.report_size().await;
     }

@@ -4,6 +4,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use crate::auth::Keys;
 use crate::cache::AnswerCache;
 use crate::config::{Config, ConfigError, JudgeConfig};
 use crate::decisions::DecisionLog;
@@ -22,6 +23,8 @@ pub struct Secrets {
     pub upstream_key: Option<ApiKey>,
     /// Keys of judges with their own endpoint, by the name of their environment variable.
     pub judge_keys: BTreeMap<String, ApiKey>,
+    /// The token `/metrics` requires (`metrics.bearer_token_env`), when set.
+    pub metrics_token: Option<ApiKey>,
 }
 
 impl Secrets {
@@ -34,12 +37,14 @@ impl Secrets {
         Secrets {
             upstream_key: ApiKey::from_env(&config.upstream.api_key_env),
             judge_keys,
+            metrics_token: ApiKey::from_env(&config.metrics.bearer_token_env),
         }
     }
 
     /// Hides every one of these keys in upstream text.
     pub fn redactor(&self) -> Redactor {
         let keys = self.upstream_key.iter().chain(self.judge_keys.values());
+        let keys = keys.chain(self.metrics_token.iter());
         Redactor::new(keys.map(ApiKey::secret))
     }
 }
@@ -73,6 +78,10 @@ pub struct AppState {
     pub models_without_n: ModelsWithoutN,
     /// `None` when `decisions.path` is empty.
     pub decisions: Option<DecisionLog>,
+    /// Client keys; `None` when `[auth]` is off.
+    pub keys: Option<Keys>,
+    /// The token `/metrics` requires, when `metrics.bearer_token_env` names one.
+    pub metrics_token: Option<ApiKey>,
 }
 
 impl AppState {
@@ -90,6 +99,8 @@ impl AppState {
             .enabled()
             .then(|| DecisionLog::open(&config.decisions, metrics.clone()))
             .transpose()?;
+        let keys = Keys::from_config(&config.auth).map_err(|e| e.to_string())?;
+        let metrics_token = secrets.metrics_token.clone();
         Ok(Arc::new(AppState {
             config,
             upstream: main,
@@ -99,6 +110,8 @@ impl AppState {
             cache,
             models_without_n: ModelsWithoutN::default(),
             decisions,
+            keys,
+            metrics_token,
         }))
     }
 }

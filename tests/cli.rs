@@ -1008,3 +1008,150 @@ fn check_config_names_the_key_of_a_bad_duration_and_the_accepted_forms() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Secrets: a whole session never shows one
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_session_with_auth_never_shows_a_secret() {
+    const UPSTREAM: &str = "sk-up-SECRETSWEEP-111";
+    const JUDGE: &str = "sk-judge-SECRETSWEEP-222";
+    const CLIENT: &str = "sk-client-SECRETSWEEP-333";
+    const WRONG: &str = "sk-wrong-SECRETSWEEP-444";
+    const METRICS: &str = "metrics-SECRETSWEEP-555";
+    // Best-of-N candidates: every third fails. The judge's endpoint first answers 401 quoting
+    // the key it got, as OpenAI does, then judges.
+    let upstream = MockUpstream::with_handler(|call: &Call| {
+        if call.prompt_text().contains("question") && call.seq % 3 == 2 {
+            return Reply::error(500, "mock: overloaded", "server_error");
+        }
+        default_handler(call)
+    })
+    .await;
+    let judge = MockUpstream::with_handler(|call: &Call| {
+        if call.seq == 0 {
+            let auth = call
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            let message = format!("Incorrect API key provided: {}", auth.unwrap_or("-"));
+            return Reply::error(401, &message, "invalid_api_key");
+        }
+        Reply::judge_best("1", &[])
+    })
+    .await;
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let addr = free_port();
+    let hash = bon_proxy::auth::hash_key(CLIENT);
+    let config = write_config(
+        &cwd,
+        &format!(
+            "[server]\nlisten = \"{addr}\"\ndrain_delay = \"0s\"\n\n\
+             [upstream]\nbase_url = \"{}\"\nmax_retries = 1\n\n\
+             [judge]\nbase_url = \"{}\"\napi_key_env = \"BON_TEST_JUDGE_KEY\"\n\n\
+             [metrics]\nbearer_token_env = \"BON_TEST_METRICS_TOKEN\"\n\n\
+             [auth]\nenabled = true\n[[auth.keys]]\nname = \"team\"\nsha256 = \"{hash}\"\n",
+            upstream.base_url(),
+            judge.base_url()
+        ),
+    );
+    let env = [
+        ("OPENAI_API_KEY", UPSTREAM),
+        ("BON_TEST_JUDGE_KEY", JUDGE),
+        ("BON_TEST_METRICS_TOKEN", METRICS),
+        ("RUST_LOG", "debug"),
+    ];
+    let mut cmd = bon(cwd.path(), &["serve", "--config", path_str(&config)]);
+    cmd.envs(env);
+    let mut proxy = Proc::spawn(cmd);
+    let base = format!("http://{addr}");
+    wait_ready(&mut proxy, &format!("{base}/healthz")).await;
+
+    let chat = format!("{base}/v1/chat/completions");
+    let body = quick_start_body();
+    let client = format!("Bearer {CLIENT}");
+    let wrong = format!("Bearer {WRONG}");
+    let metrics = format!("Bearer {METRICS}");
+    let debug = [
+        ("authorization", client.as_str()),
+        ("x-best-of-n", "3"),
+        ("x-best-of-n-debug", "1"),
+    ];
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        // The first meets the judge's 401 (a fallback chooses), the second is judged.
+        let body = json!({"model": "gpt-test", "messages": [{"role": "user",
+            "content": format!("question {}", answers.len())}]});
+        answers.push(post_json(&chat, &debug, &body).await);
+    }
+    answers.push(post_json(&chat, &[("authorization", &client)], &body).await);
+    answers.push(post_json(&chat, &[("authorization", &wrong)], &body).await);
+    answers.push(post_json(&chat, &[], &body).await);
+    answers.push(
+        post_json(
+            &chat,
+            &[("api-key", CLIENT), ("x-best-of-n", "lots")],
+            &body,
+        )
+        .await,
+    );
+    let scrape = |auth: Option<String>| {
+        let url = format!("{base}/metrics");
+        async move {
+            let headers: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| ("authorization", a))
+                .into_iter()
+                .collect();
+            let answer = try_send(Method::GET, &url, &headers, Bytes::new()).await;
+            answer.expect("metrics answered")
+        }
+    };
+    let metrics_ok = scrape(Some(metrics)).await;
+    assert_eq!(metrics_ok.status, StatusCode::OK);
+    answers.push(metrics_ok);
+    answers.push(scrape(None).await);
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 401, 401, 400, 200, 401],
+        "{statuses:?}"
+    );
+    let debugged = answers[0].json();
+    assert!(
+        debugged["best_of_n"]["fallback"].is_string(),
+        "the judge's 401 made a fallback choose: {debugged}"
+    );
+
+    let mut check = bon(cwd.path(), &["check-config", "--config", path_str(&config)]);
+    check.envs(env);
+    let checked = run(check);
+    assert!(checked.status.success(), "{}", checked.all_output());
+    let status = blocking(|| proxy.terminate());
+    assert!(status.success(), "{status}");
+
+    let mut emitted = vec![proxy.stdout(), proxy.stderr(), checked.all_output()];
+    emitted.extend(answers.iter().map(shown_to_client));
+    for secret in [UPSTREAM, JUDGE, CLIENT, WRONG, METRICS] {
+        for text in &emitted {
+            assert!(!text.contains(secret), "{secret} shown in:\n{text}");
+        }
+    }
+    // The keys really were used where they belong, and the client's went nowhere else.
+    for call in upstream.calls() {
+        let auth = call
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(auth, Some(format!("Bearer {UPSTREAM}").as_str()));
+    }
+    for call in judge.calls() {
+        let auth = call
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(auth, Some(format!("Bearer {JUDGE}").as_str()));
+    }
+    assert!(proxy.stderr().contains("DEBUG"), "logs at debug were read");
+}

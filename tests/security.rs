@@ -763,3 +763,57 @@ async fn a_client_that_stops_reading_gives_its_slot_back_after_the_write_timeout
     }
     drop(stalled);
 }
+
+#[tokio::test]
+async fn h2c_carries_passthrough_and_best_of_n_side_by_side_on_one_connection() {
+    let mock = MockUpstream::start().await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake (prior knowledge)");
+    tokio::spawn(connection);
+    let ask = |best_of: Option<&'static str>, stream: bool| {
+        let mut sender = sender.clone();
+        let body = serde_json::json!({"model": "gpt-test", "stream": stream,
+            "messages": [{"role": "user", "content": "over h2c"}]});
+        let mut request = http::Request::post(proxy.url("/v1/chat/completions"))
+            .header("content-type", "application/json");
+        if let Some(n) = best_of {
+            request = request.header("x-best-of-n", n);
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .expect("request");
+        async move {
+            let answer = sender.send_request(request).await.expect("h2 request");
+            let status = answer.status();
+            let best_of_n = answer.headers().get("x-best-of-n").cloned();
+            let body = http_body_util::BodyExt::collect(answer.into_body())
+                .await
+                .expect("h2 body")
+                .to_bytes();
+            (status, best_of_n, body)
+        }
+    };
+    // Three requests in flight at once, as streams of the one connection.
+    let (plain, best, streamed) = tokio::join!(
+        ask(None, false),
+        ask(Some("3"), false),
+        ask(Some("2"), true)
+    );
+    assert_eq!(plain.0, 200);
+    assert!(plain.1.is_none());
+    assert_eq!(best.0, 200);
+    assert_eq!(best.1.as_ref().map(|v| v.as_bytes()), Some(&b"3"[..]));
+    assert_eq!(streamed.0, 200);
+    let events = String::from_utf8_lossy(&streamed.2).to_string();
+    assert!(events.trim_end().ends_with("data: [DONE]"), "{events}");
+}

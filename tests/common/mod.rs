@@ -64,7 +64,7 @@ pub fn config_for(mock: &MockUpstream) -> Config {
 pub async fn start_proxy(config: Config) -> Proxy {
     let secrets = Secrets {
         upstream_key: Some(ApiKey::new(UPSTREAM_KEY)),
-        judge_keys: Default::default(),
+        ..Default::default()
     };
     start_proxy_with(config, secrets).await
 }
