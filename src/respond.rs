@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use crate::answer::{copy_upstream_headers, Failed, Ready};
 use crate::config::Mode;
 use crate::error::ApiError;
-use crate::fanout::{Candidate, Failure};
+use crate::fanout::{Candidate, Cut, Failure};
 use crate::fusion::Fused;
 use crate::openai::{Api, ChatCompletion, Usage};
 use crate::plan::BestOfN;
@@ -76,11 +76,13 @@ pub fn build(
         headers,
         debug: Some(Arc::new(debug)),
         // An early stop's answer is whole: the candidates it cancelled could not have changed
-        // the pick, so it is as good as one made with all N.
+        // the pick, so it is as good as one made with all N. A quorum's is not: the stragglers
+        // it cancelled might have won, so it is shared with identical requests in flight but
+        // never stored as the answer of all N.
         cacheable: selection.fallback.is_none()
             && candidates
                 .iter()
-                .all(|c| c.answer().is_some() || c.cancelled()),
+                .all(|c| c.answer().is_some() || c.cut() == Some(Cut::EarlyStop)),
     })
 }
 
@@ -380,7 +382,7 @@ pub fn failure_summary(candidates: &[Candidate]) -> String {
     let failures: Vec<String> = candidates
         .iter()
         .filter_map(|c| match &c.result {
-            Err(Failure::Cancelled) | Ok(_) => None,
+            Err(Failure::Cancelled(_)) | Ok(_) => None,
             Err(failure) => Some(format!("#{} {}", c.index, failure.describe())),
         })
         .collect();
