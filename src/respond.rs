@@ -340,12 +340,16 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// When no candidate succeeded: the upstream's own error if every candidate got the same 4xx
-/// (the request itself is wrong, and the client should see exactly why), otherwise 504 when
-/// all timed out, else 502, saying how many failed and why.
+/// When no candidate succeeded: 429 with the longest `retry-after` if every candidate was
+/// rate-limited, the upstream's own error if every candidate got the same 4xx (the request
+/// itself is wrong, and the client should see exactly why), otherwise 504 when all timed out,
+/// else 502, saying how many failed and why.
 pub fn all_failed(candidates: &[Candidate]) -> Failed {
     // A cancelled call did not fail; only the calls that ran say what went wrong.
     let ran: Vec<&Candidate> = candidates.iter().filter(|c| !c.cancelled()).collect();
+    if let Some(failed) = rate_limited(&ran, std::time::SystemTime::now()) {
+        return failed;
+    }
     if let Some(failed) = common_client_error(&ran) {
         return failed;
     }
@@ -361,6 +365,44 @@ pub fn all_failed(candidates: &[Candidate]) -> Failed {
             format!("All candidates failed. {summary}"),
         )
     })
+}
+
+/// Every candidate got 429: the upstream's own 429 that asked for the longest wait, its
+/// `retry-after` written as seconds (an HTTP-date becomes the seconds left at `now`), so that
+/// a client retrying after it does not land inside another candidate's window. Without any
+/// readable `retry-after` the header is left out and the client's own backoff decides.
+fn rate_limited(candidates: &[&Candidate], now: std::time::SystemTime) -> Option<Failed> {
+    let mut longest: Option<(&JsonReply, Option<u64>)> = None;
+    for candidate in candidates {
+        let Err(Failure::Status(reply)) = &candidate.result else {
+            return None;
+        };
+        if reply.status != http::StatusCode::TOO_MANY_REQUESTS {
+            return None;
+        }
+        let wait = crate::retry_after::seconds(&reply.headers, now);
+        // `None` (no readable header) is the shortest wait of all.
+        let longer = match longest {
+            Some((_, most)) => wait > most,
+            None => true,
+        };
+        if longer {
+            longest = Some((reply, wait));
+        }
+    }
+    let (reply, wait) = longest?;
+    let mut reply = reply.clone();
+    match wait {
+        Some(seconds) => {
+            reply
+                .headers
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        None => {
+            reply.headers.remove(header::RETRY_AFTER);
+        }
+    }
+    Some(Failed::Upstream(Box::new(reply)))
 }
 
 fn common_client_error(candidates: &[&Candidate]) -> Option<Failed> {
