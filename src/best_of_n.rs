@@ -279,7 +279,7 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
         }
         Ok(FuserStream::Live(response)) => {
             let fuser_headers = state.fuser.client_headers(response.headers());
-            let mut headers = respond::fused_headers(plan, &fuser_headers);
+            let mut headers = respond::fused_headers(plan, &candidates, &fuser_headers);
             if job.key.is_some() {
                 // Looked up and not found; a live stream is not stored.
                 cache::set_outcome_header(&mut headers, cache::Outcome::Miss);

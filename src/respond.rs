@@ -107,20 +107,27 @@ pub fn fused(plan: &BestOfN, candidates: &[Candidate], fused: Fused) -> Ready {
         // The fuser writes chat completions: fuse mode serves chat only (see `best_of_n`).
         api: Api::Chat,
         native: None,
-        headers: fused_headers(plan, &fused.headers),
+        headers: fused_headers(plan, candidates, &fused.headers),
         debug: Some(Arc::new(debug)),
         cacheable: candidates.iter().all(|c| c.answer().is_some()),
     }
 }
 
-/// The headers of a fused answer: the fuser's upstream ones, `x-best-of-n: N` and
-/// `x-best-of-n-mode: fuse`.
-pub fn fused_headers(plan: &BestOfN, fuser: &HeaderMap) -> HeaderMap {
+/// The headers of a fused answer: the fuser's upstream ones, `x-best-of-n: N`,
+/// `x-best-of-n-mode: fuse`, and `x-best-of-n-judged` when a quorum left the fuser fewer.
+pub fn fused_headers(plan: &BestOfN, candidates: &[Candidate], fuser: &HeaderMap) -> HeaderMap {
     let mut headers = HeaderMap::new();
     copy_upstream_headers(fuser, &mut headers);
     headers.remove(header::CONTENT_TYPE);
     headers.insert("x-best-of-n", HeaderValue::from(plan.n));
     headers.insert("x-best-of-n-mode", HeaderValue::from_static("fuse"));
+    if let Some(judged) = judged_header(plan, candidates).map(HeaderValue::try_from) {
+        headers.extend(
+            judged
+                .ok()
+                .map(|v| (header::HeaderName::from_static("x-best-of-n-judged"), v)),
+        );
+    }
     if let Some(models) = models_header(plan) {
         headers.insert("x-best-of-n-models", models);
     }
@@ -184,10 +191,8 @@ fn insert_best_of_n_headers(
     if let Some(fallback) = &selection.fallback {
         set("x-best-of-n-fallback", fallback.clone());
     }
-    let cancelled = candidates.iter().filter(|c| c.cancelled()).count();
-    if cancelled > 0 {
-        let finished = candidates.len() - cancelled;
-        set("x-best-of-n-judged", format!("{finished}/{}", plan.n));
+    if let Some(judged) = judged_header(plan, candidates) {
+        set("x-best-of-n-judged", judged);
     }
     if !selection.disqualified.is_empty() {
         let list: Vec<String> = selection
@@ -197,6 +202,14 @@ fn insert_best_of_n_headers(
             .collect();
         set("x-best-of-n-disqualified", list.join(","));
     }
+}
+
+/// `x-best-of-n-judged: K/N` when the fan-out was cut (a quorum, an early stop): K candidates
+/// finished, N were asked for.
+fn judged_header(plan: &BestOfN, candidates: &[Candidate]) -> Option<String> {
+    let cancelled = candidates.iter().filter(|c| c.cancelled()).count();
+    let finished = candidates.len() - cancelled;
+    (cancelled > 0).then(|| format!("{finished}/{}", plan.n))
 }
 
 /// One score per candidate in generation order; `-` where there is none (a failed candidate,

@@ -310,6 +310,29 @@ async fn a_quorum_and_an_early_stop_end_the_fan_out_whichever_comes_first() {
     assert_eq!(aborted(&mock, 5).await, [2, 3, 4]);
 }
 
+#[tokio::test]
+async fn a_quorum_leaves_the_fuser_the_candidates_that_are_in() {
+    let fuser = |call: &Call| match call.prompt_text().contains("Write the single best reply") {
+        true => Reply::completion("FUSED ANSWER"),
+        false => first_shown(call),
+    };
+    let (mock, proxy) = setup(fast_then_slow(2), fuser, |c| {
+        c.fuser.model = "fuser-model".into();
+    })
+    .await;
+    let started = Instant::now();
+    let headers = [("x-best-of-n-mode", "fuse"), ("x-best-of-n-quorum", "2")];
+    let answer = ask(&proxy, "3", &headers).await;
+    answer.expect_ok();
+    assert!(started.elapsed() < SLOW / 2);
+    assert_eq!(answer.content(), "FUSED ANSWER");
+    assert_eq!(header(&answer, "x-best-of-n-mode"), "fuse");
+    assert_eq!(header(&answer, "x-best-of-n-judged"), "2/3");
+    let shown = judged_texts(&mock);
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert_eq!(aborted(&mock, 4).await, [2]);
+}
+
 // ---------------------------------------------------------------- x-best-of-n-timeout
 
 #[tokio::test]
