@@ -21,13 +21,13 @@ use crate::cache::{self, KeyBuilder};
 use crate::config::{Mode, DEFAULT_RUBRIC_PRESET};
 use crate::decisions::{Answered, Decision};
 use crate::error::ApiError;
-use crate::fanout::Candidate;
+use crate::fanout::{Candidate, Quorum, Until};
 use crate::fusion::{FuserFailed, FuserStream};
 use crate::generation;
 use crate::judge::NamedJudge;
 use crate::openai::api::Viewed;
 use crate::openai::{ChatRequest, Usage};
-use crate::plan::BestOfN;
+use crate::plan::{BestOfN, Deadline};
 use crate::relay;
 use crate::respond;
 use crate::selection::{self, Selection};
@@ -45,7 +45,7 @@ struct Job {
     /// The client's own body, for the APIs other than chat; candidates are made from it.
     native: Option<Map<String, Value>>,
     /// `None` when the cache is off.
-    key: Option<cache::CacheKey>,
+    key: Option<cache::Keys>,
     /// The client key `[auth]` admitted the request with, charged for what it spends.
     client: Option<Arc<ClientKey>>,
     started: Instant,
@@ -251,19 +251,12 @@ fn answer(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Ready, Fa
 fn fuse_live(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Streamed, Failed>> {
     async move {
         if let (Some(cache), Some(key)) = (&state.cache, job.key) {
-            if let Some(mut ready) = cache.lookup(key, job.plan.cache).await {
+            if let Some(mut ready) = cache.lookup(key.store, job.plan.cache).await {
                 cache::set_outcome_header(&mut ready.headers, cache::Outcome::Hit);
                 return Ok(Streamed::Ready(Box::new(ready)));
             }
         }
-        let deadline = state.config.server.request_timeout;
-        match tokio::time::timeout(deadline, start_fused_stream(&state, &job)).await {
-            Ok(result) => result,
-            Err(_) => Err(Failed::Proxy(ApiError::gateway_timeout(format!(
-                "The best-of-{} request took longer than server.request_timeout ({deadline:?}).",
-                job.plan.n
-            )))),
-        }
+        within_deadline(&job.plan, start_fused_stream(&state, &job)).await
     }
     .boxed()
 }
@@ -271,15 +264,19 @@ fn fuse_live(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Stream
 /// The candidates, then the fuser's stream; or a candidate when the fuser cannot start.
 async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Failed> {
     let (plan, request) = (&job.plan, &job.request);
-    let generator = generator(state, false);
+    let generator = generator(state, plan, false);
     let fan_out = (plan.n, plan.models.as_slice());
+    let until = Until {
+        stop: None,
+        quorum: quorum(state, plan, request),
+    };
     let candidates = generation::generate(
         &generator,
         &job.target,
         &job.headers,
         job.ask(),
         fan_out,
-        None,
+        until,
     )
     .await?;
     check_enough(state, plan, request, &candidates)?;
@@ -295,14 +292,14 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
         }
         Ok(FuserStream::Live(response)) => {
             let fuser_headers = state.fuser.client_headers(response.headers());
-            let mut headers = respond::fused_headers(plan, &fuser_headers);
+            let mut headers = respond::fused_headers(plan, &candidates, &fuser_headers);
             if job.key.is_some() {
                 // Looked up and not found; a live stream is not stored.
                 cache::set_outcome_header(&mut headers, cache::Outcome::Miss);
             }
             let prior = respond::candidate_usage(&candidates);
             // The stream ends by the fuser's deadline, and never after the request's own.
-            let by_request = job.started + state.config.server.request_timeout;
+            let by_request = job.started + plan.deadline.after;
             let deadline = by_request.min(Instant::now() + state.fuser.timeout());
             let deadline = tokio::time::Instant::from_std(deadline);
             let include_usage = request.include_usage();
@@ -335,8 +332,39 @@ fn fuser_rubrics(state: &AppState, plan: &BestOfN) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The key of this request's answer: the request itself, the plan, and the tenant.
+/// The keys of this request's answer: where it is stored (the request itself, the plan, and
+/// the tenant), and which computations in flight it may share (see [`flight_key`]).
 fn cache_key(
+    state: &AppState,
+    plan: &BestOfN,
+    target: &str,
+    request: &serde_json::Value,
+    tenant: (&HeaderMap, Option<&ClientKey>),
+) -> cache::Keys {
+    let store = store_key(state, plan, target, request, tenant);
+    cache::Keys {
+        store,
+        flight: flight_key(state, plan, store),
+    }
+}
+
+/// The store key, with how the computation may end when the request changed it: a quorum
+/// below N, or a deadline below `server.request_timeout`. Neither changes what a whole answer
+/// is (a quorum-cut answer is never stored), so they stay out of the store key, where they
+/// would only keep quorum requests from reading whole answers.
+fn flight_key(state: &AppState, plan: &BestOfN, store: cache::CacheKey) -> cache::CacheKey {
+    let (quorum, cuts) = (plan.quorum, plan.quorum < plan.n);
+    let lowered = plan.deadline.set_by != "server.request_timeout";
+    if !cuts && !lowered {
+        return store;
+    }
+    let grace = state.config.best_of_n.grace.as_nanos();
+    let deadline = plan.deadline.after.as_nanos();
+    store.with(format!("quorum={quorum}|grace={grace}|deadline={deadline}").as_bytes())
+}
+
+/// The key an answer is stored under: the request itself, the plan, and the tenant.
+fn store_key(
     state: &AppState,
     plan: &BestOfN,
     target: &str,
@@ -382,27 +410,59 @@ fn cache_key(
         .finish()
 }
 
-/// Fan-out, judge and answer, bounded by `server.request_timeout`. Owned (`'static`) so
-/// that it can run as the shared computation of identical requests.
+/// Fan-out, judge and answer, bounded by the request's deadline (`server.request_timeout`,
+/// or lower by `x-best-of-n-timeout`). Owned (`'static`) so that it can run as the shared
+/// computation of identical requests.
 fn compute(state: Arc<AppState>, job: Arc<Job>) -> BoxFuture<'static, Result<Ready, Failed>> {
     async move {
         let timing = Timing::default();
-        let deadline = state.config.server.request_timeout;
-        let plan = &job.plan;
         let work = generate_and_select(&state, &job, &timing);
-        let result = match tokio::time::timeout(deadline, work).await {
-            Ok(result) => result,
-            Err(_) => Err(Failed::Proxy(ApiError::gateway_timeout(format!(
-                "The best-of-{} request took longer than server.request_timeout ({deadline:?}).",
-                plan.n
-            )))),
-        };
+        let result = within_deadline(&job.plan, work).await;
         state
             .metrics
             .overhead("best_of_n", timing.overhead(job.started));
         result
     }
     .boxed()
+}
+
+/// `work`, bounded by the request's deadline. The candidates' own deadlines are capped by it,
+/// so they may time out at the same moment and speak first: a 504 that comes once the
+/// deadline has passed is the deadline's, and says so.
+async fn within_deadline<T>(
+    plan: &BestOfN,
+    work: impl std::future::Future<Output = Result<T, Failed>>,
+) -> Result<T, Failed> {
+    let started = Instant::now();
+    match tokio::time::timeout(plan.deadline.after, work).await {
+        Ok(Err(Failed::Proxy(error)))
+            if error.status == http::StatusCode::GATEWAY_TIMEOUT
+                && started.elapsed() >= plan.deadline.after =>
+        {
+            Err(too_late(plan))
+        }
+        Ok(result) => result,
+        Err(_) => Err(too_late(plan)),
+    }
+}
+
+/// The 504 of a request past its deadline, naming the limit that set it.
+fn too_late(plan: &BestOfN) -> Failed {
+    let Deadline { after, set_by } = plan.deadline;
+    Failed::Proxy(ApiError::gateway_timeout(format!(
+        "The best-of-{} request took longer than {set_by} ({after:?}).",
+        plan.n
+    )))
+}
+
+/// The quorum the fan-out may stop at, when it is below N: the plan's, but never fewer than
+/// the request needs (`min_candidates`, `n`), so a quorum never turns an answer into a 502.
+fn quorum(state: &AppState, plan: &BestOfN, request: &ChatRequest) -> Option<Quorum> {
+    let succeeded = (plan.quorum as usize).max(needed(state, plan, request));
+    (succeeded < plan.n as usize).then_some(Quorum {
+        succeeded,
+        grace: state.config.best_of_n.grace,
+    })
 }
 
 async fn generate_and_select(
@@ -415,14 +475,19 @@ async fn generate_and_select(
     let judge = selection::judge_of(state, plan)?;
     // In fuse mode the fuser reads every candidate: no judge shapes or cuts the fan-out.
     let selecting = plan.mode == Mode::Select;
-    let generator = generator(state, selecting && judge.judge.wants_logprobs());
-    // A judge that can tell early that the rest cannot change its pick cuts the fan-out short.
+    let generator = generator(state, plan, selecting && judge.judge.wants_logprobs());
+    // A judge that can tell early that the rest cannot change its pick cuts the fan-out short;
+    // so does a quorum, whichever comes first.
     let stop = selecting
         .then(|| selection::early_stop(judge, request, plan.n, needed(state, plan, request)))
         .flatten();
+    let until = Until {
+        stop,
+        quorum: quorum(state, plan, request),
+    };
     let fan_out = (plan.n, plan.models.as_slice());
     let candidates =
-        generation::generate(&generator, &job.target, headers, job.ask(), fan_out, stop).await?;
+        generation::generate(&generator, &job.target, headers, job.ask(), fan_out, until).await?;
     timing.waited(generation_started);
     check_enough(state, plan, request, &candidates)?;
     let (ready, selection) = match plan.mode {
@@ -493,14 +558,17 @@ fn charge_client(state: &AppState, job: &Job, usage: Option<&Usage>) {
     state.metrics.key_tokens(client.label(), usage.total_tokens);
 }
 
-/// How this process asks for candidates; `logprobs` when the judge reads them.
-fn generator(state: &AppState, logprobs: bool) -> generation::Generator<'_> {
+/// How this process asks for `plan`'s candidates; `logprobs` when the judge reads them. No
+/// candidate call outlives the request's deadline.
+fn generator<'a>(state: &'a AppState, plan: &BestOfN, logprobs: bool) -> generation::Generator<'a> {
+    let config = &state.config.best_of_n;
     generation::Generator {
         upstream: &state.upstream,
         metrics: &state.metrics,
-        config: &state.config.best_of_n,
+        config,
         models_without_n: &state.models_without_n,
         logprobs,
+        candidate_timeout: config.candidate_timeout.min(plan.deadline.after),
     }
 }
 

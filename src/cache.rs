@@ -6,8 +6,11 @@
 //! (the client's credential and organisation), so one client never reads another's answers.
 //! Concurrent identical requests share one computation (see `single_flight`); errors are never
 //! stored, every waiter on a failed computation gets the error, and degraded answers (a
-//! fallback chose, or some candidates failed) are shared with the requests in flight but not
-//! stored.
+//! fallback chose, some candidates failed, or a quorum cut the slowest ones) are shared with
+//! the requests in flight but not stored. A quorum or a lower deadline (`x-best-of-n-timeout`)
+//! changes how a computation may end, not what a whole answer is: such requests read and fill
+//! the same entries, but share computations only with requests held to the same bar (see
+//! [`Keys`]).
 
 use crate::auth::ClientKey;
 use http::{header, HeaderMap, HeaderValue};
@@ -24,6 +27,35 @@ use crate::single_flight::{Role, SingleFlight};
 /// A cache key: 32 bytes of BLAKE3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    /// This key with `extra` folded in: a key of its own, for a variant of the same answer.
+    pub fn with(self, extra: &[u8]) -> CacheKey {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.0);
+        hasher.update(extra);
+        CacheKey(*hasher.finalize().as_bytes())
+    }
+}
+
+/// Where an answer is stored, and which identical computation in flight it may join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys {
+    pub store: CacheKey,
+    /// The store key, plus whatever changes how a computation may end (a quorum, a lower
+    /// deadline) without changing what a whole answer is: a request never waits on a
+    /// computation held to a lower bar than its own.
+    pub flight: CacheKey,
+}
+
+impl From<CacheKey> for Keys {
+    fn from(key: CacheKey) -> Keys {
+        Keys {
+            store: key,
+            flight: key,
+        }
+    }
+}
 
 /// What the client's `Cache-Control` allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,13 +132,14 @@ impl AnswerCache {
     /// `compute`, as `policy` allows. A served hit spent nothing and says so in its usage.
     pub async fn get_or_compute<F>(
         &self,
-        key: CacheKey,
+        keys: impl Into<Keys>,
         policy: Policy,
         compute: F,
     ) -> (Result<Ready, Failed>, Outcome)
     where
         F: Future<Output = Result<Ready, Failed>> + Send + 'static,
     {
+        let keys = keys.into();
         match policy {
             Policy::Bypass => {
                 self.metrics.cache_lookup("bypass");
@@ -116,18 +149,21 @@ impl AnswerCache {
                 self.metrics.cache_lookup("bypass");
                 let result = compute.await;
                 if let Some(ready) = result.as_ref().ok().filter(|r| r.cacheable) {
-                    self.entries.insert(key, Arc::new(ready.clone())).await;
+                    self.entries
+                        .insert(keys.store, Arc::new(ready.clone()))
+                        .await;
                 }
                 (result, Outcome::Bypass)
             }
-            Policy::Use => self.shared(key, compute).await,
+            Policy::Use => self.shared(keys, compute).await,
         }
     }
 
-    async fn shared<F>(&self, key: CacheKey, compute: F) -> (Result<Ready, Failed>, Outcome)
+    async fn shared<F>(&self, keys: Keys, compute: F) -> (Result<Ready, Failed>, Outcome)
     where
         F: Future<Output = Result<Ready, Failed>> + Send + 'static,
     {
+        let key = keys.store;
         if let Some(hit) = self.entries.get(&key).await {
             self.metrics.cache_lookup("hit");
             return (Ok(as_hit(&hit)), Outcome::Hit);
@@ -140,7 +176,7 @@ impl AnswerCache {
             }
             result.map(Arc::new).map_err(Arc::new)
         };
-        let (shared, role) = self.in_flight.run(key, store_and_share).await;
+        let (shared, role) = self.in_flight.run(keys.flight, store_and_share).await;
         let outcome = match role {
             Role::Leader => {
                 self.metrics.cache_lookup("miss");

@@ -5,7 +5,8 @@
 //! succeeded. Dropping the future returned by [`generate`] drops every call still in flight,
 //! which closes their connections: a client that goes away stops spending tokens. An
 //! [`EarlyStop`] does the same from inside, once the candidates finished so far decide the
-//! answer: the calls still running are dropped and recorded as cancelled.
+//! answer, and so does a [`Quorum`], once enough candidates succeeded and the grace after
+//! them ran out: the calls still running are dropped and recorded as cancelled.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -50,9 +51,19 @@ pub enum Failure {
     Transport(String),
     /// A 2xx answer that is not a usable chat completion.
     Invalid(String),
-    /// Dropped unfinished because the candidates already in decided the answer (early stop).
-    /// Not a failure: nothing went wrong, and it never counts against `min_candidates`.
-    Cancelled,
+    /// Dropped unfinished because the fan-out ended without it (see [`Cut`]). Not a failure:
+    /// nothing went wrong, and it never counts against `min_candidates`.
+    Cancelled(Cut),
+}
+
+/// What ended a fan-out before every call was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The candidates already in decided the pick: the rest could not change it.
+    EarlyStop,
+    /// The quorum succeeded and the grace after it ran out: the rest were too slow to wait
+    /// for, and might have changed the pick.
+    Quorum,
 }
 
 impl Failure {
@@ -67,8 +78,13 @@ impl Failure {
             Failure::Timeout(d) => format!("timed out after {d:?}"),
             Failure::Transport(why) => format!("upstream {why}"),
             Failure::Invalid(why) => why.clone(),
-            Failure::Cancelled => {
+            Failure::Cancelled(Cut::EarlyStop) => {
                 "cancelled: the answers already in decided the pick (early stop)".to_string()
+            }
+            Failure::Cancelled(Cut::Quorum) => {
+                "cancelled: still running when the quorum was in and the grace had passed \
+                 (quorum)"
+                    .to_string()
             }
         }
     }
@@ -77,7 +93,7 @@ impl Failure {
     pub fn outcome(&self) -> &'static str {
         match self {
             Failure::Timeout(_) => "timeout",
-            Failure::Cancelled => "cancelled",
+            Failure::Cancelled(_) => "cancelled",
             _ => "error",
         }
     }
@@ -97,9 +113,17 @@ impl Candidate {
         self.result.as_ref().ok()
     }
 
-    /// True when the call was dropped by an early stop.
+    /// True when the call was dropped unfinished (early stop or quorum).
     pub fn cancelled(&self) -> bool {
-        matches!(self.result, Err(Failure::Cancelled))
+        self.cut().is_some()
+    }
+
+    /// What dropped the call unfinished, if something did.
+    pub fn cut(&self) -> Option<Cut> {
+        match self.result {
+            Err(Failure::Cancelled(cut)) => Some(cut),
+            _ => None,
+        }
     }
 }
 
@@ -107,9 +131,33 @@ impl Candidate {
 /// decide the answer, so that the calls still running can be cancelled.
 pub type EarlyStop = Box<dyn FnMut(&Candidate) -> bool + Send>;
 
+/// Enough is enough: once `succeeded` candidates have an answer, the others get `grace` more
+/// to finish, then are cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quorum {
+    pub succeeded: usize,
+    pub grace: Duration,
+}
+
+/// What may end a fan-out before every call is done; whichever comes first does. The default
+/// waits for every call.
+#[derive(Default)]
+pub struct Until {
+    pub stop: Option<EarlyStop>,
+    pub quorum: Option<Quorum>,
+}
+
+impl Until {
+    /// True when nothing can end the fan-out early.
+    fn waits_for_all(&self) -> bool {
+        self.stop.is_none() && self.quorum.is_none()
+    }
+}
+
 /// Sends every body in `bodies` (one per candidate) concurrently to `path`, reads the answers
-/// as `api` writes them, and waits for all of them, or, with `stop`, until it says the
-/// finished ones decide. Candidates are numbered from 0 in the order of `bodies`.
+/// as `api` writes them, and waits for all of them, or, with `until`, until its early stop
+/// says the finished ones decide or its quorum is in and the grace has passed. Candidates are
+/// numbered from 0 in the order of `bodies`.
 pub async fn generate(
     upstream: &Upstream,
     metrics: &Metrics,
@@ -117,7 +165,7 @@ pub async fn generate(
     client_headers: &HeaderMap,
     bodies: Vec<SharedJson>,
     timeout: Duration,
-    stop: Option<EarlyStop>,
+    until: Until,
 ) -> Vec<Candidate> {
     let count = bodies.len();
     let calls = bodies
@@ -136,38 +184,54 @@ pub async fn generate(
             record(metrics, &candidate);
             candidate
         });
-    match stop {
-        None => crate::concurrently::all(calls).await,
-        Some(stop) => until_decided(calls, count, stop, metrics).await,
+    if until.waits_for_all() {
+        return crate::concurrently::all(calls).await;
     }
+    until_decided(calls, count, until, metrics).await
 }
 
-/// Runs `calls` until all are done or `stop` says the finished ones decide. The calls still
-/// running are then dropped, which closes their connections, so the upstream stops generating
-/// (and billing) tokens nobody will read; they are recorded as cancelled.
+/// Runs `calls` until all are done, or the early stop says the finished ones decide, or the
+/// quorum succeeded and its grace ran out. The calls still running are then dropped, which
+/// closes their connections, so the upstream stops generating (and billing) tokens nobody
+/// will read; they are recorded as cancelled, with what cut them.
 async fn until_decided<F: Future<Output = Candidate>>(
     calls: impl Iterator<Item = F>,
     count: usize,
-    mut stop: EarlyStop,
+    Until { mut stop, quorum }: Until,
     metrics: &Metrics,
 ) -> Vec<Candidate> {
     let started = Instant::now();
     let mut running: FuturesUnordered<F> = calls.collect();
     let mut finished: Vec<Option<Candidate>> = (0..count).map(|_| None).collect();
-    while let Some(candidate) = running.next().await {
-        let decided = stop(&candidate);
+    let (mut succeeded, mut grace_ends) = (0, None);
+    let cut = loop {
+        let Some(candidate) = next_within(&mut running, grace_ends).await else {
+            // Every call is done, or the grace ran out on the ones still running.
+            break Cut::Quorum;
+        };
+        let decided = stop.as_mut().is_some_and(|stop| stop(&candidate));
+        succeeded += usize::from(candidate.answer().is_some());
         let index = candidate.index;
         finished[index] = Some(candidate);
         if decided {
-            break;
+            break Cut::EarlyStop;
         }
-    }
+        let reached = quorum.filter(|q| succeeded >= q.succeeded);
+        match reached {
+            Some(q) if q.grace.is_zero() => break Cut::Quorum,
+            // The grace starts once, when the quorum is first in.
+            Some(q) if grace_ends.is_none() => {
+                grace_ends = Some(tokio::time::Instant::now() + q.grace);
+            }
+            _ => {}
+        }
+    };
     drop(running);
     let cancelled = |index: usize| {
         let candidate = Candidate {
             index,
             latency: started.elapsed(),
-            result: Err(Failure::Cancelled),
+            result: Err(Failure::Cancelled(cut)),
         };
         record(metrics, &candidate);
         candidate
@@ -175,6 +239,20 @@ async fn until_decided<F: Future<Output = Candidate>>(
     let all = finished.into_iter().enumerate();
     all.map(|(index, done)| done.unwrap_or_else(|| cancelled(index)))
         .collect()
+}
+
+/// The next call to finish; `None` when none is left, or none finished by `deadline`.
+async fn next_within<F: Future<Output = Candidate>>(
+    running: &mut FuturesUnordered<F>,
+    deadline: Option<tokio::time::Instant>,
+) -> Option<Candidate> {
+    match deadline {
+        None => running.next().await,
+        Some(at) => tokio::time::timeout_at(at, running.next())
+            .await
+            .ok()
+            .flatten(),
+    }
 }
 
 /// Counts one candidate: its outcome, and the tokens its answer reports.

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use crate::answer::Failed;
 use crate::config::{BestOfNConfig, Diversity, Generation};
 use crate::diversity;
-use crate::fanout::{self, Answer, Candidate, EarlyStop, Failure};
+use crate::fanout::{self, Answer, Candidate, Failure, Until};
 use crate::metrics::Metrics;
 use crate::openai::{Api, ChatCompletion, ChatRequest};
 use crate::upstream::{call_status, JsonReply, Upstream, UpstreamError};
@@ -75,6 +75,9 @@ pub struct Generator<'a> {
     pub models_without_n: &'a ModelsWithoutN,
     /// Ask candidates for `"logprobs": true` (the judge reads them).
     pub logprobs: bool,
+    /// Each candidate call's deadline: `best_of_n.candidate_timeout`, or the request's own
+    /// deadline when that is sooner.
+    pub candidate_timeout: Duration,
 }
 
 /// What the candidates are asked: a chat request, or the body of a request of another API.
@@ -88,15 +91,16 @@ pub struct Ask<'a> {
 }
 
 /// The N candidates of `ask`, in generation order; with `models`, candidate k asks for
-/// model `k % len`. `stop` may cut parallel calls short (see [`fanout::EarlyStop`]); the `n`
-/// call makes all of its candidates at once.
+/// model `k % len`. `until` may cut parallel calls short (an early stop, a quorum: see
+/// [`fanout::Until`]); the `n` call makes all of its candidates at once, so it has no
+/// stragglers to cut.
 pub async fn generate(
     generator: &Generator<'_>,
     target: &str,
     headers: &HeaderMap,
     ask: Ask<'_>,
     (n, models): (u32, &[String]),
-    stop: Option<EarlyStop>,
+    until: Until,
 ) -> Result<Vec<Candidate>, Failed> {
     let config = &generator.config;
     let request = ask.request;
@@ -122,10 +126,10 @@ pub async fn generate(
             Some(native) => diversity::native_bodies(ask.api, native, n, models, config)?,
         }
         .split_off(made);
-        let timeout = config.candidate_timeout;
-        // Choices an `n` call made are not shown to `stop`, so it could not count them: after
-        // a partial `n` call the rest are waited for.
-        let stop = stop.filter(|_| made == 0);
+        let timeout = generator.candidate_timeout;
+        // Choices an `n` call made are not shown to the early stop or counted by the quorum:
+        // after a partial `n` call the rest are waited for.
+        let until = if made == 0 { until } else { Until::default() };
         let more = fanout::generate(
             generator.upstream,
             generator.metrics,
@@ -133,7 +137,7 @@ pub async fn generate(
             headers,
             bodies,
             timeout,
-            stop,
+            until,
         )
         .await;
         candidates.extend(more.into_iter().map(|mut c| {
@@ -189,7 +193,7 @@ async fn n_param(
 ) -> Result<Vec<Candidate>, Failed> {
     let body = diversity::n_param_body(request, n, generator.config, generator.logprobs)?;
     let started = Instant::now();
-    let timeout = generator.config.candidate_timeout;
+    let timeout = generator.candidate_timeout;
     let sent = generator
         .upstream
         .post_json(target, headers, body, timeout)

@@ -40,6 +40,7 @@ pub mod plan;
 pub mod redact;
 pub(crate) mod relay;
 pub mod respond;
+pub(crate) mod retry_after;
 pub mod selection;
 pub mod server;
 pub mod single_flight;

@@ -6,6 +6,8 @@
 //! a legacy `best_of`): it is read whole (up to `server.body_buffer_bytes` when nothing asks
 //! for best-of-N yet), and the plan is made from both, with the config where neither spoke.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use serde_json::Value;
@@ -21,7 +23,8 @@ mod switches;
 pub use switches::Switches;
 use switches::{may_hold_switches, Count, Said};
 pub use switches::{
-    HEADER_DEBUG, HEADER_JUDGE, HEADER_MODE, HEADER_MODELS, HEADER_N, HEADER_RUBRIC,
+    HEADER_DEBUG, HEADER_JUDGE, HEADER_MODE, HEADER_MODELS, HEADER_N, HEADER_QUORUM, HEADER_RUBRIC,
+    HEADER_TIMEOUT,
 };
 
 /// What the proxy does with one request.
@@ -51,6 +54,19 @@ pub struct BestOfN {
     pub debug: bool,
     /// What `Cache-Control` allows the answer cache to do.
     pub cache: Policy,
+    /// Judge once this many candidates succeeded (plus `best_of_n.grace`), 1..=`n`; `n`
+    /// waits for every candidate.
+    pub quorum: u32,
+    /// How long the whole request may take.
+    pub deadline: Deadline,
+}
+
+/// The request's deadline and what set it, for the 504 that says which limit was hit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Deadline {
+    pub after: Duration,
+    /// `server.request_timeout`, or `x-best-of-n-timeout` when the header lowered it.
+    pub set_by: &'static str,
 }
 
 impl BestOfN {
@@ -70,6 +86,9 @@ impl BestOfN {
 }
 
 /// What the head of a request (method, path, headers) decides, before the body is read.
+// One `Head` per request, made and moved once: boxing the switches would allocate on every
+// request to save copying a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Head {
     /// Not a route best-of-N serves: forwarded as it is, its body never read for switches.
@@ -241,7 +260,40 @@ fn decide(
         models,
         debug: switches.debug.is_some_and(|said| said.value),
         cache: Policy::from_headers(headers),
+        quorum: quorum_for(switches.quorum, n, config)?,
+        deadline: deadline_for(switches.timeout, config),
     }))
+}
+
+/// The quorum the request asked for (at most N), or the config's.
+fn quorum_for(said: Option<Said<u32>>, n: u32, config: &Config) -> Result<u32, ApiError> {
+    match said {
+        None => Ok(config.best_of_n.quorum_for(n)),
+        Some(Said { value: k, .. }) if k <= n => Ok(k),
+        Some(Said { value: k, by }) => Err(ApiError::invalid_request(
+            by,
+            format!(
+                "`{by}: {k}` is more than N ({n}): a quorum counts candidates, so it can be at \
+                 most the {n} this request generates. Lower it, or raise N."
+            ),
+        )),
+    }
+}
+
+/// `server.request_timeout`, or the request's own lower deadline. A header can only lower
+/// it: a larger value is capped, since the operator's limit protects the proxy, not the client.
+fn deadline_for(said: Option<Said<Duration>>, config: &Config) -> Deadline {
+    let configured = Deadline {
+        after: config.server.request_timeout,
+        set_by: "server.request_timeout",
+    };
+    match said {
+        Some(Said { value, by }) if value < configured.after => Deadline {
+            after: value,
+            set_by: by,
+        },
+        _ => configured,
+    }
 }
 
 /// The mode the request asked for, or the config's. Fuse mode writes a chat completion: the
@@ -477,6 +529,31 @@ mod tests {
         }
         let err = plan_with(&[("x-best-of-n", "2"), ("x-best-of-n-judge", "coin")], 0).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("x-best-of-n-judge"));
+    }
+
+    #[test]
+    fn quorum_is_at_most_n_and_the_timeout_only_lowers_the_deadline() {
+        let planned = |headers: &[(&'static str, &'static str)]| match plan_with(headers, 0) {
+            Ok(Plan::BestOfN(plan)) => plan,
+            other => panic!("best-of-N expected, got {other:?}"),
+        };
+        assert_eq!(planned(&[("x-best-of-n", "4")]).quorum, 4, "default: all N");
+        let plan = planned(&[("x-best-of-n", "4"), ("x-best-of-n-quorum", "2")]);
+        assert_eq!(plan.quorum, 2);
+        let err = plan_with(&[("x-best-of-n", "4"), ("x-best-of-n-quorum", "5")], 0).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("x-best-of-n-quorum"));
+        assert!(err.message.contains("more than N (4)"), "{}", err.message);
+        // Without best-of-N, a quorum has nothing to count: the request passes through.
+        let off = plan_with(&[("x-best-of-n-quorum", "2")], 0).unwrap();
+        assert_eq!(off, Plan::Passthrough);
+
+        let configured = Config::default().server.request_timeout;
+        let plan = planned(&[("x-best-of-n", "2"), ("x-best-of-n-timeout", "1.5")]);
+        assert_eq!(plan.deadline.after, Duration::from_millis(1500));
+        assert_eq!(plan.deadline.set_by, "x-best-of-n-timeout");
+        let plan = planned(&[("x-best-of-n", "2"), ("x-best-of-n-timeout", "100000")]);
+        assert_eq!(plan.deadline.after, configured, "never raised");
+        assert_eq!(plan.deadline.set_by, "server.request_timeout");
     }
 
     #[test]

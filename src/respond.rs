@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use crate::answer::{copy_upstream_headers, Failed, Ready};
 use crate::config::Mode;
 use crate::error::ApiError;
-use crate::fanout::{Candidate, Failure};
+use crate::fanout::{Candidate, Cut, Failure};
 use crate::fusion::Fused;
 use crate::openai::{Api, ChatCompletion, Usage};
 use crate::plan::BestOfN;
@@ -76,11 +76,13 @@ pub fn build(
         headers,
         debug: Some(Arc::new(debug)),
         // An early stop's answer is whole: the candidates it cancelled could not have changed
-        // the pick, so it is as good as one made with all N.
+        // the pick, so it is as good as one made with all N. A quorum's is not: the stragglers
+        // it cancelled might have won, so it is shared with identical requests in flight but
+        // never stored as the answer of all N.
         cacheable: selection.fallback.is_none()
             && candidates
                 .iter()
-                .all(|c| c.answer().is_some() || c.cancelled()),
+                .all(|c| c.answer().is_some() || c.cut() == Some(Cut::EarlyStop)),
     })
 }
 
@@ -105,20 +107,27 @@ pub fn fused(plan: &BestOfN, candidates: &[Candidate], fused: Fused) -> Ready {
         // The fuser writes chat completions: fuse mode serves chat only (see `best_of_n`).
         api: Api::Chat,
         native: None,
-        headers: fused_headers(plan, &fused.headers),
+        headers: fused_headers(plan, candidates, &fused.headers),
         debug: Some(Arc::new(debug)),
         cacheable: candidates.iter().all(|c| c.answer().is_some()),
     }
 }
 
-/// The headers of a fused answer: the fuser's upstream ones, `x-best-of-n: N` and
-/// `x-best-of-n-mode: fuse`.
-pub fn fused_headers(plan: &BestOfN, fuser: &HeaderMap) -> HeaderMap {
+/// The headers of a fused answer: the fuser's upstream ones, `x-best-of-n: N`,
+/// `x-best-of-n-mode: fuse`, and `x-best-of-n-judged` when a quorum left the fuser fewer.
+pub fn fused_headers(plan: &BestOfN, candidates: &[Candidate], fuser: &HeaderMap) -> HeaderMap {
     let mut headers = HeaderMap::new();
     copy_upstream_headers(fuser, &mut headers);
     headers.remove(header::CONTENT_TYPE);
     headers.insert("x-best-of-n", HeaderValue::from(plan.n));
     headers.insert("x-best-of-n-mode", HeaderValue::from_static("fuse"));
+    if let Some(judged) = judged_header(plan, candidates).map(HeaderValue::try_from) {
+        headers.extend(
+            judged
+                .ok()
+                .map(|v| (header::HeaderName::from_static("x-best-of-n-judged"), v)),
+        );
+    }
     if let Some(models) = models_header(plan) {
         headers.insert("x-best-of-n-models", models);
     }
@@ -182,10 +191,8 @@ fn insert_best_of_n_headers(
     if let Some(fallback) = &selection.fallback {
         set("x-best-of-n-fallback", fallback.clone());
     }
-    let cancelled = candidates.iter().filter(|c| c.cancelled()).count();
-    if cancelled > 0 {
-        let finished = candidates.len() - cancelled;
-        set("x-best-of-n-judged", format!("{finished}/{}", plan.n));
+    if let Some(judged) = judged_header(plan, candidates) {
+        set("x-best-of-n-judged", judged);
     }
     if !selection.disqualified.is_empty() {
         let list: Vec<String> = selection
@@ -195,6 +202,14 @@ fn insert_best_of_n_headers(
             .collect();
         set("x-best-of-n-disqualified", list.join(","));
     }
+}
+
+/// `x-best-of-n-judged: K/N` when the fan-out was cut (a quorum, an early stop): K candidates
+/// finished, N were asked for.
+fn judged_header(plan: &BestOfN, candidates: &[Candidate]) -> Option<String> {
+    let cancelled = candidates.iter().filter(|c| c.cancelled()).count();
+    let finished = candidates.len() - cancelled;
+    (cancelled > 0).then(|| format!("{finished}/{}", plan.n))
 }
 
 /// One score per candidate in generation order; `-` where there is none (a failed candidate,
@@ -338,12 +353,16 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// When no candidate succeeded: the upstream's own error if every candidate got the same 4xx
-/// (the request itself is wrong, and the client should see exactly why), otherwise 504 when
-/// all timed out, else 502, saying how many failed and why.
+/// When no candidate succeeded: 429 with the longest `retry-after` if every candidate was
+/// rate-limited, the upstream's own error if every candidate got the same 4xx (the request
+/// itself is wrong, and the client should see exactly why), otherwise 504 when all timed out,
+/// else 502, saying how many failed and why.
 pub fn all_failed(candidates: &[Candidate]) -> Failed {
     // A cancelled call did not fail; only the calls that ran say what went wrong.
     let ran: Vec<&Candidate> = candidates.iter().filter(|c| !c.cancelled()).collect();
+    if let Some(failed) = rate_limited(&ran, std::time::SystemTime::now()) {
+        return failed;
+    }
     if let Some(failed) = common_client_error(&ran) {
         return failed;
     }
@@ -359,6 +378,44 @@ pub fn all_failed(candidates: &[Candidate]) -> Failed {
             format!("All candidates failed. {summary}"),
         )
     })
+}
+
+/// Every candidate got 429: the upstream's own 429 that asked for the longest wait, its
+/// `retry-after` written as seconds (an HTTP-date becomes the seconds left at `now`), so that
+/// a client retrying after it does not land inside another candidate's window. Without any
+/// readable `retry-after` the header is left out and the client's own backoff decides.
+fn rate_limited(candidates: &[&Candidate], now: std::time::SystemTime) -> Option<Failed> {
+    let mut longest: Option<(&JsonReply, Option<u64>)> = None;
+    for candidate in candidates {
+        let Err(Failure::Status(reply)) = &candidate.result else {
+            return None;
+        };
+        if reply.status != http::StatusCode::TOO_MANY_REQUESTS {
+            return None;
+        }
+        let wait = crate::retry_after::seconds(&reply.headers, now);
+        // `None` (no readable header) is the shortest wait of all.
+        let longer = match longest {
+            Some((_, most)) => wait > most,
+            None => true,
+        };
+        if longer {
+            longest = Some((reply, wait));
+        }
+    }
+    let (reply, wait) = longest?;
+    let mut reply = reply.clone();
+    match wait {
+        Some(seconds) => {
+            reply
+                .headers
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        None => {
+            reply.headers.remove(header::RETRY_AFTER);
+        }
+    }
+    Some(Failed::Upstream(Box::new(reply)))
 }
 
 fn common_client_error(candidates: &[&Candidate]) -> Option<Failed> {
@@ -380,7 +437,7 @@ pub fn failure_summary(candidates: &[Candidate]) -> String {
     let failures: Vec<String> = candidates
         .iter()
         .filter_map(|c| match &c.result {
-            Err(Failure::Cancelled) | Ok(_) => None,
+            Err(Failure::Cancelled(_)) | Ok(_) => None,
             Err(failure) => Some(format!("#{} {}", c.index, failure.describe())),
         })
         .collect();

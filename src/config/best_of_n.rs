@@ -19,6 +19,14 @@ pub struct BestOfNConfig {
     pub candidate_timeout: Duration,
     /// Fewest successful candidates that still make an answer.
     pub min_candidates: u32,
+    /// Judge once this many candidates succeeded (plus `grace`), cancelling the rest: cuts the
+    /// tail that the slowest of N calls adds. `0` means N, i.e. wait for every candidate. A
+    /// quorum above a request's N is that N; it never cuts below `min_candidates` or `n`.
+    pub quorum: u32,
+    /// Once `quorum` candidates succeeded, how long the others may still take before they are
+    /// cancelled. `0s` judges the moment the quorum is in.
+    #[serde(with = "super::duration")]
+    pub grace: Duration,
     /// For streaming clients: when no answer is ready after this long, the proxy commits to
     /// 200 and sends SSE keep-alive comments at this interval until it is.
     #[serde(with = "super::duration")]
@@ -143,6 +151,8 @@ impl Default for BestOfNConfig {
             max_n: 16,
             candidate_timeout: Duration::from_secs(120),
             min_candidates: 1,
+            quorum: 0,
+            grace: Duration::ZERO,
             stream_keepalive: Duration::from_secs(5),
             diversity: Diversity::Seed,
             variations: DEFAULT_VARIATIONS.iter().map(|v| v.to_string()).collect(),
@@ -161,7 +171,8 @@ impl Default for BestOfNConfig {
 }
 
 impl BestOfNConfig {
-    /// The candidate settings: variations, temperature, and how they combine with generation.
+    /// The candidate settings: variations, temperature, how they combine with generation, and
+    /// how many candidates are waited for (`quorum`, `grace`).
     pub(super) fn validate_candidates(&self) -> Result<(), ConfigError> {
         let fail = |key: &str, msg: String| Err(ConfigError(format!("`{key}`: {msg}")));
         if self.diversity == Diversity::Variations && self.variations.is_empty() {
@@ -215,11 +226,38 @@ impl BestOfNConfig {
                     .into(),
             );
         }
-        Ok(())
+        // Checked here so that `[best_of_n]` checks its own keys (config.rs calls this one).
+        self.validate_quorum()
     }
 }
 
 impl BestOfNConfig {
+    /// The quorum of a best-of-`n` request from the config alone: `quorum` (0 = all), at most
+    /// `n`.
+    pub fn quorum_for(&self, n: u32) -> u32 {
+        match self.quorum {
+            0 => n,
+            k => k.min(n),
+        }
+    }
+
+    /// `quorum` and `grace`: a quorum no request could reach is a mistake worth naming.
+    pub(super) fn validate_quorum(&self) -> Result<(), ConfigError> {
+        if self.quorum > self.max_n {
+            return Err(ConfigError(format!(
+                "`best_of_n.quorum`: is {} but best_of_n.max_n is {}; allowed: 0 (wait for all N) \
+                 to max_n",
+                self.quorum, self.max_n
+            )));
+        }
+        if self.grace > super::MAX_DURATION {
+            return Err(ConfigError(
+                "`best_of_n.grace`: must be at most 7 days".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
     /// True when a request body may switch best-of-N on or off (`body_switches`,
     /// `model_prefix`, `legacy_best_of`), so bodies on the best-of-N routes are read first.
     pub fn bodies_may_switch(&self) -> bool {
@@ -256,6 +294,8 @@ mod tests {
             ("models = [\"a\", \"\"]", "best_of_n.models"),
             ("models = [\"a,b\"]", "best_of_n.models"),
             ("model_prefix = \"bon/\"", "best_of_n.model_prefix"),
+            ("quorum = 17", "best_of_n.quorum"),
+            ("grace = 5", "best_of_n.grace"),
         ];
         for (keys, named) in cases {
             let err = Config::parse(&format!("[best_of_n]\n{keys}\n")).unwrap_err();
@@ -270,5 +310,15 @@ mod tests {
         let config = Config::parse("[best_of_n]\ngeneration = \"n_param\"\n").unwrap();
         assert_eq!(config.best_of_n.generation, Generation::NParam);
         assert_eq!(config.best_of_n.variations.len(), DEFAULT_VARIATIONS.len());
+    }
+
+    #[test]
+    fn quorum_zero_means_n_and_a_larger_quorum_is_capped_at_n() {
+        let config = Config::parse("[best_of_n]\nquorum = 3\ngrace = \"150ms\"\n").unwrap();
+        assert_eq!(config.best_of_n.grace, Duration::from_millis(150));
+        assert_eq!(config.best_of_n.quorum_for(5), 3);
+        assert_eq!(config.best_of_n.quorum_for(2), 2);
+        let default = BestOfNConfig::default();
+        assert_eq!((default.quorum_for(4), default.grace), (4, Duration::ZERO));
     }
 }

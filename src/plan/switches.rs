@@ -6,6 +6,8 @@
 //! Each value remembers where it was said, so that an error names the header or field to fix.
 //! Body switches are taken out of the body here: the upstream never sees them.
 
+use std::time::Duration;
+
 use http::HeaderMap;
 use serde_json::{Map, Value};
 
@@ -18,6 +20,10 @@ pub const HEADER_RUBRIC: &str = "x-best-of-n-rubric";
 pub const HEADER_MODE: &str = "x-best-of-n-mode";
 pub const HEADER_MODELS: &str = "x-best-of-n-models";
 pub const HEADER_DEBUG: &str = "x-best-of-n-debug";
+/// Header only (DESIGN §3): how many successful candidates are enough to judge.
+pub const HEADER_QUORUM: &str = "x-best-of-n-quorum";
+/// Header only: a lower deadline for this request, in seconds.
+pub const HEADER_TIMEOUT: &str = "x-best-of-n-timeout";
 
 pub const FIELD_N: &str = "best_of_n";
 pub const FIELD_JUDGE: &str = "best_of_n_judge";
@@ -53,6 +59,10 @@ pub struct Switches {
     pub mode: Option<Said<Mode>>,
     pub models: Option<Said<Vec<String>>>,
     pub debug: Option<Said<bool>>,
+    /// `x-best-of-n-quorum`: 1..=`max_n` here; checked against N once N is known.
+    pub quorum: Option<Said<u32>>,
+    /// `x-best-of-n-timeout`: longer than zero; capped by `server.request_timeout` in the plan.
+    pub timeout: Option<Said<Duration>>,
 }
 
 impl Switches {
@@ -73,6 +83,12 @@ impl Switches {
             value: truthy(&text),
             by: HEADER_DEBUG,
         });
+        let quorum = single(headers, HEADER_QUORUM)?
+            .map(|text| quorum(&text, max_n))
+            .transpose()?;
+        let timeout = single(headers, HEADER_TIMEOUT)?
+            .map(|text| timeout(&text))
+            .transpose()?;
         Ok(Switches {
             n: n.map(|value| Said {
                 value,
@@ -95,6 +111,14 @@ impl Switches {
                 by: HEADER_MODELS,
             }),
             debug,
+            quorum: quorum.map(|value| Said {
+                value,
+                by: HEADER_QUORUM,
+            }),
+            timeout: timeout.map(|value| Said {
+                value,
+                by: HEADER_TIMEOUT,
+            }),
         })
     }
 
@@ -182,6 +206,9 @@ impl Switches {
             mode: agree(self.mode, body.mode)?,
             models: agree(self.models, body.models)?,
             debug: agree(self.debug, body.debug)?,
+            // Header only: a body never says these.
+            quorum: agree(self.quorum, body.quorum)?,
+            timeout: agree(self.timeout, body.timeout)?,
         })
     }
 }
@@ -234,6 +261,40 @@ fn count(text: &str, max_n: u32, by: &'static str) -> Result<Count, ApiError> {
             ),
         )),
     }
+}
+
+/// `x-best-of-n-quorum: K`, a whole number from 1 to `max_n` (N itself is checked later).
+fn quorum(text: &str, max_n: u32) -> Result<u32, ApiError> {
+    match text.parse::<u32>() {
+        Ok(k) if (1..=max_n).contains(&k) => Ok(k),
+        _ => Err(ApiError::invalid_request(
+            HEADER_QUORUM,
+            format!(
+                "`{HEADER_QUORUM}: {text}` is not allowed: use a whole number from 1 to N, the \
+                 number of candidates (judge once that many succeeded)."
+            ),
+        )),
+    }
+}
+
+/// `x-best-of-n-timeout: SECONDS`: a decimal number of seconds, more than zero. Only digits
+/// and one point: `1e3`, `inf` or `30s` are refused rather than guessed at.
+fn timeout(text: &str) -> Result<Duration, ApiError> {
+    let plain = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && text.bytes().filter(|&b| b == b'.').count() <= 1;
+    let seconds = text.parse::<f64>().ok().filter(|_| plain);
+    // Too large for a Duration is larger than any deadline the config allows: the plan caps it.
+    let duration = seconds.map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX));
+    duration.filter(|d| !d.is_zero()).ok_or_else(|| {
+        ApiError::invalid_request(
+            HEADER_TIMEOUT,
+            format!(
+                "`{HEADER_TIMEOUT}: {text}` is not allowed: use a number of seconds greater than \
+                 zero, e.g. `30` or `2.5`."
+            ),
+        )
+    })
 }
 
 fn mode(text: &str, by: &'static str) -> Result<Mode, ApiError> {
@@ -507,6 +568,45 @@ mod tests {
         headers.append(HEADER_N, HeaderValue::from_static(" 3"));
         let switches = Switches::from_headers(&headers, 16).unwrap();
         assert_eq!(switches.n.unwrap().value, Count::N(3));
+    }
+
+    #[test]
+    fn quorum_and_timeout_headers_are_checked() {
+        let said = |name: &'static str, value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static(value));
+            Switches::from_headers(&headers, 16)
+        };
+        assert_eq!(said(HEADER_QUORUM, "3").unwrap().quorum.unwrap().value, 3);
+        for bad in ["0", "17", "-1", "two", "2.5", ""] {
+            let err = said(HEADER_QUORUM, bad).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(HEADER_QUORUM), "{bad}");
+        }
+        let timeout = |value| said(HEADER_TIMEOUT, value).map(|s| s.timeout.unwrap().value);
+        assert_eq!(timeout("2.5").unwrap(), Duration::from_millis(2500));
+        assert_eq!(timeout("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(timeout("1e400000").ok(), None, "digits only");
+        assert_eq!(
+            timeout("99999999999999999999999").unwrap(),
+            Duration::MAX,
+            "huge values are kept for the plan to cap"
+        );
+        for bad in [
+            "0",
+            "0.0",
+            "-1",
+            "1e3",
+            "inf",
+            "NaN",
+            "30s",
+            "1.2.3",
+            ".",
+            "",
+            "0.0000000000001",
+        ] {
+            let err = said(HEADER_TIMEOUT, bad).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(HEADER_TIMEOUT), "{bad}");
+        }
     }
 
     #[test]
