@@ -23,8 +23,22 @@ use crate::error::ApiError;
 const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS";
 
 /// Headers allowed when a preflight names none (it names them when it needs any).
-const DEFAULT_ALLOW_HEADERS: &str = "authorization, content-type, x-request-id, x-best-of-n, \
-     x-best-of-n-judge, x-best-of-n-mode, x-best-of-n-rubric, x-best-of-n-debug";
+const ALLOW_ALWAYS: [&str; 5] = [
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "content-type",
+    "x-request-id",
+];
+
+/// [`ALLOW_ALWAYS`] and every best-of-N switch header, as one header value.
+static DEFAULT_ALLOW_HEADERS: LazyLock<HeaderValue> = LazyLock::new(|| {
+    let names: Vec<&str> = ALLOW_ALWAYS
+        .into_iter()
+        .chain(crate::plan::HEADERS)
+        .collect();
+    HeaderValue::from_str(&names.join(", ")).unwrap_or(HeaderValue::from_static("content-type"))
+});
 
 /// Response headers a page may read besides the safelisted ones (content-type and a few).
 const EXPOSE_ALWAYS: [&str; 4] = [
@@ -150,7 +164,7 @@ fn preflight_answer(origin: HeaderValue, request: &HeaderMap) -> Response<Body> 
     // Echoed: whatever the page's SDK sends (authorization, x-best-of-n-*, x-stainless-*) is
     // what the proxy forwards anyway.
     let asked = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
-    let allow_headers = asked.unwrap_or(HeaderValue::from_static(DEFAULT_ALLOW_HEADERS));
+    let allow_headers = asked.unwrap_or_else(|| DEFAULT_ALLOW_HEADERS.clone());
     headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
     let static_headers = [
         (header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW_METHODS),

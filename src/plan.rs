@@ -23,8 +23,8 @@ mod switches;
 pub use switches::Switches;
 use switches::{may_hold_switches, Count, Said};
 pub use switches::{
-    HEADER_DEBUG, HEADER_JUDGE, HEADER_MODE, HEADER_MODELS, HEADER_N, HEADER_QUORUM, HEADER_RUBRIC,
-    HEADER_TIMEOUT,
+    HEADERS, HEADER_DEBUG, HEADER_JUDGE, HEADER_MODE, HEADER_MODELS, HEADER_N, HEADER_QUORUM,
+    HEADER_RUBRIC, HEADER_TIMEOUT,
 };
 
 /// What the proxy does with one request.

@@ -25,6 +25,18 @@ pub const HEADER_QUORUM: &str = "x-best-of-n-quorum";
 /// Header only: a lower deadline for this request, in seconds.
 pub const HEADER_TIMEOUT: &str = "x-best-of-n-timeout";
 
+/// Every switch header a client may send (CORS lets browsers send them all).
+pub const HEADERS: [&str; 8] = [
+    HEADER_N,
+    HEADER_JUDGE,
+    HEADER_RUBRIC,
+    HEADER_MODE,
+    HEADER_MODELS,
+    HEADER_DEBUG,
+    HEADER_QUORUM,
+    HEADER_TIMEOUT,
+];
+
 pub const FIELD_N: &str = "best_of_n";
 pub const FIELD_JUDGE: &str = "best_of_n_judge";
 pub const FIELD_RUBRIC: &str = "best_of_n_rubric";
