@@ -356,16 +356,18 @@ const MAX_JSON_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 /// Bound for deadlines too large to add to `Instant::now()`.
 const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// `Retry-After` in seconds, as rate-limited upstreams send it.
+/// How long a rate-limited upstream asks to wait: `retry-after-ms` first, as OpenAI and the
+/// official SDKs read it (it is the precise one: `Retry-After` holds whole seconds, so a
+/// 200 ms wait arrives there as 1 s), else `Retry-After` in seconds.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let seconds: f64 = headers
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(600.0)))
+    let number = |name: &str| -> Option<f64> {
+        let value: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+        (value.is_finite() && value >= 0.0).then_some(value)
+    };
+    let seconds = number("retry-after-ms")
+        .map(|ms| ms / 1000.0)
+        .or_else(|| number(header::RETRY_AFTER.as_str()))?;
+    Some(Duration::from_secs_f64(seconds.min(600.0)))
 }
 
 fn is_retryable_status(status: StatusCode) -> bool {
@@ -533,6 +535,19 @@ mod tests {
             "https://***@h.com/v1"
         );
         assert_eq!(redact_url("http://h.com/a@b"), "http://h.com/a@b");
+    }
+
+    #[test]
+    fn retry_after_ms_is_read_before_whole_seconds() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("1"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(1)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("200"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_millis(200)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(1)));
+        headers.remove("retry-after");
+        assert_eq!(retry_after(&headers), None);
     }
 
     #[test]

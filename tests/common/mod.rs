@@ -2,6 +2,7 @@
 //! a mock upstream, and sends it raw HTTP requests.
 #![allow(dead_code)]
 
+pub mod llmock;
 pub mod mock;
 pub mod python;
 
