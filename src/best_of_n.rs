@@ -290,7 +290,7 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
             let ready = respond::fused(plan, &candidates, *fused);
             (Streamed::Ready(Box::new(ready)), None)
         }
-        Ok(FuserStream::Live(response)) => {
+        Ok(FuserStream::Live(response, place)) => {
             let fuser_headers = state.fuser.client_headers(response.headers());
             let mut headers = respond::fused_headers(plan, &candidates, &fuser_headers);
             if job.key.is_some() {
@@ -304,6 +304,14 @@ async fn start_fused_stream(state: &AppState, job: &Job) -> Result<Streamed, Fai
             let deadline = tokio::time::Instant::from_std(deadline);
             let include_usage = request.include_usage();
             let events = relay::relay(response.into_body(), prior, include_usage, deadline);
+            // The fuser's call keeps its place while its stream is relayed.
+            let events = futures_util::StreamExt::boxed(futures_util::StreamExt::map(
+                events,
+                move |event| {
+                    let _held = &place;
+                    event
+                },
+            ));
             (Streamed::Live(Live { headers, events }), None)
         }
         Err(failed) => {

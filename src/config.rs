@@ -146,6 +146,12 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Retries of a candidate or judge call after a connection error, 429 or 5xx.
     pub max_retries: u32,
+    /// Most calls in flight to this upstream at once (passthrough, candidates, judge, fuser);
+    /// 0: no bound. A call past it waits up to `max_connections_wait`, then fails as overload.
+    pub max_connections: usize,
+    /// How long a call waits for a place under `max_connections` before it fails (503).
+    #[serde(with = "duration")]
+    pub max_connections_wait: Duration,
     /// Idle keep-alive connections kept per upstream host.
     pub pool_max_idle_per_host: usize,
     #[serde(with = "duration")]
@@ -161,6 +167,8 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(600),
             max_retries: 2,
+            max_connections: 0,
+            max_connections_wait: Duration::from_secs(1),
             pool_max_idle_per_host: 256,
             pool_idle_timeout: Duration::from_secs(90),
         }

@@ -51,6 +51,8 @@ pub enum Failure {
     Transport(String),
     /// A 2xx answer that is not a usable chat completion.
     Invalid(String),
+    /// Never sent: `upstream.max_connections` calls stayed in flight for its whole wait.
+    Overloaded(String),
     /// Dropped unfinished because the fan-out ended without it (see [`Cut`]). Not a failure:
     /// nothing went wrong, and it never counts against `min_candidates`.
     Cancelled(Cut),
@@ -78,6 +80,7 @@ impl Failure {
             Failure::Timeout(d) => format!("timed out after {d:?}"),
             Failure::Transport(why) => format!("upstream {why}"),
             Failure::Invalid(why) => why.clone(),
+            Failure::Overloaded(why) => format!("upstream {why}"),
             Failure::Cancelled(Cut::EarlyStop) => {
                 "cancelled: the answers already in decided the pick (early stop)".to_string()
             }
@@ -103,6 +106,9 @@ impl From<UpstreamError> for Failure {
     fn from(error: UpstreamError) -> Failure {
         match error {
             UpstreamError::Timeout(d) => Failure::Timeout(d),
+            overloaded @ UpstreamError::Overloaded { .. } => {
+                Failure::Overloaded(overloaded.to_string())
+            }
             other => Failure::Transport(other.to_string()),
         }
     }

@@ -21,6 +21,7 @@ use crate::judge::call::JudgeCall;
 use crate::judge::llm::conversation_for_judge;
 use crate::judge::protocol::{self, PromptTemplate, TemplateCandidate};
 use crate::openai::{ChatCompletion, ChatRequest};
+use crate::upstream::CallPlace;
 
 /// The built-in fuser prompt: the conversation, what a good answer is, the candidates.
 const TEMPLATE: &str = crate::judge::protocol::judge_template!(
@@ -55,7 +56,9 @@ pub struct Fused {
 /// What a streamed fuser call gave: its stream, or (an upstream that ignores `stream`) one
 /// whole answer.
 pub enum FuserStream {
-    Live(Response<Incoming>),
+    /// The fuser's stream, and its place under `upstream.max_connections`, held while it is
+    /// relayed.
+    Live(Response<Incoming>, CallPlace),
     Whole(Box<Fused>),
 }
 
@@ -181,7 +184,7 @@ impl Fuser {
         body["stream"] = Value::Bool(true);
         body["stream_options"] = json!({"include_usage": true});
         let body = encode(&body)?;
-        let response = self
+        let (response, place) = self
             .call
             .post_streaming("/chat/completions", body, client_headers)
             .await
@@ -192,7 +195,7 @@ impl Fuser {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if is_sse {
-            return Ok(FuserStream::Live(response));
+            return Ok(FuserStream::Live(response, place));
         }
         // An upstream that ignores `stream` answers with one JSON completion.
         let (parts, body) = response.into_parts();

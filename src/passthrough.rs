@@ -45,7 +45,7 @@ pub async fn forward(
         .await;
     let waited = sent.elapsed();
     let response = match result {
-        Ok(response) => {
+        Ok((response, place)) => {
             metrics.upstream_call("passthrough", response.status().as_str(), waited);
             let (mut head, incoming) = response.into_parts();
             upstream::strip_hop_by_hop(&mut head.headers);
@@ -55,7 +55,8 @@ pub async fn forward(
             } else {
                 body::boxed(incoming)
             };
-            Response::from_parts(head, body)
+            // The call keeps its place until its answer has been sent on.
+            Response::from_parts(head, body::with_guard(body, place))
         }
         Err(error) => {
             metrics.upstream_call("passthrough", error.metric_label(), waited);

@@ -367,6 +367,16 @@ pub fn all_failed(candidates: &[Candidate]) -> Failed {
         return failed;
     }
     let summary = failure_summary(candidates);
+    // None was even sent: the proxy is at its bound of upstream calls, a 503 to retry.
+    if ran
+        .iter()
+        .all(|c| matches!(c.result, Err(Failure::Overloaded(_))))
+    {
+        return Failed::Proxy(ApiError::overloaded(format!(
+            "No candidate could be sent: upstream.max_connections calls stayed in flight for \
+             upstream.max_connections_wait; retry shortly. {summary}"
+        )));
+    }
     let all_timed_out = ran
         .iter()
         .all(|c| matches!(c.result, Err(Failure::Timeout(_))));

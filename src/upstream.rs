@@ -6,7 +6,10 @@
 //! and judge calls are small JSON POSTs whose whole answer is needed; they get a deadline for
 //! the complete body and are retried on transient failures.
 
+use std::sync::Arc;
+
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -70,6 +73,8 @@ pub enum UpstreamError {
     Interrupted(String),
     /// The client's own request body failed while it was being sent on (too slow, too large).
     ClientBody(ApiError),
+    /// `upstream.max_connections` calls were in flight for all of `max_connections_wait`.
+    Overloaded { max: usize, waited: Duration },
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -79,6 +84,9 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Unreachable(why) => write!(f, "unreachable: {why}"),
             UpstreamError::Interrupted(why) => write!(f, "interrupted: {why}"),
             UpstreamError::ClientBody(error) => write!(f, "client body failed: {error}"),
+            UpstreamError::Overloaded { max, waited } => {
+                write!(f, "overloaded: {max} calls in flight for {waited:?}")
+            }
         }
     }
 }
@@ -99,6 +107,10 @@ impl UpstreamError {
                 format!("The upstream's answer broke off: {why}."),
             ),
             UpstreamError::ClientBody(error) => error.clone(),
+            UpstreamError::Overloaded { max, waited } => ApiError::overloaded(format!(
+                "{max} calls to the upstream were in flight for {waited:?} (upstream.max_connections, \
+                 upstream.max_connections_wait); retry shortly."
+            )),
         }
     }
 }
@@ -108,6 +120,7 @@ impl UpstreamError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Overloaded { .. } => "overloaded",
             _ => "error",
         }
     }
@@ -150,6 +163,16 @@ pub struct Upstream {
     max_retries: u32,
     /// Hides every configured key in upstream error text before anyone copies it.
     redactor: Redactor,
+    /// Places for calls in flight (`upstream.max_connections`), shared by every clone.
+    places: Option<Arc<Semaphore>>,
+    max_connections: usize,
+    place_wait: Duration,
+}
+
+/// A call's place under `upstream.max_connections`, held until its answer has been read (a
+/// forwarded answer: until its body has been sent on); nothing when there is no bound.
+pub struct CallPlace {
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -198,7 +221,29 @@ impl Upstream {
             timeout: config.timeout,
             max_retries: config.max_retries,
             redactor,
+            places: (config.max_connections > 0)
+                .then(|| Arc::new(Semaphore::new(config.max_connections))),
+            max_connections: config.max_connections,
+            place_wait: config.max_connections_wait,
         })
+    }
+
+    /// A place for one call, waiting at most `upstream.max_connections_wait` for it: past the
+    /// bound calls wait briefly, never in an unbounded queue.
+    async fn place(&self) -> Result<CallPlace, UpstreamError> {
+        let Some(places) = &self.places else {
+            return Ok(CallPlace { _permit: None });
+        };
+        let waiting = places.clone().acquire_owned();
+        match tokio::time::timeout(self.place_wait, waiting).await {
+            Ok(Ok(permit)) => Ok(CallPlace {
+                _permit: Some(permit),
+            }),
+            _ => Err(UpstreamError::Overloaded {
+                max: self.max_connections,
+                waited: self.place_wait,
+            }),
+        }
     }
 
     /// True when there is a secret that upstream text could leak.
@@ -227,14 +272,15 @@ impl Upstream {
         path_and_query: &str,
         client_headers: &HeaderMap,
         body: Body,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, CallPlace), UpstreamError> {
+        let place = self.place().await?;
         let mut request = Request::new(body);
         *request.method_mut() = method;
         *request.uri_mut() = self.base.join(path_and_query)?;
         *request.headers_mut() = self.outgoing_headers(client_headers);
         let sent = self.client.request(request);
         match tokio::time::timeout(self.timeout, sent).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => Ok((response, place)),
             Ok(Err(e)) => {
                 Err(client_body_error(&e)
                     .unwrap_or_else(|| UpstreamError::Unreachable(describe(&e))))
@@ -269,6 +315,8 @@ impl Upstream {
                 // The upstream may have done (and billed) the work: do not ask twice.
                 Err(UpstreamError::Interrupted(_)) | Err(UpstreamError::Timeout(_)) => false,
                 Err(UpstreamError::ClientBody(_)) => false,
+                // It already waited its turn: asking again would only queue longer.
+                Err(UpstreamError::Overloaded { .. }) => false,
             };
             // Full jitter: N candidates rate-limited together must not retry in lockstep.
             let ceiling = 100u64 << attempt.min(6);
@@ -291,6 +339,8 @@ impl Upstream {
         client_headers: &HeaderMap,
         json: SharedJson,
     ) -> Result<JsonReply, UpstreamError> {
+        // Held until the whole answer is read.
+        let _place = self.place().await?;
         let mut request = Request::new(json.into_body());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.base.join(path)?;

@@ -817,3 +817,81 @@ async fn h2c_carries_passthrough_and_best_of_n_side_by_side_on_one_connection() 
     let events = String::from_utf8_lossy(&streamed.2).to_string();
     assert!(events.trim_end().ends_with("data: [DONE]"), "{events}");
 }
+
+#[tokio::test]
+async fn header_count_and_size_are_bounded() {
+    let mock = MockUpstream::start().await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let send_head = |extra: String| {
+        let addr = proxy.addr;
+        async move {
+            let mut stream = connect_from(OTHER_CLIENT, addr).await;
+            let head = format!("GET /v1/models HTTP/1.1\r\nhost: proxy\r\n{extra}\r\n");
+            // The proxy may answer and close before the whole head is written.
+            let _ = stream.write_all(head.as_bytes()).await;
+            read_until_closed(&mut stream, Duration::from_secs(5)).await
+        }
+    };
+    let many: String = (0..150).map(|k| format!("x-h{k}: v\r\n")).collect();
+    let answer = send_head(many).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let huge = format!("x-huge: {}\r\n", "v".repeat(600 * 1024));
+    let answer = send_head(huge).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "a 600 KiB header was not refused: {answer}"
+    );
+    assert!(mock.calls().is_empty(), "nothing oversized went upstream");
+    // An ordinary request on a new connection is served.
+    let answer = send_head("connection: close\r\n".to_string()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn upstream_calls_are_bounded_and_the_overflow_is_refused_quickly() {
+    // Calls about "slow" take 800 ms; the rest answer at once.
+    let mock = MockUpstream::with_handler(|call: &common::mock::Call| {
+        let reply = common::mock::default_handler(call);
+        if call.prompt_text().contains("slow") {
+            reply.with_delay(Duration::from_millis(800))
+        } else {
+            reply
+        }
+    })
+    .await;
+    let mut config = config_for(&mock);
+    config.upstream.max_connections = 2;
+    config.upstream.max_connections_wait = Duration::from_millis(150);
+    let proxy = start_proxy(config).await;
+    let ask = |question: &'static str, headers: Vec<(&'static str, &'static str)>| {
+        let proxy = proxy.handle();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = post_chat(&proxy, &headers, chat_body(question)).await;
+            (answer, started.elapsed())
+        })
+    };
+    // Two slow calls take both places.
+    let slow = [ask("slow one", vec![]), ask("slow two", vec![])];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (plain, waited) = ask("quick", vec![]).await.unwrap();
+    let error = plain.expect_error(503);
+    assert_eq!(plain.header("retry-after"), Some("1"));
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .contains("upstream.max_connections"));
+    assert!(waited < Duration::from_millis(600), "{waited:?}");
+    // No candidate can be sent either: a 503 to retry, not a 502.
+    let (best, _) = ask("quick best", vec![("x-best-of-n", "2")]).await.unwrap();
+    best.expect_error(503);
+    for call in slow {
+        let (answer, _) = call.await.unwrap();
+        answer.expect_ok();
+    }
+    // Once the places are free, everything is served again.
+    let (after, _) = ask("quick again", vec![("x-best-of-n", "2")])
+        .await
+        .unwrap();
+    after.expect_ok();
+}

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::config::JudgeConfig;
 use crate::metrics::Metrics;
 use crate::openai::Usage;
+use crate::upstream::CallPlace;
 use crate::upstream::{call_status, snippet, JsonReply, Upstream};
 
 /// How LLM judges reach their model.
@@ -201,7 +202,7 @@ impl JudgeCall {
         path: &str,
         body: Bytes,
         client_headers: &HeaderMap,
-    ) -> Result<Response<Incoming>, CallFailure> {
+    ) -> Result<(Response<Incoming>, CallPlace), CallFailure> {
         let mut headers = if self.forward_client_headers {
             client_headers.clone()
         } else {
@@ -225,14 +226,14 @@ impl JudgeCall {
             .forward(Method::POST, path, &headers, crate::body::full(body));
         let sent = tokio::time::timeout(self.timeout, sent).await;
         let label = match &sent {
-            Ok(Ok(response)) => response.status().as_str().to_string(),
+            Ok(Ok((response, _))) => response.status().as_str().to_string(),
             Ok(Err(error)) => error.metric_label().to_string(),
             Err(_) => "timeout".to_string(),
         };
         self.metrics
             .upstream_call(self.kind, &label, started.elapsed());
-        let response = match sent {
-            Ok(Ok(response)) => response,
+        let (response, place) = match sent {
+            Ok(Ok(answer)) => answer,
             Ok(Err(e)) => return Err(fail(format!("the {} call failed: {e}", self.kind))),
             Err(_) => {
                 let why = format!(
@@ -243,7 +244,7 @@ impl JudgeCall {
             }
         };
         if response.status().is_success() {
-            return Ok(response);
+            return Ok((response, place));
         }
         let status = response.status().as_u16();
         let error_body = Limited::new(response.into_body(), 64 * 1024)
