@@ -519,4 +519,28 @@ mod tests {
         let (_, sent) = with_body(opened, &headers, body, &config, &judges(&config)).unwrap();
         assert_eq!(&sent[..], br#"{"model":"m","a":[[-927754.1127212483]]}"#);
     }
+
+    /// Found writing the plan fuzz target (switches never go upstream): a switch spelt with a
+    /// JSON escape (`best\u005fof_n`, a model `bon\u002d2/m`) was missed by the byte search
+    /// that spares plain bodies a parse, so best-of-N stayed off and the upstream got the
+    /// proxy's own field.
+    #[test]
+    fn escaped_switches_are_switches() {
+        let config = Config::default();
+        let headers = HeaderMap::new();
+        let Head::Open(api, switches) =
+            read_head(&Method::POST, "/v1/chat/completions", &headers, &config).unwrap()
+        else {
+            panic!("a chat completion is open to body switches");
+        };
+        let body = br#"{"model":"bon\u002d2/m","best\u005fof_n_debug":true,"messages":[]}"#;
+        let opened = (api, switches);
+        let body = Bytes::from_static(body);
+        let (plan, sent) = with_body(opened, &headers, body, &config, &judges(&config)).unwrap();
+        let Plan::BestOfN(plan) = plan else {
+            panic!("best-of-N expected, got {plan:?}");
+        };
+        assert_eq!((plan.n, plan.debug), (2, true));
+        assert_eq!(&sent[..], br#"{"model":"m","messages":[]}"#);
+    }
 }
