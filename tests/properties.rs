@@ -610,3 +610,10 @@ fn every_api_views_a_minimal_request() {
     ));
     assert_eq!(frames[0]["error"]["message"], "x");
 }
+
+/// Inputs the fuzzers stopped at, kept: the first fuzz run of `verdicts` found that a JSON
+/// answer's consensus key is canonical JSON, not normalised text (the check was wrong).
+#[test]
+fn inputs_the_fuzzers_found() {
+    checks::verdicts(b"*\".\"");
+}
