@@ -577,4 +577,47 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.status, http::StatusCode::BAD_REQUEST);
     }
+
+    /// Found by tests/properties.rs: a body re-encoded after its switches were taken out
+    /// changed a float in its last digit (serde_json's fast float parsing is not exact without
+    /// `float_roundtrip`), so the upstream got a number the client never sent.
+    #[test]
+    fn numbers_go_upstream_as_sent_when_switches_are_taken_out() {
+        let config = Config::default();
+        let headers = HeaderMap::new();
+        let Head::Open(api, switches) =
+            read_head(&Method::POST, "/v1/chat/completions", &headers, &config).unwrap()
+        else {
+            panic!("a chat completion is open to body switches");
+        };
+        let body = br#"{"model":"m","best_of_n":0,"a":[[-927754.1127212483]]}"#;
+        let opened = (api, switches);
+        let body = Bytes::from_static(body);
+        let (_, sent) = with_body(opened, &headers, body, &config, &judges(&config)).unwrap();
+        assert_eq!(&sent[..], br#"{"model":"m","a":[[-927754.1127212483]]}"#);
+    }
+
+    /// Found writing the plan fuzz target (switches never go upstream): a switch spelt with a
+    /// JSON escape (`best\u005fof_n`, a model `bon\u002d2/m`) was missed by the byte search
+    /// that spares plain bodies a parse, so best-of-N stayed off and the upstream got the
+    /// proxy's own field.
+    #[test]
+    fn escaped_switches_are_switches() {
+        let config = Config::default();
+        let headers = HeaderMap::new();
+        let Head::Open(api, switches) =
+            read_head(&Method::POST, "/v1/chat/completions", &headers, &config).unwrap()
+        else {
+            panic!("a chat completion is open to body switches");
+        };
+        let body = br#"{"model":"bon\u002d2/m","best\u005fof_n_debug":true,"messages":[]}"#;
+        let opened = (api, switches);
+        let body = Bytes::from_static(body);
+        let (plan, sent) = with_body(opened, &headers, body, &config, &judges(&config)).unwrap();
+        let Plan::BestOfN(plan) = plan else {
+            panic!("best-of-N expected, got {plan:?}");
+        };
+        assert_eq!((plan.n, plan.debug), (2, true));
+        assert_eq!(&sent[..], br#"{"model":"m","messages":[]}"#);
+    }
 }

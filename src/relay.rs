@@ -31,9 +31,7 @@ pub fn relay(
 ) -> BoxStream<'static, Bytes> {
     let state = Relay {
         body,
-        pending: Vec::new(),
-        scanned: 0,
-        after_cr: false,
+        decoder: sse::Decoder::default(),
         prior,
         include_usage,
         saw_usage: false,
@@ -50,12 +48,8 @@ pub fn relay(
 
 struct Relay {
     body: Incoming,
-    /// Bytes read but not yet a whole event, line ends made `\n`.
-    pending: Vec<u8>,
-    /// How far `pending` has been searched for an event's end.
-    scanned: usize,
-    /// The last byte read was a `\r` (a `\r\n` may be split across frames).
-    after_cr: bool,
+    /// The fuser's stream, cut into events.
+    decoder: sse::Decoder,
     prior: Usage,
     include_usage: bool,
     /// The fuser sent its usage.
@@ -71,14 +65,14 @@ impl Relay {
             return None;
         }
         loop {
-            if let Some(event) = self.take_event() {
+            if let Some(event) = self.decoder.next_event() {
                 let out = self.forward(&event);
                 if !out.is_empty() {
                     return Some(out);
                 }
                 continue;
             }
-            if self.pending.len() > MAX_EVENT_BYTES {
+            if self.decoder.pending_len() > MAX_EVENT_BYTES {
                 return Some(self.fail("the fuser sent an SSE event over 1 MiB"));
             }
             let frame = tokio::time::timeout_at(self.deadline, self.body.frame()).await;
@@ -90,7 +84,7 @@ impl Relay {
                 }
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        self.append(&data);
+                        self.decoder.push(&data);
                     }
                 }
                 Ok(Some(Err(e))) => {
@@ -101,48 +95,15 @@ impl Relay {
         }
     }
 
-    /// Appends `data` with its line ends made `\n`: SSE allows `\r\n` and `\r` too.
-    fn append(&mut self, data: &[u8]) {
-        for &byte in data {
-            match byte {
-                b'\n' if self.after_cr => {}
-                b'\r' => self.pending.push(b'\n'),
-                other => self.pending.push(other),
-            }
-            self.after_cr = byte == b'\r';
-        }
-    }
-
-    /// One whole event (without its blank-line terminator) out of `pending`.
-    fn take_event(&mut self) -> Option<Vec<u8>> {
-        let from = self.scanned.saturating_sub(1);
-        let Some(found) = self.pending[from..].windows(2).position(|w| w == b"\n\n") else {
-            self.scanned = self.pending.len();
-            return None;
-        };
-        let at = from + found;
-        let event = self.pending[..at].to_vec();
-        self.pending.drain(..at + 2);
-        self.scanned = 0;
-        Some(event)
-    }
-
     /// What the client gets for one fuser event.
     fn forward(&mut self, event: &[u8]) -> Vec<Bytes> {
         if event.iter().all(u8::is_ascii_whitespace) {
             return Vec::new();
         }
-        let text = String::from_utf8_lossy(event);
-        let lines: Vec<&str> = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("data:"))
-            .map(|data| data.strip_prefix(' ').unwrap_or(data))
-            .collect();
-        if lines.is_empty() {
+        let Some(data) = sse::event_data(event) else {
             // The fuser's own comments and keep-alives: keep the client's connection busy too.
             return vec![Bytes::from_static(sse::KEEPALIVE)];
-        }
-        let data = lines.join("\n");
+        };
         let data = data.trim();
         if data == "[DONE]" {
             self.finished = true;
@@ -189,9 +150,9 @@ impl Relay {
     /// The stream ended: whatever whole event is left; without the fuser's `[DONE]` the
     /// answer may be cut short, which the client must be told.
     fn end(&mut self) -> Option<Vec<Bytes>> {
-        self.append(b"\n\n");
+        self.decoder.finish();
         let mut out = Vec::new();
-        while let Some(event) = self.take_event() {
+        while let Some(event) = self.decoder.next_event() {
             out.extend(self.forward(&event));
         }
         if !self.finished {

@@ -790,4 +790,70 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains("`judges.rm.rubrics`"), "{err}");
     }
+
+    mod properties {
+        //! Whatever a reward endpoint answers, reading it never panics, a read rerank answer
+        //! has one finite score per text sent, and every raw score normalises into 0..=1.
+        use super::*;
+        use proptest::prelude::*;
+        // `super::Strategy` is the judge registry's; the trait is proptest's.
+        use proptest::strategy::Strategy as Generator;
+
+        fn answer() -> impl Generator<Value = Vec<u8>> {
+            let entry = (0usize..5, prop::option::of(-1e6f64..1e6), any::<bool>());
+            let entries = prop::collection::vec(entry, 0..6);
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                entries.prop_map(|entries| {
+                    let list: Vec<Value> = entries
+                        .iter()
+                        .map(|&(index, score, cohere)| match cohere {
+                            true => json!({"index": index, "relevance_score": score}),
+                            false => json!({"index": index, "score": score}),
+                        })
+                        .collect();
+                    let body = match entries.first().is_some_and(|e| e.2) {
+                        true => json!({"results": list}),
+                        false => json!(list),
+                    };
+                    body.to_string().into_bytes()
+                }),
+                (prop::collection::vec(-1e6f64..1e6, 0..3), 0usize..3).prop_map(|(xs, n)| {
+                    let data = match n {
+                        0 => json!(xs.first()),
+                        1 => json!(xs),
+                        _ => json!([xs]),
+                    };
+                    json!({"data": [{"index": 0, "data": data}]})
+                        .to_string()
+                        .into_bytes()
+                }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 256, failure_persistence: None, ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn reward_answers_read_or_say_why(body in answer(), count in 0usize..5) {
+                for format in FORMATS {
+                    if let Ok(scores) = read_rerank(format, &body, count) {
+                        prop_assert_eq!(scores.len(), count);
+                        prop_assert!(scores.iter().all(|s| s.is_finite()));
+                        for score in scores {
+                            let normalised = format.normalise(score);
+                            prop_assert!((0.0..=1.0).contains(&normalised), "{}", normalised);
+                        }
+                    }
+                }
+                if let Ok((score, _)) = read_pooling(&body) {
+                    prop_assert!(score.is_finite());
+                    let normalised = Format::VllmReward.normalise(score);
+                    prop_assert!((0.0..=1.0).contains(&normalised));
+                }
+            }
+        }
+    }
 }

@@ -234,7 +234,23 @@ pub fn may_hold_switches(body: &[u8], config: &BestOfNConfig) -> bool {
     let prefix = !config.model_prefix.is_empty()
         && memchr::memmem::find_iter(body, config.model_prefix.as_bytes())
             .any(|at| at > 0 && body[at - 1] == b'"');
-    field || prefix
+    field || prefix || escapes_switch_text(body, &config.model_prefix)
+}
+
+/// True when `body` has a `\u00XX` escape of a character a switch is written with (a letter, a
+/// digit, `_`, `-`, `/`, or one of the prefix's): `best\u005fof_n` is `best_of_n` once parsed,
+/// which the byte search cannot see. Serializers escape only quotes, control characters, non-
+/// ASCII and (some) `<`, `>`, `&`, so plain bodies still go unparsed.
+fn escapes_switch_text(body: &[u8], prefix: &str) -> bool {
+    memchr::memmem::find_iter(body, br"\u00").any(|at| {
+        let hex = body
+            .get(at + 4..at + 6)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
+            return false;
+        };
+        byte.is_ascii_alphanumeric() || b"_-/".contains(&byte) || prefix.as_bytes().contains(&byte)
+    })
 }
 
 /// The header's one value; an error when it was sent more than once with different values.
@@ -642,5 +658,11 @@ mod tests {
             ..BestOfNConfig::default()
         };
         assert!(!may_hold_switches(br#"{"model":"bon-5/gpt-4o"}"#, &off));
+        assert!(may_hold_switches(br#"{"best\u005fof_n":2}"#, &config));
+        assert!(may_hold_switches(br#"{"model":"\u0062on-5/m"}"#, &config));
+        assert!(!may_hold_switches(
+            br#"{"content":"caf\u00e9 \u003cb\u003e \u001b"}"#,
+            &config
+        ));
     }
 }
