@@ -397,17 +397,21 @@ mod tests {
         }
     }
 
+    /// What the head of a chat completion with `headers` leaves open to its body.
+    fn open_chat(headers: &HeaderMap, config: &Config) -> (Api, Switches) {
+        match read_head(&Method::POST, "/v1/chat/completions", headers, config).unwrap() {
+            Head::Open(api, switches) => (api, switches),
+            Head::Forward => panic!("a chat completion is open to body switches"),
+        }
+    }
+
     fn plan_body(headers: &[(&'static str, &'static str)], body: Value) -> (Plan, Value) {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.insert(*k, HeaderValue::from_static(v));
         }
         let config = Config::default();
-        let Head::Open(api, switches) =
-            read_head(&Method::POST, "/v1/chat/completions", &map, &config).unwrap()
-        else {
-            panic!("a chat completion is open to body switches");
-        };
+        let (api, switches) = open_chat(&map, &config);
         let bytes = Bytes::from(serde_json::to_vec(&body).unwrap());
         let opened = (api, switches);
         let (plan, sent) = with_body(opened, &map, bytes, &config, &judges(&config)).unwrap();
@@ -585,11 +589,7 @@ mod tests {
     fn numbers_go_upstream_as_sent_when_switches_are_taken_out() {
         let config = Config::default();
         let headers = HeaderMap::new();
-        let Head::Open(api, switches) =
-            read_head(&Method::POST, "/v1/chat/completions", &headers, &config).unwrap()
-        else {
-            panic!("a chat completion is open to body switches");
-        };
+        let (api, switches) = open_chat(&headers, &config);
         let body = br#"{"model":"m","best_of_n":0,"a":[[-927754.1127212483]]}"#;
         let opened = (api, switches);
         let body = Bytes::from_static(body);
@@ -605,11 +605,7 @@ mod tests {
     fn escaped_switches_are_switches() {
         let config = Config::default();
         let headers = HeaderMap::new();
-        let Head::Open(api, switches) =
-            read_head(&Method::POST, "/v1/chat/completions", &headers, &config).unwrap()
-        else {
-            panic!("a chat completion is open to body switches");
-        };
+        let (api, switches) = open_chat(&headers, &config);
         let body = br#"{"model":"bon\u002d2/m","best\u005fof_n_debug":true,"messages":[]}"#;
         let opened = (api, switches);
         let body = Bytes::from_static(body);

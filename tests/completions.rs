@@ -9,8 +9,6 @@ use std::time::Duration;
 use common::mock::{Call, MockUpstream, Reply};
 use common::python::run_python;
 use common::*;
-use http::{Method, Request};
-use http_body_util::Full;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -41,14 +39,7 @@ fn ranked_by_number(call: &Call) -> Reply {
 }
 
 async fn post_completions(proxy: &Proxy, headers: &[(&str, &str)], body: Value) -> Answer {
-    let mut builder = Request::builder()
-        .method(Method::POST)
-        .uri(proxy.url("/v1/completions"))
-        .header("content-type", "application/json");
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    send(builder.body(Full::new(body.to_string().into())).unwrap()).await
+    post_to(proxy, "/v1/completions", headers, body.to_string()).await
 }
 
 fn candidate_calls(mock: &MockUpstream) -> Vec<Call> {

@@ -55,14 +55,7 @@ fn winner_second(call: &Call) -> Reply {
 }
 
 async fn post_responses(proxy: &Proxy, headers: &[(&str, &str)], body: Value) -> Answer {
-    let mut builder = Request::builder()
-        .method(Method::POST)
-        .uri(proxy.url("/v1/responses"))
-        .header("content-type", "application/json");
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    send(builder.body(Full::new(body.to_string().into())).unwrap()).await
+    post_to(proxy, "/v1/responses", headers, body.to_string()).await
 }
 
 fn candidate_calls(mock: &MockUpstream) -> Vec<Call> {

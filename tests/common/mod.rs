@@ -182,9 +182,19 @@ pub async fn send(request: Request<Full<Bytes>>) -> Answer {
 
 /// POSTs `body` to the proxy's chat completions with `headers`.
 pub async fn post_chat(proxy: &Proxy, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
+    post_to(proxy, "/v1/chat/completions", headers, body).await
+}
+
+/// POSTs a JSON `body` to `path` on the proxy with `headers`.
+pub async fn post_to(
+    proxy: &Proxy,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
     let mut builder = Request::builder()
         .method(Method::POST)
-        .uri(proxy.url("/v1/chat/completions"))
+        .uri(proxy.url(path))
         .header("content-type", "application/json");
     for (name, value) in headers {
         builder = builder.header(*name, *value);
