@@ -231,7 +231,7 @@ fn answer(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Ready, Fa
             }
             _ => (compute.await, None),
         };
-        if outcome == Some(cache::Outcome::Hit) {
+        if outcome.is_some_and(cache::Outcome::is_stored_hit) {
             // A pure hit waited on nothing: all of its time is the proxy's.
             state.metrics.overhead("best_of_n", job.started.elapsed());
         }
@@ -251,8 +251,8 @@ fn answer(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Ready, Fa
 fn fuse_live(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Streamed, Failed>> {
     async move {
         if let (Some(cache), Some(key)) = (&state.cache, job.key) {
-            if let Some(mut ready) = cache.lookup(key.store, job.plan.cache).await {
-                cache::set_outcome_header(&mut ready.headers, cache::Outcome::Hit);
+            if let Some((mut ready, outcome)) = cache.lookup(key.store, job.plan.cache).await {
+                cache::set_outcome_header(&mut ready.headers, outcome);
                 return Ok(Streamed::Ready(Box::new(ready)));
             }
         }

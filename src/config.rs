@@ -7,6 +7,7 @@
 
 mod auth;
 mod best_of_n;
+mod cache;
 mod decisions;
 mod duration;
 mod fuser;
@@ -23,6 +24,7 @@ pub use auth::{AuthConfig, KeyConfig};
 pub use best_of_n::{
     is_model_name, BestOfNConfig, Diversity, Generation, Mode, DEFAULT_VARIATIONS,
 };
+pub use cache::CacheConfig;
 pub use decisions::DecisionsConfig;
 pub use fuser::FuserConfig;
 pub use judge::{Fallback, JudgeConfig, Rubrics, DEFAULT_RUBRIC_PRESET};
@@ -177,31 +179,6 @@ impl Default for UpstreamConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct CacheConfig {
-    /// Cache best-of-N answers.
-    pub enabled: bool,
-    /// Upper bound on what the cached answers weigh, in bytes.
-    pub max_bytes: u64,
-    /// How long an answer stays servable.
-    #[serde(with = "duration")]
-    pub ttl: Duration,
-    /// Also cache plain (not best-of-N, not streamed) chat completions.
-    pub passthrough: bool,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            enabled: true,
-            max_bytes: 256 * 1024 * 1024,
-            ttl: Duration::from_secs(3600),
-            passthrough: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     pub enabled: bool,
     /// Where Prometheus scrapes.
@@ -345,6 +322,8 @@ impl Config {
                 self.upstream.pool_idle_timeout,
             ),
             ("cache.ttl", self.cache.ttl),
+            ("cache.redis_timeout", self.cache.redis_timeout),
+            ("cache.redis_lock_wait", self.cache.redis_lock_wait),
             (
                 "server.header_read_timeout",
                 self.server.header_read_timeout,
@@ -371,6 +350,7 @@ impl Config {
                 ),
             );
         }
+        self.cache.validate()?;
         self.fuser.validate()?;
         self.decisions.validate()?;
         judge::validate(&self.judge, &self.judges, &self.rubrics)

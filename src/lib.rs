@@ -43,7 +43,6 @@ pub mod respond;
 pub(crate) mod retry_after;
 pub mod selection;
 pub mod server;
-pub mod single_flight;
 pub mod sse;
 pub mod state;
 pub mod streaming;

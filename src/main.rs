@@ -326,6 +326,7 @@ fn check_config(path: &Path, demo: bool) -> Result<(), String> {
         judge.base_url = bon_proxy::upstream::redact_url(&judge.base_url);
     }
     config.fuser.base_url = bon_proxy::upstream::redact_url(&config.fuser.base_url);
+    config.cache.redis_url = bon_proxy::upstream::redact_url(&config.cache.redis_url);
     let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
     println!("\n{text}");
     Ok(())

@@ -43,6 +43,7 @@ pub struct Metrics {
     cache_requests: IntCounterVec,
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
+    cache_redis_errors: IntCounterVec,
     coalesced: IntCounter,
     tokens: IntCounterVec,
     inflight: IntGauge,
@@ -131,7 +132,7 @@ impl Metrics {
         let candidates_per_request = Histogram::with_opts(per_request).expect("valid metric");
         r.register(Box::new(candidates_per_request.clone()))
             .expect("unique metric");
-        Metrics {
+        let metrics = Metrics {
             requests: counter(
                 &r,
                 "bon_requests_total",
@@ -187,6 +188,13 @@ impl Metrics {
             ),
             cache_entries: gauge(&r, "bon_cache_entries", "Answers in the cache"),
             cache_bytes: gauge(&r, "bon_cache_bytes", "Approximate bytes held by the cache"),
+            cache_redis_errors: counter(
+                &r,
+                "bon_cache_redis_errors_total",
+                "Redis tier operations that failed or timed out (get, set, lock, unlock); \
+                 each was answered as if Redis were off",
+                &["op"],
+            ),
             coalesced,
             tokens: counter(
                 &r,
@@ -222,7 +230,16 @@ impl Metrics {
                 &["key"],
             ),
             registry: r,
+        };
+        // Known label values start at zero, so dashboards and alerts see a series (and a
+        // rate of 0) before the first event rather than no data.
+        for result in ["hit", "hit_redis", "miss", "bypass"] {
+            metrics.cache_requests.with_label_values(&[result]);
         }
+        for op in ["get", "set", "lock", "unlock"] {
+            metrics.cache_redis_errors.with_label_values(&[op]);
+        }
+        metrics
     }
 
     pub fn request_done(&self, route: &str, mode: &str, status: u16, elapsed: Duration) {
@@ -267,6 +284,10 @@ impl Metrics {
 
     pub fn cache_lookup(&self, result: &str) {
         self.cache_requests.with_label_values(&[result]).inc();
+    }
+
+    pub fn redis_error(&self, op: &str) {
+        self.cache_redis_errors.with_label_values(&[op]).inc();
     }
 
     pub fn coalesced(&self) {

@@ -49,10 +49,10 @@ pub async fn handle(
     if request.get("stream") == Some(&Value::Bool(true)) {
         let include_usage =
             request.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
-        if let Some(hit) = cache.lookup(key, policy).await {
+        if let Some((hit, outcome)) = cache.lookup(key, policy).await {
             let mut response =
                 streaming::events_response(hit.headers.clone(), hit.sse_events(include_usage));
-            cache::set_outcome_header(response.headers_mut(), Outcome::Hit);
+            cache::set_outcome_header(response.headers_mut(), outcome);
             return response;
         }
         let outcome = if policy == Policy::Use {

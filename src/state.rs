@@ -25,6 +25,8 @@ pub struct Secrets {
     pub judge_keys: BTreeMap<String, ApiKey>,
     /// The token `/metrics` requires (`metrics.bearer_token_env`), when set.
     pub metrics_token: Option<ApiKey>,
+    /// Redis's password (`cache.redis_password_env`), when set.
+    pub redis_password: Option<ApiKey>,
 }
 
 impl Secrets {
@@ -38,6 +40,7 @@ impl Secrets {
             upstream_key: ApiKey::from_env(&config.upstream.api_key_env),
             judge_keys,
             metrics_token: ApiKey::from_env(&config.metrics.bearer_token_env),
+            redis_password: ApiKey::from_env(&config.cache.redis_password_env),
         }
     }
 
@@ -45,6 +48,7 @@ impl Secrets {
     pub fn redactor(&self) -> Redactor {
         let keys = self.upstream_key.iter().chain(self.judge_keys.values());
         let keys = keys.chain(self.metrics_token.iter());
+        let keys = keys.chain(self.redis_password.iter());
         Redactor::new(keys.map(ApiKey::secret))
     }
 }
@@ -93,7 +97,15 @@ impl AppState {
         let cache = config
             .cache
             .enabled
-            .then(|| AnswerCache::new(&config.cache, metrics.clone()));
+            .then(|| {
+                AnswerCache::new(
+                    &config.cache,
+                    secrets.redis_password.as_ref(),
+                    metrics.clone(),
+                )
+            })
+            .transpose()
+            .map_err(|e| e.to_string())?;
         let decisions = config
             .decisions
             .enabled()

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::metrics::{scrape, value_of};
 use common::mock::{Call, MockUpstream, Reply};
 use common::*;
 use futures_util::future::join_all;
@@ -259,42 +260,6 @@ async fn plain_completions_are_cached_only_when_configured() {
 }
 
 // --- metrics -------------------------------------------------------------------------------
-
-async fn scrape(proxy: &Proxy) -> prometheus_parse::Scrape {
-    let answer = send(
-        Request::get(proxy.url("/metrics"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(answer.status, 200);
-    assert!(answer
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/plain"));
-    let text = String::from_utf8(answer.body.to_vec()).unwrap();
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .expect("valid exposition format")
-}
-
-/// The value of a counter or gauge sample (sum over series matching `labels`), or a
-/// histogram's count.
-fn value_of(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => *v,
-            prometheus_parse::Value::Untyped(v) => *v,
-            prometheus_parse::Value::Histogram(buckets) => {
-                buckets.last().map(|b| b.count).unwrap_or(0.0)
-            }
-            prometheus_parse::Value::Summary(_) => 0.0,
-        })
-        .sum()
-}
 
 #[tokio::test]
 async fn metrics_move_as_requests_are_made() {

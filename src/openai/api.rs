@@ -12,8 +12,10 @@ use super::{chat_events, completions, responses, ChatCompletion, ChatRequest};
 use crate::error::ApiError;
 use crate::sse;
 
-/// An OpenAI API that best-of-N serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// An OpenAI API that best-of-N serves. Named in lower case where it is stored (the Redis
+/// tier's answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Api {
     /// `POST /v1/chat/completions`.
     Chat,

@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod llmock;
+pub mod metrics;
 pub mod mock;
 pub mod python;
+pub mod redis_server;
 
 use std::net::SocketAddr;
 

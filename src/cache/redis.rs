@@ -1,0 +1,323 @@
+//! The Redis tier: answers shared by every replica, and the locks fleet-wide single flight
+//! takes.
+//!
+//! Redis is an optimisation, never a dependency: every operation is bounded by
+//! `cache.redis_timeout`, and a slow, down or misbehaving Redis reads as a miss (or a lock
+//! nobody holds), is counted in `bon_cache_redis_errors_total{op}`, and after repeated
+//! failures is not asked at all for a while (see `breaker`). The connection is redis-rs's
+//! connection manager, which reconnects by itself; it is made on first use, so a proxy starts
+//! whether Redis is up or not.
+//!
+//! Keys: an answer lives at `bon:v1:<key hex>` with the cache's TTL (the version names the
+//! stored format, see `stored`); a computation's lock at `bon:v1:lock:<flight key hex>`.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, RedisResult, Script, Value};
+
+use super::breaker::{Admit, Breaker, Tripped};
+use super::key::CacheKey;
+use super::stored;
+use crate::answer::Ready;
+use crate::config::CacheConfig;
+use crate::metrics::Metrics;
+use crate::upstream::{redact_url, ApiKey};
+
+const PREFIX: &str = "bon:v1:";
+
+/// Reads an answer, or takes the computation's lock when there is none, in one round trip
+/// and atomically: no replica can take the lock just after another stored the answer.
+const FETCH_OR_CLAIM: &str = r"
+local answer = redis.call('GET', KEYS[1])
+if answer then return {1, answer, redis.call('PTTL', KEYS[1])} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {3}
+";
+
+/// Extends a lock only while this replica still holds it.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Releases a lock only while this replica still holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// What a Redis operation was for, as `bon_cache_redis_errors_total{op}` counts it.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Get,
+    Set,
+    Lock,
+    Unlock,
+}
+
+impl Op {
+    fn label(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set => "set",
+            Op::Lock => "lock",
+            Op::Unlock => "unlock",
+        }
+    }
+}
+
+/// A stored answer and how much longer it may be served.
+pub(crate) struct Found {
+    pub ready: Ready,
+    pub ttl: Duration,
+}
+
+/// What [`RedisTier::fetch_or_claim`] found.
+pub(crate) enum Claim {
+    Answer(Box<Found>),
+    /// No answer, and the lock is now this replica's: compute.
+    Won,
+    /// No answer yet; another replica is computing it.
+    Held,
+    /// Redis could not say.
+    Unavailable,
+}
+
+/// The Redis connection could not be set up from the config.
+#[derive(Debug)]
+pub struct RedisSetupError(String);
+
+impl std::fmt::Display for RedisSetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RedisSetupError {}
+
+pub(crate) struct RedisTier {
+    client: redis::Client,
+    /// Made on first use, inside the runtime (the manager spawns a task).
+    manager: OnceLock<Option<ConnectionManager>>,
+    timeout: Duration,
+    breaker: Breaker,
+    metrics: Metrics,
+    /// The URL with any password masked, for log lines.
+    shown_url: String,
+    fetch_or_claim: Script,
+    renew: Script,
+    release: Script,
+}
+
+impl RedisTier {
+    /// The tier `config` describes; the password, when `cache.redis_password_env` names one,
+    /// replaces the URL's. Nothing is connected yet.
+    pub(crate) fn new(
+        config: &CacheConfig,
+        password: Option<&ApiKey>,
+        metrics: Metrics,
+    ) -> Result<RedisTier, RedisSetupError> {
+        let shown_url = redact_url(&config.redis_url);
+        let setup_error = |e: RedisError| {
+            RedisSetupError(format!(
+                "`cache.redis_url` ({shown_url}) cannot be used: {e}"
+            ))
+        };
+        let mut info = redis::IntoConnectionInfo::into_connection_info(config.redis_url.as_str())
+            .map_err(setup_error)?;
+        if let Some(password) = password {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_password(password.secret());
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info).map_err(setup_error)?;
+        Ok(RedisTier {
+            client,
+            manager: OnceLock::new(),
+            timeout: config.redis_timeout,
+            breaker: Breaker::default(),
+            metrics,
+            shown_url,
+            fetch_or_claim: Script::new(FETCH_OR_CLAIM),
+            renew: Script::new(RENEW),
+            release: Script::new(RELEASE),
+        })
+    }
+
+    /// The stored answer for `key`, if Redis has one and answers in time.
+    pub(crate) async fn fetch(&self, key: CacheKey) -> Option<Found> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(answer_key(key));
+        pipe.cmd("PTTL").arg(answer_key(key));
+        let (bytes, ttl): (Option<Vec<u8>>, i64) = self
+            .run(Op::Get, |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        self.found(&bytes?, ttl)
+    }
+
+    /// Stores `ready` for `ttl`; a failure is counted and otherwise ignored.
+    pub(crate) async fn store(&self, key: CacheKey, ready: &Ready, ttl: Duration) {
+        let value = stored::encode(ready);
+        let millis = millis(ttl);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(answer_key(key)).arg(value).arg("PX").arg(millis);
+        let _: Option<()> = self
+            .run(Op::Set, |mut conn| async move {
+                cmd.query_async(&mut conn).await
+            })
+            .await;
+    }
+
+    /// The stored answer for `store`, or else the lock on `flight` for `token` (held for
+    /// `hold`), or word that another replica holds it.
+    pub(crate) async fn fetch_or_claim(
+        &self,
+        store: CacheKey,
+        flight: CacheKey,
+        token: &str,
+        hold: Duration,
+    ) -> Claim {
+        let mut invocation = self.fetch_or_claim.prepare_invoke();
+        invocation
+            .key(answer_key(store))
+            .key(lock_key(flight))
+            .arg(token)
+            .arg(millis(hold));
+        let reply: Option<Value> = self
+            .run(Op::Lock, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await;
+        let Some(Value::Array(items)) = reply else {
+            return Claim::Unavailable;
+        };
+        match items.as_slice() {
+            [Value::Int(1), Value::BulkString(bytes), Value::Int(ttl)] => {
+                match self.found(bytes, *ttl) {
+                    Some(found) => Claim::Answer(Box::new(found)),
+                    // Not an answer this replica can read: compute as if missing, unlocked.
+                    None => Claim::Unavailable,
+                }
+            }
+            [Value::Int(2)] => Claim::Won,
+            [Value::Int(3)] => Claim::Held,
+            _ => Claim::Unavailable,
+        }
+    }
+
+    /// Keeps this replica's lock on `flight` for another `hold`; false when it is no longer
+    /// this replica's or Redis did not answer.
+    pub(crate) async fn renew(&self, flight: CacheKey, token: &str, hold: Duration) -> bool {
+        let mut invocation = self.renew.prepare_invoke();
+        invocation
+            .key(lock_key(flight))
+            .arg(token)
+            .arg(millis(hold));
+        let renewed: Option<i64> = self
+            .run(Op::Lock, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await;
+        renewed == Some(1)
+    }
+
+    /// Lets go of this replica's lock on `flight`, so the others stop waiting on it.
+    pub(crate) async fn release(&self, flight: CacheKey, token: &str) {
+        let mut invocation = self.release.prepare_invoke();
+        invocation.key(lock_key(flight)).arg(token);
+        let _: Option<i64> = self
+            .run(Op::Unlock, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await;
+    }
+
+    /// Decodes a stored answer; one this build cannot read is counted and treated as missing.
+    fn found(&self, bytes: &[u8], ttl_millis: i64) -> Option<Found> {
+        // PTTL is -1 for a key without expiry and -2 for one that has just gone.
+        let ttl = u64::try_from(ttl_millis).ok().filter(|ms| *ms > 0)?;
+        let Some(ready) = stored::decode(bytes) else {
+            self.metrics.redis_error(Op::Get.label());
+            tracing::debug!("a Redis cache entry did not decode; treated as a miss");
+            return None;
+        };
+        Some(Found {
+            ready,
+            ttl: Duration::from_millis(ttl),
+        })
+    }
+
+    /// Runs one operation within the timeout, unless the breaker says Redis is down; `None`
+    /// when it did not succeed, which every caller treats as Redis not knowing.
+    async fn run<T, F, Fut>(&self, op: Op, operation: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
+        let admitted = self.breaker.admit(Instant::now());
+        if admitted == Admit::No {
+            return None;
+        }
+        let conn = self.connection()?;
+        let failure = match tokio::time::timeout(self.timeout, operation(conn)).await {
+            Ok(Ok(value)) => {
+                if admitted == Admit::Probe {
+                    tracing::info!(redis = %self.shown_url, "Redis answers again; the cache uses it");
+                }
+                self.breaker.success();
+                return Some(value);
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within cache.redis_timeout ({:?})", self.timeout),
+        };
+        self.metrics.redis_error(op.label());
+        if let Tripped::For(back_off) = self.breaker.failure(Instant::now()) {
+            tracing::warn!(
+                redis = %self.shown_url,
+                error = %failure,
+                "Redis keeps failing; the cache goes on without it for {back_off:?}, then tries \
+                 again (check that Redis is up and cache.redis_url is right)"
+            );
+        } else {
+            tracing::debug!(redis = %self.shown_url, op = op.label(), error = %failure, "Redis operation failed");
+        }
+        None
+    }
+
+    fn connection(&self) -> Option<ConnectionManager> {
+        let manager = self.manager.get_or_init(|| {
+            // A few quick reconnection attempts; the breaker paces anything longer.
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.timeout.max(Duration::from_secs(1))))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_millis(500));
+            ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+                .inspect_err(|e| tracing::error!(redis = %self.shown_url, error = %e, "cannot set up the Redis connection; the cache runs without Redis"))
+                .ok()
+        });
+        manager.clone()
+    }
+}
+
+fn answer_key(key: CacheKey) -> String {
+    format!("{PREFIX}{}", key.hex())
+}
+
+fn lock_key(key: CacheKey) -> String {
+    format!("{PREFIX}lock:{}", key.hex())
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}

@@ -1,0 +1,148 @@
+//! How an answer is written into the Redis tier, and read back.
+//!
+//! One JSON object per answer, with no whitespace:
+//! `{"api":"chat","completion":{…},"native":{…},"debug":{…},"headers":[["x-best-of-n-…","…"]]}`.
+//! `completion` is the chat completion as the client gets it (usage summed over every call);
+//! `native` is the winner's own object for `/v1/responses` and is absent otherwise; `debug` is
+//! the `best_of_n` breakdown, absent when none was made; `headers` holds only the proxy's
+//! `x-best-of-n-*` headers, the only ones a hit sends back. JSON keeps every field the
+//! upstream sent, whatever it is, which a schema-bound binary format would not, and it can be
+//! read with `redis-cli`. The format's version is in the key (`bon:v1:`), so a replica that
+//! writes another format never misreads these entries; an entry that does not decode is a
+//! miss.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::answer::Ready;
+use crate::openai::{Api, ChatCompletion};
+
+#[derive(Serialize, Deserialize)]
+struct StoredAnswer<'a> {
+    api: Api,
+    completion: Cow<'a, ChatCompletion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    native: Option<Cow<'a, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    debug: Option<Cow<'a, Value>>,
+    #[serde(default)]
+    headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+/// The answer, as the Redis tier stores it.
+pub(crate) fn encode(ready: &Ready) -> Vec<u8> {
+    let headers = ready
+        .headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-best-of-n"))
+        .filter_map(|(name, value)| {
+            Some((
+                Cow::Borrowed(name.as_str()),
+                Cow::Borrowed(value.to_str().ok()?),
+            ))
+        })
+        .collect();
+    let stored = StoredAnswer {
+        api: ready.api,
+        completion: Cow::Borrowed(&ready.completion),
+        native: ready.native.as_deref().map(Cow::Borrowed),
+        debug: ready.debug.as_deref().map(Cow::Borrowed),
+        headers,
+    };
+    // Serialising values that came from JSON into a Vec cannot fail; an empty value would
+    // read back as a miss.
+    serde_json::to_vec(&stored).unwrap_or_default()
+}
+
+/// An answer the Redis tier stored; `None` when the bytes are not one (another format, a
+/// truncated write), which the caller treats as a miss.
+pub(crate) fn decode(bytes: &[u8]) -> Option<Ready> {
+    let stored: StoredAnswer<'_> = serde_json::from_slice(bytes).ok()?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &stored.headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        headers.append(name, HeaderValue::from_str(value).ok()?);
+    }
+    Some(Ready {
+        completion: stored.completion.into_owned(),
+        api: stored.api,
+        native: stored.native.map(|n| Arc::new(n.into_owned())),
+        headers,
+        debug: stored.debug.map(|d| Arc::new(d.into_owned())),
+        cacheable: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn answer() -> Ready {
+        let completion: ChatCompletion = serde_json::from_value(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi",
+                "annotations": []}, "finish_reason": "stop", "logprobs": null}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8,
+                "prompt_tokens_details": {"cached_tokens": 1}},
+            "system_fingerprint": "fp_1", "vendor_field": {"a": [1, 2.5]}
+        }))
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-best-of-n-winner", HeaderValue::from_static("2"));
+        headers.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from_static("9"),
+        );
+        Ready {
+            completion,
+            api: Api::Responses,
+            native: Some(Arc::new(json!({"id": "resp_1", "object": "response"}))),
+            headers,
+            debug: Some(Arc::new(json!({"n": 3}))),
+            cacheable: true,
+        }
+    }
+
+    #[test]
+    fn an_answer_reads_back_with_every_field_and_only_the_proxys_headers() {
+        let ready = answer();
+        let back = decode(&encode(&ready)).expect("decodes");
+        assert_eq!(
+            serde_json::to_value(&back.completion).unwrap(),
+            serde_json::to_value(&ready.completion).unwrap()
+        );
+        assert_eq!(back.api, Api::Responses);
+        assert_eq!(back.native, ready.native);
+        assert_eq!(back.debug, ready.debug);
+        assert_eq!(back.headers.len(), 1);
+        assert_eq!(back.headers["x-best-of-n-winner"], "2");
+    }
+
+    #[test]
+    fn an_answer_without_extras_is_compact() {
+        let mut ready = answer();
+        ready.native = None;
+        ready.debug = None;
+        let text = String::from_utf8(encode(&ready)).unwrap();
+        assert!(
+            !text.contains("native") && !text.contains("debug"),
+            "{text}"
+        );
+        assert!(!text.contains(": "), "no whitespace: {text}");
+        assert!(decode(text.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn anything_else_is_a_miss() {
+        assert!(decode(b"").is_none());
+        assert!(decode(b"{\"api\":\"chat\"}").is_none());
+        assert!(decode(b"{\"api\":\"video\",\"completion\":{\"choices\":[]}}").is_none());
+        let text = encode(&answer());
+        assert!(decode(&text[..text.len() / 2]).is_none());
+    }
+}
