@@ -4,11 +4,15 @@
 //! `api-key` (Azure's SDKs) or `x-api-key`. The proxy keeps only SHA-256 hashes; the
 //! presented key is hashed and compared with every stored hash in constant time, so neither
 //! the answer nor its timing says how close a guess was. A known key may still be over one of
-//! its limits: requests per minute (a token bucket per key, per process) and tokens per UTC
-//! day (counted from the usage the proxy sums for the answers it reads).
+//! its limits: requests per minute and tokens per UTC day (counted from the usage the proxy
+//! sums for the answers it reads). Per process, the minute is a token bucket per key; with
+//! `cache.redis_url` set, both limits are counted in Redis and hold across replicas (see
+//! `shared_limits`).
 //!
 //! Once a request is authenticated its credentials are taken off it: the proxy's own keys go
 //! upstream and to the judges, never the client's, and the cache tenant becomes the key.
+
+mod shared_limits;
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +28,8 @@ use subtle::ConstantTimeEq;
 use crate::body::Body;
 use crate::config::{AuthConfig, ConfigError, KeyConfig};
 use crate::error::ApiError;
+use crate::redis_link::RedisLink;
+use shared_limits::{Counts, SharedLimits, Window};
 
 /// The headers a key may come in; every one is taken off an authenticated request.
 const CREDENTIAL_HEADERS: [HeaderName; 3] = [
@@ -56,8 +62,11 @@ pub struct ClientKey {
     hash: [u8; 32],
     pub max_n: Option<u32>,
     models: Option<Vec<String>>,
-    rate: Option<DefaultDirectRateLimiter>,
+    /// `requests_per_minute`, and this process's own bucket for it.
+    rate: Option<(u32, DefaultDirectRateLimiter)>,
     budget: Option<DailyBudget>,
+    /// The fleet's counters, when Redis is configured.
+    shared: Option<Arc<SharedLimits>>,
 }
 
 /// Tokens a key spent today (UTC), against its `tokens_per_day`.
@@ -77,13 +86,21 @@ pub struct Rejection {
 }
 
 impl Keys {
-    /// The keys of `[auth]`, or `None` when it is off.
-    pub fn from_config(auth: &AuthConfig) -> Result<Option<Keys>, ConfigError> {
+    /// The keys of `[auth]`, or `None` when it is off; their limits are counted through
+    /// `redis` when given.
+    pub(crate) fn from_config(
+        auth: &AuthConfig,
+        redis: Option<Arc<RedisLink>>,
+    ) -> Result<Option<Keys>, ConfigError> {
         let entries = auth.all_keys()?;
         if !auth.enabled {
             return Ok(None);
         }
-        let keys = entries.iter().map(ClientKey::new).collect();
+        let shared = redis.map(|link| Arc::new(SharedLimits::new(link)));
+        let keys = entries
+            .iter()
+            .map(|entry| ClientKey::new(entry, shared.clone()))
+            .collect();
         Ok(Some(Keys { keys }))
     }
 
@@ -119,7 +136,7 @@ impl Keys {
 }
 
 impl ClientKey {
-    fn new(entry: &KeyConfig) -> Arc<ClientKey> {
+    fn new(entry: &KeyConfig, shared: Option<Arc<SharedLimits>>) -> Arc<ClientKey> {
         let mut hash = [0u8; 32];
         for (k, byte) in hash.iter_mut().enumerate() {
             let pair = entry.sha256.get(2 * k..2 * k + 2).unwrap_or("00");
@@ -128,7 +145,10 @@ impl ClientKey {
         let rate = entry
             .requests_per_minute
             .and_then(NonZeroU32::new)
-            .map(|per_minute| RateLimiter::direct(Quota::per_minute(per_minute)));
+            .map(|per_minute| {
+                let bucket = RateLimiter::direct(Quota::per_minute(per_minute));
+                (per_minute.get(), bucket)
+            });
         let budget = entry.tokens_per_day.map(|limit| DailyBudget {
             limit,
             day: AtomicU64::new(today()),
@@ -141,7 +161,13 @@ impl ClientKey {
             models: entry.models.clone(),
             rate,
             budget,
+            shared,
         })
+    }
+
+    /// The key's name in Redis: its hash, never the key.
+    fn id(&self) -> String {
+        self.hash.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Whose answers the cache keeps apart: the key's name (keys the operator named alike
@@ -159,28 +185,48 @@ impl ClientKey {
     }
 
     /// Takes one request from the key's per-minute allowance, after checking its daily
-    /// token budget is not spent.
-    pub fn admit(&self) -> Result<(), Rejection> {
+    /// token budget is not spent: across replicas when Redis is configured and answers,
+    /// else in this process.
+    pub async fn admit(&self) -> Result<(), Rejection> {
+        if self.rate.is_none() && self.budget.is_none() {
+            return Ok(());
+        }
+        if let Some(shared) = &self.shared {
+            let now = unix_seconds();
+            if let Some(counts) = shared.take(&self.id(), Window::at(now)).await {
+                return self.admit_by(counts, now);
+            }
+        }
+        self.admit_here()
+    }
+
+    /// Against the fleet's counts.
+    fn admit_by(&self, counts: Counts, now: u64) -> Result<(), Rejection> {
+        if let Some(budget) = &self.budget {
+            if counts.tokens_today >= budget.limit {
+                return Err(over_budget(self.label(), budget.limit));
+            }
+        }
+        match &self.rate {
+            Some((per_minute, _)) if counts.requests_this_minute > u64::from(*per_minute) => {
+                // A fixed window: the allowance comes back when the minute turns.
+                Err(over_rate(self.label(), Duration::from_secs(60 - now % 60)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Against this process's own counts.
+    fn admit_here(&self) -> Result<(), Rejection> {
         if let Some(budget) = &self.budget {
             budget.check(self.label())?;
         }
-        let Some(rate) = &self.rate else {
+        let Some((_, bucket)) = &self.rate else {
             return Ok(());
         };
-        rate.check().map_err(|not_until| {
+        bucket.check().map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let mut rejection = Rejection::new(
-                "rate_limited",
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_exceeded",
-                format!(
-                    "The key `{}` is over its requests_per_minute; retry after {} s.",
-                    self.label(),
-                    wait.as_secs().max(1)
-                ),
-            );
-            rejection.retry_after = Some(wait);
-            rejection
+            over_rate(self.label(), wait)
         })
     }
 
@@ -188,6 +234,9 @@ impl ClientKey {
     pub fn charge(&self, tokens: u64) {
         if let Some(budget) = &self.budget {
             budget.add(tokens);
+            if let Some(shared) = &self.shared {
+                shared.charge(&self.id(), Window::at(unix_seconds()), tokens);
+            }
         }
     }
 
@@ -229,26 +278,45 @@ impl ClientKey {
     }
 }
 
+/// A 429 for a key over its `requests_per_minute`, to retry after `wait`.
+fn over_rate(label: &str, wait: Duration) -> Rejection {
+    let mut rejection = Rejection::new(
+        "rate_limited",
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_exceeded",
+        format!(
+            "The key `{label}` is over its requests_per_minute; retry after {} s.",
+            wait.as_secs().max(1)
+        ),
+    );
+    rejection.retry_after = Some(wait);
+    rejection
+}
+
+/// A 429 for a key that spent its `tokens_per_day`, to retry at 00:00 UTC.
+fn over_budget(label: &str, limit: u64) -> Rejection {
+    let wait = until_tomorrow();
+    let mut rejection = Rejection::new(
+        "token_budget",
+        StatusCode::TOO_MANY_REQUESTS,
+        "token_budget_exceeded",
+        format!(
+            "The key `{label}` spent its tokens_per_day ({limit}); the budget renews at 00:00 \
+             UTC, in {} s.",
+            wait.as_secs()
+        ),
+    );
+    rejection.retry_after = Some(wait);
+    rejection
+}
+
 impl DailyBudget {
     fn check(&self, label: &str) -> Result<(), Rejection> {
         self.roll_over();
         if self.spent.load(Ordering::Relaxed) < self.limit {
             return Ok(());
         }
-        let wait = until_tomorrow();
-        let mut rejection = Rejection::new(
-            "token_budget",
-            StatusCode::TOO_MANY_REQUESTS,
-            "token_budget_exceeded",
-            format!(
-                "The key `{label}` spent its tokens_per_day ({}); the budget renews at 00:00 \
-                 UTC, in {} s.",
-                self.limit,
-                wait.as_secs()
-            ),
-        );
-        rejection.retry_after = Some(wait);
-        Err(rejection)
+        Err(over_budget(label, self.limit))
     }
 
     fn add(&self, tokens: u64) {
@@ -325,18 +393,19 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-fn today() -> u64 {
-    let now = SystemTime::now()
+fn unix_seconds() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    now.as_secs() / 86_400
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn today() -> u64 {
+    unix_seconds() / 86_400
 }
 
 fn until_tomorrow() -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_secs(86_400 - now.as_secs() % 86_400)
+    Duration::from_secs(86_400 - unix_seconds() % 86_400)
 }
 
 #[cfg(test)]
@@ -349,7 +418,7 @@ mod tests {
             keys_file: String::new(),
             keys: entries,
         };
-        Keys::from_config(&auth).unwrap().unwrap()
+        Keys::from_config(&auth, None).unwrap().unwrap()
     }
 
     fn entry(key: &str) -> KeyConfig {
@@ -392,8 +461,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn limits_name_themselves() {
+    #[tokio::test]
+    async fn limits_name_themselves() {
         let mut limited = entry("k");
         limited.name = Some("team".into());
         limited.requests_per_minute = Some(1);
@@ -401,13 +470,13 @@ mod tests {
         limited.models = Some(vec!["gpt-a".into()]);
         limited.max_n = Some(3);
         let key = keys(vec![limited]).keys[0].clone();
-        assert!(key.admit().is_ok());
-        let over = key.admit().unwrap_err();
+        assert!(key.admit().await.is_ok());
+        let over = key.admit().await.unwrap_err();
         assert_eq!(over.reason, "rate_limited");
         assert!(over.error.message.contains("requests_per_minute"));
         assert!(over.retry_after.is_some());
         key.charge(150);
-        assert_eq!(key.admit().unwrap_err().reason, "token_budget");
+        assert_eq!(key.admit().await.unwrap_err().reason, "token_budget");
         assert_eq!(
             key.check_model("gpt-b", "model").unwrap_err().status,
             StatusCode::FORBIDDEN

@@ -14,7 +14,6 @@
 //! computations only with requests held to the same bar (see [`Keys`]). Redis slow or down
 //! never fails a request (see `redis`).
 
-mod breaker;
 mod fleet;
 mod key;
 mod redis;
@@ -31,10 +30,9 @@ use crate::answer::{Failed, Ready};
 use crate::config::CacheConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::upstream::ApiKey;
+use crate::redis_link::RedisLink;
 use fleet::Source;
 pub use key::{CacheKey, KeyBuilder};
-pub use redis::RedisSetupError;
 use redis::RedisTier;
 use single_flight::{Role, SingleFlight};
 
@@ -169,23 +167,19 @@ pub struct AnswerCache {
 }
 
 impl AnswerCache {
-    /// The cache `config` describes; `redis_password` is the value of
-    /// `cache.redis_password_env`. Redis itself is not contacted until the first request.
-    pub fn new(
+    /// The cache `config` describes, with Redis behind memory when `redis` is given.
+    pub(crate) fn new(
         config: &CacheConfig,
-        redis_password: Option<&ApiKey>,
+        redis: Option<Arc<RedisLink>>,
         metrics: Metrics,
-    ) -> Result<AnswerCache, RedisSetupError> {
+    ) -> AnswerCache {
         let memory = moka::future::Cache::builder()
             .max_capacity(config.max_bytes)
             .weigher(|_key, entry: &Entry| weight(&entry.ready))
             .expire_after(EntryExpiry)
             .build();
-        let redis = (!config.redis_url.is_empty())
-            .then(|| RedisTier::new(config, redis_password, metrics.clone()))
-            .transpose()?
-            .map(Arc::new);
-        Ok(AnswerCache {
+        let redis = redis.map(|link| Arc::new(RedisTier::new(link)));
+        AnswerCache {
             memory,
             ttl: config.ttl,
             fleet_wait: (redis.is_some() && config.redis_single_flight)
@@ -193,7 +187,7 @@ impl AnswerCache {
             redis,
             in_flight: SingleFlight::default(),
             metrics,
-        })
+        }
     }
 
     /// The answer for `key`: from memory, from Redis, from an identical computation in

@@ -38,6 +38,7 @@ pub mod passthrough;
 pub mod plain_cache;
 pub mod plan;
 pub mod redact;
+pub(crate) mod redis_link;
 pub(crate) mod relay;
 pub mod respond;
 pub(crate) mod retry_after;

@@ -252,7 +252,7 @@ async fn route(
         _ => {}
     }
     let mut request = request;
-    if let Err(rejection) = admit_client(state, &mut request) {
+    if let Err(rejection) = admit_client(state, &mut request).await {
         let refusal = rejection.into_response();
         let route = metrics::route_label(request.uri().path());
         let status = refusal.status().as_u16();
@@ -296,14 +296,17 @@ async fn route(
 /// `[auth]`'s one seam: the client's key checked and one request taken from its limits, its
 /// credentials taken off the request (the proxy's own keys go upstream), and the key left in
 /// the request's extensions for the steps after (N and model limits, cache tenant, tokens).
-fn admit_client(state: &AppState, request: &mut Request<Incoming>) -> Result<(), auth::Rejection> {
+async fn admit_client(
+    state: &AppState,
+    request: &mut Request<Incoming>,
+) -> Result<(), auth::Rejection> {
     let Some(keys) = &state.keys else {
         return Ok(());
     };
-    let admitted = keys.authenticate(request.headers()).and_then(|key| {
-        key.admit()?;
-        Ok(key)
-    });
+    let admitted = match keys.authenticate(request.headers()) {
+        Ok(key) => key.admit().await.map(|()| key),
+        Err(rejection) => Err(rejection),
+    };
     match admitted {
         Ok(key) => {
             state.metrics.key_request(key.label());

@@ -14,6 +14,7 @@ use crate::judge::call::JudgeCall;
 use crate::judge::Judges;
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
+use crate::redis_link::RedisLink;
 use crate::upstream::{self, ApiKey, HttpsClient, Upstream};
 
 /// Keys read from the environment at start; kept apart from [`Config`] so that the config can
@@ -94,24 +95,28 @@ impl AppState {
         let metrics = Metrics::new();
         let (judges, fuser) = build_deciders(&config, &secrets, &main, &client, &metrics)
             .map_err(|e| e.to_string())?;
-        let cache = config
-            .cache
-            .enabled
+        // One Redis link, for the cache's shared tier and the keys' shared limits.
+        let redis = (!config.cache.redis_url.is_empty())
             .then(|| {
-                AnswerCache::new(
+                RedisLink::new(
                     &config.cache,
                     secrets.redis_password.as_ref(),
                     metrics.clone(),
                 )
             })
             .transpose()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .map(Arc::new);
+        let cache = config
+            .cache
+            .enabled
+            .then(|| AnswerCache::new(&config.cache, redis.clone(), metrics.clone()));
         let decisions = config
             .decisions
             .enabled()
             .then(|| DecisionLog::open(&config.decisions, metrics.clone()))
             .transpose()?;
-        let keys = Keys::from_config(&config.auth).map_err(|e| e.to_string())?;
+        let keys = Keys::from_config(&config.auth, redis).map_err(|e| e.to_string())?;
         let metrics_token = secrets.metrics_token.clone();
         Ok(Arc::new(AppState {
             config,

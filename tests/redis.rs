@@ -1,11 +1,13 @@
-//! The Redis cache tier with a real redis-server on loopback: two proxies sharing answers,
-//! fleet-wide single flight, Redis slow, down and back, TTL expiry, a password, and the stored
-//! format. Each proxy here is a separate server, as replicas behind a load balancer are.
+//! The Redis tier with a real redis-server on loopback: two proxies sharing answers,
+//! fleet-wide single flight, Redis slow, down and back, TTL expiry, a password, the stored
+//! format, and client-key limits that hold across replicas. Each proxy here is a separate server, as replicas behind a load balancer are.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bon_proxy::auth::hash_key;
+use bon_proxy::config::KeyConfig;
 use bon_proxy::upstream::ApiKey;
 use bon_proxy::{Config, Secrets};
 use common::metrics::{scrape, value_of};
@@ -370,4 +372,108 @@ async fn no_cache_refreshes_both_tiers_and_no_store_touches_neither() {
     assert_eq!(shared.header("x-cache"), Some("hit-redis"));
     assert_eq!(shared.content(), refreshed.content());
     assert_eq!(json!(generations(&mock)), json!(6));
+}
+
+// --- client-key limits shared by replicas ---------------------------------------------------
+
+const CLIENT_KEY: &str = "sk-client-FLEET-0123456789abcdef";
+
+fn limited(mock: &MockUpstream, redis: &RedisServer, limits: KeyConfig) -> Config {
+    let mut config = with_redis(mock, redis);
+    config.auth.enabled = true;
+    config.auth.keys = vec![limits];
+    config
+}
+
+fn client_key() -> KeyConfig {
+    KeyConfig {
+        name: Some("fleet-team".into()),
+        sha256: hash_key(CLIENT_KEY),
+        ..KeyConfig::default()
+    }
+}
+
+async fn as_client(proxy: &Proxy, question: &str) -> Answer {
+    let bearer = format!("Bearer {CLIENT_KEY}");
+    let headers = [("authorization", bearer.as_str())];
+    post_chat(proxy, &headers, chat_body(question)).await
+}
+
+/// A fixed window resets when the minute turns; starts a test well inside one.
+async fn early_in_a_minute() {
+    let second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if second > 45 {
+        tokio::time::sleep(Duration::from_secs(61 - second)).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_per_minute_hold_across_replicas() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let mut limits = client_key();
+    limits.requests_per_minute = Some(3);
+    let first = start_proxy(limited(&mock, &redis, limits.clone())).await;
+    let second = start_proxy(limited(&mock, &redis, limits)).await;
+    early_in_a_minute().await;
+    as_client(&first, "one").await.expect_ok();
+    as_client(&second, "two").await.expect_ok();
+    as_client(&first, "three").await.expect_ok();
+    // Per process, the second replica would still allow two more.
+    let refused = as_client(&second, "four").await;
+    let error = refused.expect_error(429);
+    assert_eq!(error["code"], "rate_limit_exceeded");
+    let retry_after: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(redis.keys("bon:v1:rate:*").len(), 1);
+    assert!(
+        !redis
+            .keys("bon:v1:*")
+            .iter()
+            .any(|k| k.contains(CLIENT_KEY)),
+        "Redis holds the key's hash, never the key"
+    );
+}
+
+#[tokio::test]
+async fn a_token_budget_spent_through_one_replica_is_spent_for_all() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let mut limits = client_key();
+    limits.tokens_per_day = Some(50);
+    let first = start_proxy(limited(&mock, &redis, limits.clone())).await;
+    let second = start_proxy(limited(&mock, &redis, limits)).await;
+    // A best-of-3 answer spends 60 tokens (candidates and judge), over the budget.
+    let bearer = format!("Bearer {CLIENT_KEY}");
+    let headers = [("authorization", bearer.as_str()), ("x-best-of-n", "3")];
+    post_chat(&first, &headers, chat_body("spend it"))
+        .await
+        .expect_ok();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.keys("bon:v1:tokens:*").is_empty() {
+        assert!(Instant::now() < deadline, "the spend never reached Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let error = as_client(&second, "more").await.expect_error(429);
+    assert_eq!(error["code"], "token_budget_exceeded");
+}
+
+#[tokio::test]
+async fn with_redis_down_limits_fall_back_to_each_replica() {
+    let mut redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let mut limits = client_key();
+    limits.requests_per_minute = Some(2);
+    let proxy = start_proxy(limited(&mock, &redis, limits)).await;
+    redis.stop();
+    as_client(&proxy, "one").await.expect_ok();
+    as_client(&proxy, "two").await.expect_ok();
+    let error = as_client(&proxy, "three").await.expect_error(429);
+    assert_eq!(error["code"], "rate_limit_exceeded");
+    let metrics = scrape(&proxy).await;
+    assert!(value_of(&metrics, "bon_cache_redis_errors_total", &[("op", "rate")]) >= 1.0);
 }

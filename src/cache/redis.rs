@@ -1,29 +1,22 @@
 //! The Redis tier: answers shared by every replica, and the locks fleet-wide single flight
 //! takes.
 //!
-//! Redis is an optimisation, never a dependency: every operation is bounded by
-//! `cache.redis_timeout`, and a slow, down or misbehaving Redis reads as a miss (or a lock
-//! nobody holds), is counted in `bon_cache_redis_errors_total{op}`, and after repeated
-//! failures is not asked at all for a while (see `breaker`). The connection is redis-rs's
-//! connection manager, which reconnects by itself; it is made on first use, so a proxy starts
-//! whether Redis is up or not.
+//! Every operation goes through the shared link (`redis_link`), so a slow, down or
+//! misbehaving Redis reads as a miss, or as a lock nobody holds: the request goes on as if
+//! Redis were off.
 //!
 //! Keys: an answer lives at `bon:v1:<key hex>` with the cache's TTL (the version names the
 //! stored format, see `stored`); a computation's lock at `bon:v1:lock:<flight key hex>`.
 
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, RedisResult, Script, Value};
+use redis::{Script, Value};
 
-use super::breaker::{Admit, Breaker, Tripped};
 use super::key::CacheKey;
 use super::stored;
 use crate::answer::Ready;
-use crate::config::CacheConfig;
-use crate::metrics::Metrics;
-use crate::upstream::{redact_url, ApiKey};
+use crate::redis_link::RedisLink;
 
 const PREFIX: &str = "bon:v1:";
 
@@ -87,67 +80,21 @@ pub(crate) enum Claim {
     Unavailable,
 }
 
-/// The Redis connection could not be set up from the config.
-#[derive(Debug)]
-pub struct RedisSetupError(String);
-
-impl std::fmt::Display for RedisSetupError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for RedisSetupError {}
-
 pub(crate) struct RedisTier {
-    client: redis::Client,
-    /// Made on first use, inside the runtime (the manager spawns a task).
-    manager: OnceLock<Option<ConnectionManager>>,
-    timeout: Duration,
-    breaker: Breaker,
-    metrics: Metrics,
-    /// The URL with any password masked, for log lines.
-    shown_url: String,
+    link: Arc<RedisLink>,
     fetch_or_claim: Script,
     renew: Script,
     release: Script,
 }
 
 impl RedisTier {
-    /// The tier `config` describes; the password, when `cache.redis_password_env` names one,
-    /// replaces the URL's. Nothing is connected yet.
-    pub(crate) fn new(
-        config: &CacheConfig,
-        password: Option<&ApiKey>,
-        metrics: Metrics,
-    ) -> Result<RedisTier, RedisSetupError> {
-        let shown_url = redact_url(&config.redis_url);
-        let setup_error = |e: RedisError| {
-            RedisSetupError(format!(
-                "`cache.redis_url` ({shown_url}) cannot be used: {e}"
-            ))
-        };
-        let mut info = redis::IntoConnectionInfo::into_connection_info(config.redis_url.as_str())
-            .map_err(setup_error)?;
-        if let Some(password) = password {
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_password(password.secret());
-            info = info.set_redis_settings(settings);
-        }
-        let client = redis::Client::open(info).map_err(setup_error)?;
-        Ok(RedisTier {
-            client,
-            manager: OnceLock::new(),
-            timeout: config.redis_timeout,
-            breaker: Breaker::default(),
-            metrics,
-            shown_url,
+    pub(crate) fn new(link: Arc<RedisLink>) -> RedisTier {
+        RedisTier {
+            link,
             fetch_or_claim: Script::new(FETCH_OR_CLAIM),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
-        })
+        }
     }
 
     /// The stored answer for `key`, if Redis has one and answers in time.
@@ -156,7 +103,8 @@ impl RedisTier {
         pipe.cmd("GET").arg(answer_key(key));
         pipe.cmd("PTTL").arg(answer_key(key));
         let (bytes, ttl): (Option<Vec<u8>>, i64) = self
-            .run(Op::Get, |mut conn| async move {
+            .link
+            .run(Op::Get.label(), |mut conn| async move {
                 pipe.query_async(&mut conn).await
             })
             .await?;
@@ -170,7 +118,8 @@ impl RedisTier {
         let mut cmd = redis::cmd("SET");
         cmd.arg(answer_key(key)).arg(value).arg("PX").arg(millis);
         let _: Option<()> = self
-            .run(Op::Set, |mut conn| async move {
+            .link
+            .run(Op::Set.label(), |mut conn| async move {
                 cmd.query_async(&mut conn).await
             })
             .await;
@@ -192,7 +141,8 @@ impl RedisTier {
             .arg(token)
             .arg(millis(hold));
         let reply: Option<Value> = self
-            .run(Op::Lock, |mut conn| async move {
+            .link
+            .run(Op::Lock.label(), |mut conn| async move {
                 invocation.invoke_async(&mut conn).await
             })
             .await;
@@ -222,7 +172,8 @@ impl RedisTier {
             .arg(token)
             .arg(millis(hold));
         let renewed: Option<i64> = self
-            .run(Op::Lock, |mut conn| async move {
+            .link
+            .run(Op::Lock.label(), |mut conn| async move {
                 invocation.invoke_async(&mut conn).await
             })
             .await;
@@ -234,7 +185,8 @@ impl RedisTier {
         let mut invocation = self.release.prepare_invoke();
         invocation.key(lock_key(flight)).arg(token);
         let _: Option<i64> = self
-            .run(Op::Unlock, |mut conn| async move {
+            .link
+            .run(Op::Unlock.label(), |mut conn| async move {
                 invocation.invoke_async(&mut conn).await
             })
             .await;
@@ -245,7 +197,7 @@ impl RedisTier {
         // PTTL is -1 for a key without expiry and -2 for one that has just gone.
         let ttl = u64::try_from(ttl_millis).ok().filter(|ms| *ms > 0)?;
         let Some(ready) = stored::decode(bytes) else {
-            self.metrics.redis_error(Op::Get.label());
+            self.link.count_error(Op::Get.label());
             tracing::debug!("a Redis cache entry did not decode; treated as a miss");
             return None;
         };
@@ -253,58 +205,6 @@ impl RedisTier {
             ready,
             ttl: Duration::from_millis(ttl),
         })
-    }
-
-    /// Runs one operation within the timeout, unless the breaker says Redis is down; `None`
-    /// when it did not succeed, which every caller treats as Redis not knowing.
-    async fn run<T, F, Fut>(&self, op: Op, operation: F) -> Option<T>
-    where
-        F: FnOnce(ConnectionManager) -> Fut,
-        Fut: std::future::Future<Output = RedisResult<T>>,
-    {
-        let admitted = self.breaker.admit(Instant::now());
-        if admitted == Admit::No {
-            return None;
-        }
-        let conn = self.connection()?;
-        let failure = match tokio::time::timeout(self.timeout, operation(conn)).await {
-            Ok(Ok(value)) => {
-                if admitted == Admit::Probe {
-                    tracing::info!(redis = %self.shown_url, "Redis answers again; the cache uses it");
-                }
-                self.breaker.success();
-                return Some(value);
-            }
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("no answer within cache.redis_timeout ({:?})", self.timeout),
-        };
-        self.metrics.redis_error(op.label());
-        if let Tripped::For(back_off) = self.breaker.failure(Instant::now()) {
-            tracing::warn!(
-                redis = %self.shown_url,
-                error = %failure,
-                "Redis keeps failing; the cache goes on without it for {back_off:?}, then tries \
-                 again (check that Redis is up and cache.redis_url is right)"
-            );
-        } else {
-            tracing::debug!(redis = %self.shown_url, op = op.label(), error = %failure, "Redis operation failed");
-        }
-        None
-    }
-
-    fn connection(&self) -> Option<ConnectionManager> {
-        let manager = self.manager.get_or_init(|| {
-            // A few quick reconnection attempts; the breaker paces anything longer.
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.timeout.max(Duration::from_secs(1))))
-                .set_number_of_retries(1)
-                .set_min_delay(Duration::from_millis(50))
-                .set_max_delay(Duration::from_millis(500));
-            ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-                .inspect_err(|e| tracing::error!(redis = %self.shown_url, error = %e, "cannot set up the Redis connection; the cache runs without Redis"))
-                .ok()
-        });
-        manager.clone()
     }
 }
 
