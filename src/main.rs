@@ -296,6 +296,9 @@ fn check_config(path: &Path, demo: bool) -> Result<(), String> {
     let (judges, fuser) = bon_proxy::state::check_deciders(&config, &secrets)?;
     let keys = config.auth.all_keys().map_err(|e| e.to_string())?;
     println!("# {}: valid", config_source(path, demo));
+    if let Some(line) = redis_status(&config, secrets.redis_password.is_some()) {
+        println!("{line}");
+    }
     if config.auth.enabled {
         println!("# auth: on, {} client keys", keys.len());
     }
@@ -375,6 +378,31 @@ fn export_pairs(from: &Path, out: &Path) -> Result<(), String> {
         summary.skipped_not_judged,
     );
     Ok(())
+}
+
+/// The Redis tier, when configured: where (any password in the URL masked) and whether the
+/// password variable is set; Redis itself is not contacted.
+fn redis_status(config: &Config, password_set: bool) -> Option<String> {
+    let cache = &config.cache;
+    if cache.redis_url.is_empty() {
+        return None;
+    }
+    let url = bon_proxy::upstream::redact_url(&cache.redis_url);
+    let password = match (cache.redis_password_env.as_str(), password_set) {
+        ("", _) => "no password variable".to_string(),
+        (env, true) => format!("password set (from ${env}, value masked)"),
+        (env, false) => {
+            format!("password NOT set (${env} is empty; Redis will refuse if it needs one)")
+        }
+    };
+    let fleet = if cache.redis_single_flight {
+        "; fleet-wide single flight on"
+    } else {
+        ""
+    };
+    Some(format!(
+        "# redis: {url}, {password}{fleet}; shared by the cache and client-key limits"
+    ))
 }
 
 fn key_status(who: &str, env: &str, present: bool) -> String {

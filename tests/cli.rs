@@ -440,6 +440,28 @@ fn check_config_rejects_an_out_of_range_value_naming_the_key() {
 }
 
 #[test]
+fn check_config_shows_the_redis_tier_with_every_password_masked() {
+    let out = check_config(
+        "[cache]\nredis_url = \"redis://:url-SECRET-pw@127.0.0.1:6390/2\"\n\
+         redis_password_env = \"BON_TEST_REDIS_PW\"\nredis_single_flight = true\n",
+        &[("BON_TEST_REDIS_PW", "env-SECRET-pw")],
+    );
+    assert!(out.status.success(), "{}", out.all_output());
+    assert!(
+        out.stdout.contains(
+            "# redis: redis://***@127.0.0.1:6390/2, password set (from $BON_TEST_REDIS_PW, value \
+             masked); fleet-wide single flight on"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.all_output().contains("SECRET"), "{}", out.all_output());
+    let bad = check_config("[cache]\nredis_url = \"http://cache:6379\"\n", &[]);
+    assert!(!bad.status.success());
+    assert!(bad.stderr.contains("cache.redis_url"), "{}", bad.stderr);
+}
+
+#[test]
 fn base_url_credentials_are_refused_without_printing_them() {
     for toml in [
         "[upstream]\nbase_url = \"http://user:pw-secret@127.0.0.1:1/v1\"\n",
