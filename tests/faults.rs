@@ -26,8 +26,9 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
 use common::llmock::Llmock;
+use common::metrics::{scrape, value_of};
 use common::mock::MockUpstream;
-use common::{client, send, start_proxy_with, Proxy, UPSTREAM_KEY};
+use common::{client, start_proxy_with, Proxy, UPSTREAM_KEY};
 
 /// The candidates' model; behaviours that should hit only some candidates match on another
 /// model, asked for through `x-best-of-n-models`.
@@ -407,19 +408,10 @@ struct Counters {
 
 impl Counters {
     async fn scrape(proxy: &Proxy) -> Counters {
-        let answer = send(
-            Request::get(proxy.url("/metrics"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(answer.status, 200);
-        let text = String::from_utf8(answer.body.to_vec()).expect("metrics are text");
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-            .expect("valid exposition format");
-        let requests = sum(&scrape, "bon_requests_total", &[]);
-        let candidates = sum(&scrape, "bon_candidates_total", &[]);
-        let inflight = sum(&scrape, "bon_inflight_requests", &[]);
+        let scrape = scrape(proxy).await;
+        let requests = value_of(&scrape, "bon_requests_total", &[]);
+        let candidates = value_of(&scrape, "bon_candidates_total", &[]);
+        let inflight = value_of(&scrape, "bon_inflight_requests", &[]);
         Counters {
             scrape,
             requests,
@@ -429,7 +421,7 @@ impl Counters {
     }
 
     fn outcome(&self, outcome: &str) -> f64 {
-        sum(
+        value_of(
             &self.scrape,
             "bon_candidates_total",
             &[("outcome", outcome)],
@@ -438,25 +430,10 @@ impl Counters {
 
     fn upstream(&self, kind: &str, status: &str) -> f64 {
         let labels = [("kind", kind), ("status", status)];
-        sum(&self.scrape, "bon_upstream_requests_total", &labels)
+        value_of(&self.scrape, "bon_upstream_requests_total", &labels)
     }
 }
 
-/// The sum of a counter or gauge over the series matching `labels`.
-fn sum(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            _ => 0.0,
-        })
-        .sum()
-}
 
 /// The counters once no request is in flight; a gauge still above 0 after 3 s is a leak. (A
 /// request's guard drops when its body is done, a moment after the client read the end.)
