@@ -1461,6 +1461,7 @@ fn proxy_on_the_deploy_config(problems: &mut Vec<String>) -> Served {
     )
     .expect("write config");
     let config_arg = config.to_string_lossy().into_owned();
+    // The proxy reads its config once, at start: the file may go with `dir` after that.
     match Served::start_with(
         &["--config", &config_arg],
         &[("REDIS_PASSWORD", "not-a-real-password")],
