@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use http::{header, HeaderMap, Response};
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use crate::answer::{Failed, Ready};
 use crate::auth::ClientKey;
@@ -33,6 +34,7 @@ use crate::respond;
 use crate::selection::{self, Selection};
 use crate::state::AppState;
 use crate::streaming::{self, Live, Streamed};
+use crate::telemetry::AccessNote;
 
 /// One best-of-N request, read and checked.
 struct Job {
@@ -48,6 +50,8 @@ struct Job {
     key: Option<cache::Keys>,
     /// The client key `[auth]` admitted the request with, charged for what it spends.
     client: Option<Arc<ClientKey>>,
+    /// The request's access-log note, when the access log is on.
+    note: Option<Arc<AccessNote>>,
     started: Instant,
 }
 
@@ -72,6 +76,7 @@ pub fn prepare(
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
     let headers = parts.headers;
     let client = parts.extensions.get::<Arc<ClientKey>>().cloned();
+    let note = parts.extensions.get::<Arc<AccessNote>>().cloned();
     let value = ChatRequest::parse_object(&body)?;
     drop(body);
     let key = state
@@ -91,6 +96,7 @@ pub fn prepare(
         native,
         key,
         client,
+        note,
         started,
     }))
 }
@@ -149,6 +155,9 @@ fn logged<T: Send + 'static>(
         }
         result
     }
+    // A streamed answer is computed while its body is read, outside the request's own
+    // future: it keeps the request's span, so its calls' spans join the request's trace.
+    .in_current_span()
     .boxed()
 }
 
@@ -233,7 +242,11 @@ fn answer(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Ready, Fa
         };
         if outcome.is_some_and(cache::Outcome::is_stored_hit) {
             // A pure hit waited on nothing: all of its time is the proxy's.
-            state.metrics.overhead("best_of_n", job.started.elapsed());
+            let overhead = job.started.elapsed();
+            state.metrics.overhead("best_of_n", overhead);
+            if let Some(note) = &job.note {
+                note.overhead(overhead);
+            }
         }
         result.map(|mut ready| {
             if let Some(outcome) = outcome {
@@ -426,9 +439,11 @@ fn compute(state: Arc<AppState>, job: Arc<Job>) -> BoxFuture<'static, Result<Rea
         let timing = Timing::default();
         let work = generate_and_select(&state, &job, &timing);
         let result = within_deadline(&job.plan, work).await;
-        state
-            .metrics
-            .overhead("best_of_n", timing.overhead(job.started));
+        let overhead = timing.overhead(job.started);
+        state.metrics.overhead("best_of_n", overhead);
+        if let Some(note) = &job.note {
+            note.overhead(overhead);
+        }
         result
     }
     .boxed()
@@ -559,6 +574,9 @@ fn log_decision(
 /// Counts what an answer spent against the client key's daily budget and per-key metric
 /// (computed answers only: a cache hit spent nothing).
 fn charge_client(state: &AppState, job: &Job, usage: Option<&Usage>) {
+    if let (Some(note), Some(usage)) = (&job.note, usage) {
+        note.tokens(usage);
+    }
     let (Some(client), Some(usage)) = (&job.client, usage) else {
         return;
     };

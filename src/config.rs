@@ -12,6 +12,7 @@ mod decisions;
 mod duration;
 mod fuser;
 mod judge;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ pub use cache::CacheConfig;
 pub use decisions::DecisionsConfig;
 pub use fuser::FuserConfig;
 pub use judge::{Fallback, JudgeConfig, Rubrics, DEFAULT_RUBRIC_PRESET};
+pub use telemetry::{LogConfig, LogFormat, TelemetryConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -50,6 +52,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The decision log (`bon-proxy export-pairs` reads it).
     pub decisions: DecisionsConfig,
+    /// OpenTelemetry traces; off by default.
+    pub telemetry: TelemetryConfig,
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -351,6 +356,7 @@ impl Config {
             );
         }
         self.cache.validate()?;
+        self.telemetry.validate()?;
         self.fuser.validate()?;
         self.decisions.validate()?;
         judge::validate(&self.judge, &self.judges, &self.rubrics)

@@ -20,7 +20,9 @@ use serde_json::Value;
 
 use crate::metrics::Metrics;
 use crate::openai::{Api, ChatCompletion};
+use crate::telemetry;
 use crate::upstream::{call_status, snippet, JsonReply, Upstream, UpstreamError};
+use tracing::Instrument;
 
 /// One candidate call and how it went.
 #[derive(Debug, Clone)]
@@ -160,7 +162,8 @@ impl Until {
     }
 }
 
-/// Sends every body in `bodies` (one per candidate) concurrently to `path`, reads the answers
+/// Sends every body in `bodies` (one per candidate, with the model it asks) concurrently to
+/// `path`, reads the answers
 /// as `api` writes them, and waits for all of them, or, with `until`, until its early stop
 /// says the finished ones decide or its quorum is in and the grace has passed. Candidates are
 /// numbered from 0 in the order of `bodies`.
@@ -169,7 +172,7 @@ pub async fn generate(
     metrics: &Metrics,
     (path, api): (&str, Api),
     client_headers: &HeaderMap,
-    bodies: Vec<SharedJson>,
+    bodies: Vec<(SharedJson, &str)>,
     timeout: Duration,
     until: Until,
 ) -> Vec<Candidate> {
@@ -177,11 +180,30 @@ pub async fn generate(
     let calls = bodies
         .into_iter()
         .enumerate()
-        .map(|(index, body)| async move {
+        .map(|(index, (body, model))| async move {
             let started = Instant::now();
             let route = (path, api);
-            let result =
-                one_candidate(upstream, metrics, route, client_headers, body, timeout).await;
+            let span = telemetry::call_span("candidate", model, Some(index));
+            let sent_text = telemetry::content_wanted(&span).then(|| body.to_vec());
+            let result = one_candidate(upstream, metrics, route, client_headers, body, timeout)
+                .instrument(span.clone())
+                .await;
+            let answer = result.as_ref().ok().map(|a| &a.completion);
+            if let Some(sent_text) = sent_text {
+                let text = answer.and_then(|c| c.choices.first()?.message.get("content")?.as_str());
+                telemetry::record_content(&span, &sent_text, text);
+            }
+            let status = match &result {
+                Ok(_) => "200",
+                Err(Failure::Status(reply)) => reply.status.as_str(),
+                Err(failure) => failure.outcome(),
+            };
+            telemetry::record_call(
+                &span,
+                status,
+                answer.map(|c| c.model.as_str()),
+                answer.and_then(|c| c.usage.as_ref()),
+            );
             let candidate = Candidate {
                 index,
                 latency: started.elapsed(),

@@ -24,7 +24,9 @@ use crate::diversity;
 use crate::fanout::{self, Answer, Candidate, Failure, Until};
 use crate::metrics::Metrics;
 use crate::openai::{Api, ChatCompletion, ChatRequest};
+use crate::telemetry;
 use crate::upstream::{call_status, JsonReply, Upstream, UpstreamError};
+use tracing::Instrument;
 
 /// Most model names remembered as refusing `n`: names come from clients, so what they can make
 /// the proxy keep is capped.
@@ -130,6 +132,16 @@ pub async fn generate(
         // Choices an `n` call made are not shown to the early stop or counted by the quorum:
         // after a partial `n` call the rest are waited for.
         let until = if made == 0 { until } else { Until::default() };
+        // Candidate k asks model k mod len, or the request's own.
+        let model_of = |k: usize| match models {
+            [] => request.model.as_str(),
+            models => models[k % models.len()].as_str(),
+        };
+        let bodies = bodies
+            .into_iter()
+            .enumerate()
+            .map(|(k, body)| (body, model_of(made + k)))
+            .collect();
         let more = fanout::generate(
             generator.upstream,
             generator.metrics,
@@ -194,14 +206,18 @@ async fn n_param(
     let body = diversity::n_param_body(request, n, generator.config, generator.logprobs)?;
     let started = Instant::now();
     let timeout = generator.candidate_timeout;
+    let span = telemetry::call_span("candidate", &request.model, None);
     let sent = generator
         .upstream
         .post_json(target, headers, body, timeout)
+        .instrument(span.clone())
         .await;
     let latency = started.elapsed();
+    let status = call_status(&sent);
     generator
         .metrics
-        .upstream_call("candidate", &call_status(&sent), latency);
+        .upstream_call("candidate", &status, latency);
+    telemetry::record_call(&span, &status, None, None);
     let candidates = match read_reply(sent, |why| generator.upstream.redact(why)) {
         NReply::Choices(completion, headers) => {
             // One choice for N > 1: the upstream ignores `n`.

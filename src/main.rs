@@ -107,14 +107,24 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs {
         config: PathBuf::from("proxy.toml"),
         ..ServeArgs::default()
     }));
+    // `serve` sets up its logs (and traces) from its config; the other commands log as text.
+    if !matches!(command, Command::Serve(_)) {
+        bon_proxy::telemetry::start_plain_logs();
+    }
     let result = match command {
         Command::Serve(args) => load_config(&args.config, args.demo).and_then(|config| {
-            runtime(config.server.worker_threads)?.block_on(serve(args, config))
+            let runtime = runtime(config.server.worker_threads)?;
+            let telemetry = runtime
+                .block_on(async { bon_proxy::telemetry::start(&config) })
+                .map_err(|e| e.to_string())?;
+            let served = runtime.block_on(serve(args, config));
+            // The spans still queued are exported through the runtime: flush before it goes.
+            telemetry.shutdown();
+            served
         }),
         Command::CheckConfig { config, demo } => check_config(&config, demo),
         Command::Eval(args) => eval(args),
@@ -147,16 +157,6 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
 fn fail(message: String) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::from(2)
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 fn load_config(path: &Path, demo: bool) -> Result<Config, String> {

@@ -49,6 +49,7 @@ pub struct Metrics {
     inflight: IntGauge,
     connections_refused: IntCounterVec,
     decisions_dropped: IntCounter,
+    spans_dropped: IntCounter,
     auth_rejections: IntCounterVec,
     key_requests: IntCounterVec,
     key_tokens: IntCounterVec,
@@ -114,6 +115,13 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(decisions_dropped.clone()))
+            .expect("unique metric");
+        let spans_dropped = IntCounter::new(
+            "bon_telemetry_spans_dropped_total",
+            "Trace spans that could not be exported (the collector down, slow or refusing)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(spans_dropped.clone()))
             .expect("unique metric");
         let positions = HistogramOpts::new(
             "bon_selected_position",
@@ -210,6 +218,7 @@ impl Metrics {
                 &["reason"],
             ),
             decisions_dropped,
+            spans_dropped,
             auth_rejections: counter(
                 &r,
                 "bon_auth_rejections_total",
@@ -284,6 +293,15 @@ impl Metrics {
 
     pub fn cache_lookup(&self, result: &str) {
         self.cache_requests.with_label_values(&[result]).inc();
+    }
+
+    /// Brings `bon_telemetry_spans_dropped_total` up to `total`, the exporter's own count
+    /// (it runs outside any one server's registry).
+    pub fn spans_dropped(&self, total: u64) {
+        let counted = self.spans_dropped.get();
+        if total > counted {
+            self.spans_dropped.inc_by(total - counted);
+        }
     }
 
     pub fn redis_error(&self, op: &str) {

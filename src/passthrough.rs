@@ -14,7 +14,9 @@ use hyper::body::Incoming;
 use crate::body::{self, Body};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::telemetry;
 use crate::upstream::{self, Upstream, UpstreamError};
+use tracing::Instrument;
 
 /// How long the proxy waits for an error answer's body to look for echoed secrets; what has
 /// not arrived by then streams on unread.
@@ -40,10 +42,19 @@ pub async fn forward(
         .unwrap_or("/");
     let is_head = parts.method == http::Method::HEAD;
     let sent = Instant::now();
+    let span = telemetry::call_span("passthrough", "", None);
     let result = upstream
         .forward(parts.method, path_and_query, &parts.headers, body)
+        .instrument(span.clone())
         .await;
     let waited = sent.elapsed();
+    if !span.is_disabled() {
+        let status = match &result {
+            Ok((response, _)) => response.status().as_u16().to_string(),
+            Err(error) => error.metric_label().to_string(),
+        };
+        telemetry::record_call(&span, &status, None, None);
+    }
     let response = match result {
         Ok((response, place)) => {
             metrics.upstream_call("passthrough", response.status().as_str(), waited);

@@ -30,7 +30,9 @@ use crate::dispatch::{self, Gate};
 use crate::error::ApiError;
 use crate::plan::{self, Head};
 use crate::state::{AppState, Secrets};
+use crate::telemetry::{self, AccessNote, RequestEnd};
 use crate::{auth, conn, metrics, target};
+use tracing::Instrument;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
@@ -196,11 +198,25 @@ async fn drain_after(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
 async fn handle(shared: &Shared, mut request: Request<Incoming>) -> Response<Body> {
     let arrived = tokio::time::Instant::now();
     let request_id = ensure_request_id(&mut request);
+    // Traces' and the access log's one seam: the request's span, and a note the steps after
+    // routing fill in; both end with the response body.
+    let span = telemetry::request_span(request.method(), request.uri().path(), request.headers());
+    let access =
+        (telemetry::access_log_on() && !is_probe(shared, request.uri().path())).then(|| {
+            let note = Arc::new(AccessNote::default());
+            request.extensions_mut().insert(note.clone());
+            let what = (request.method().clone(), request.uri().path().to_string());
+            (note, what, Instant::now())
+        });
     // CORS's one seam: a preflight is answered without routing; other answers get its headers.
     let mut cors = shared.cors.check(&request);
     let mut response = match cors.take_preflight() {
         Some(preflight) => preflight,
-        None => route(shared, request, arrived).await,
+        None => {
+            route(shared, request, arrived)
+                .instrument(span.clone())
+                .await
+        }
     };
     let headers = response.headers_mut();
     cors.decorate(headers);
@@ -211,7 +227,16 @@ async fn handle(shared: &Shared, mut request: Request<Incoming>) -> Response<Bod
         }
     }
     headers.insert(X_REQUEST_ID, request_id);
-    response
+    let status = response.status().as_u16();
+    telemetry::record_response(&span, status, response.headers());
+    let end = RequestEnd::new(access, status, response.headers(), span);
+    response.map(|body| body::with_guard(body, end))
+}
+
+/// Health checks and scrapes: every few seconds from every prober, they would drown the
+/// access log, and their own tools already record them.
+fn is_probe(shared: &Shared, path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz") || path == shared.state.config.metrics.path
 }
 
 /// The client's `x-request-id` when it is usable, otherwise a fresh one, set on the request so
@@ -234,11 +259,19 @@ async fn route(
     arrived: tokio::time::Instant,
 ) -> Response<Body> {
     let state = &shared.state;
-    if let Err(bad) = target::check(request.method(), request.uri().path()) {
-        let route = metrics::route_label(request.uri().path());
+    let note = request.extensions().get::<Arc<AccessNote>>().cloned();
+    let done = |route, mode, status: StatusCode, elapsed| {
         state
             .metrics
-            .request_done(route, "rejected", bad.status().as_u16(), arrived.elapsed());
+            .request_done(route, mode, status.as_u16(), elapsed);
+        telemetry::record_mode(mode);
+        if let Some(note) = &note {
+            note.mode(mode);
+        }
+    };
+    if let Err(bad) = target::check(request.method(), request.uri().path()) {
+        let route = metrics::route_label(request.uri().path());
+        done(route, "rejected", bad.status(), arrived.elapsed());
         return bad.into_response();
     }
     match (request.method(), request.uri().path()) {
@@ -255,10 +288,7 @@ async fn route(
     if let Err(rejection) = admit_client(state, &mut request).await {
         let refusal = rejection.into_response();
         let route = metrics::route_label(request.uri().path());
-        let status = refusal.status().as_u16();
-        state
-            .metrics
-            .request_done(route, "rejected", status, arrived.elapsed());
+        done(route, "rejected", refusal.status(), arrived.elapsed());
         return refusal;
     }
     let started = Instant::now();
@@ -285,9 +315,7 @@ async fn route(
             }
         }
     };
-    state
-        .metrics
-        .request_done(route, mode, response.status().as_u16(), started.elapsed());
+    done(route, mode, response.status(), started.elapsed());
     // What the request holds is released when the body has been sent, not when its head is
     // ready, so a long stream still counts as in flight.
     response.map(|body| body::with_guard(body, (held, inflight)))
@@ -310,6 +338,9 @@ async fn admit_client(
     match admitted {
         Ok(key) => {
             state.metrics.key_request(key.label());
+            if let Some(note) = request.extensions().get::<Arc<AccessNote>>() {
+                note.key(key.label());
+            }
             auth::strip_credentials(request.headers_mut());
             request.extensions_mut().insert(key);
             Ok(())
@@ -350,6 +381,7 @@ async fn metrics_response(state: &AppState, headers: &http::HeaderMap) -> Respon
     if let Some(cache) = &state.cache {
         cache.report_size().await;
     }
+    state.metrics.spans_dropped(telemetry::dropped_spans());
     let mut response = Response::new(body::full(state.metrics.render()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -326,6 +326,7 @@ impl Upstream {
             }
             let too_late = backoff >= give_up_at.saturating_duration_since(Instant::now());
             if !retryable || attempt >= self.max_retries || too_late {
+                crate::telemetry::record_retries(attempt);
                 return outcome;
             }
             attempt += 1;
@@ -395,6 +396,9 @@ impl Upstream {
                 );
             }
         }
+        // With tracing on, the upstream's spans join the trace: the current span (this
+        // call's) becomes the parent in `traceparent`.
+        crate::telemetry::inject(&mut headers);
         headers
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 use tokio::task::AbortHandle;
+use tracing::Instrument;
 
 /// Whether this caller started the computation or joined one in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,12 +90,18 @@ where
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let registry = self.flights.clone();
         let task_key = key.clone();
-        let task = tokio::spawn(async move {
-            let value = work.await;
-            // Done: later requests find the stored answer (or compute afresh), not this flight.
-            remove_flight(&registry, &task_key, id);
-            value
-        });
+        // The computation keeps the span of the request that started it: its upstream calls
+        // are that request's in a trace.
+        let task = tokio::spawn(
+            async move {
+                let value = work.await;
+                // Done: later requests find the stored answer (or compute afresh), not this
+                // flight.
+                remove_flight(&registry, &task_key, id);
+                value
+            }
+            .in_current_span(),
+        );
         let abort = task.abort_handle();
         let result = async move { task.await.ok() }.boxed().shared();
         let flight = Flight {

@@ -14,8 +14,28 @@ use serde_json::{json, Value};
 use crate::config::JudgeConfig;
 use crate::metrics::Metrics;
 use crate::openai::Usage;
+use crate::telemetry;
 use crate::upstream::CallPlace;
 use crate::upstream::{call_status, snippet, JsonReply, Upstream};
+use tracing::Instrument;
+
+/// The usage an answer reports, for its span; `None` when it reports none or is not JSON.
+fn reply_usage(body: &[u8]) -> Option<Usage> {
+    #[derive(serde::Deserialize)]
+    struct WithUsage {
+        usage: Option<Usage>,
+    }
+    if !crate::telemetry::tracing_on() {
+        return None;
+    }
+    serde_json::from_slice::<WithUsage>(body).ok()?.usage
+}
+
+/// A chat completion's first text, for a span's content; `None` when it has none.
+fn answer_text(body: &[u8]) -> Option<String> {
+    let answer: JudgeAnswer = serde_json::from_slice(body).ok()?;
+    answer.choices.into_iter().next()?.message.content
+}
 
 /// How LLM judges reach their model.
 pub struct JudgeCall {
@@ -91,7 +111,8 @@ impl JudgeCall {
         } else {
             &empty
         };
-        self.send_to(path, body, headers).await
+        self.send_to(path, body, headers, &self.model_override)
+            .await
     }
 
     /// Every setting of the call that can change a verdict: where it goes, which model, how
@@ -134,7 +155,7 @@ impl JudgeCall {
             Sampling::Configured
         };
         let mut reply = self
-            .send(self.body(&model, &prompt, sampling), headers)
+            .send(self.body(&model, &prompt, sampling), headers, &model)
             .await?;
         if matches!(sampling, Sampling::Configured) && rejects_sampling(&reply) {
             // Reasoning models refuse `temperature` and `max_tokens`: ask again with the
@@ -142,7 +163,7 @@ impl JudgeCall {
             tracing::info!(%model, "judge model takes no sampling parameters; sending none from now on");
             self.remember_no_sampling(model.clone());
             let body = self.body(&model, &prompt, Sampling::ModelDefaults);
-            reply = self.send(body, headers).await?;
+            reply = self.send(body, headers, &model).await?;
         }
         if !reply.status.is_success() {
             return Err(fail(format!(
@@ -174,8 +195,14 @@ impl JudgeCall {
         }
     }
 
-    async fn send(&self, body: Bytes, headers: &HeaderMap) -> Result<JsonReply, CallFailure> {
-        self.send_to("/chat/completions", body, headers).await
+    async fn send(
+        &self,
+        body: Bytes,
+        headers: &HeaderMap,
+        model: &str,
+    ) -> Result<JsonReply, CallFailure> {
+        self.send_to("/chat/completions", body, headers, model)
+            .await
     }
 
     async fn send_to(
@@ -183,14 +210,28 @@ impl JudgeCall {
         path: &str,
         body: Bytes,
         headers: &HeaderMap,
+        model: &str,
     ) -> Result<JsonReply, CallFailure> {
         let started = Instant::now();
+        let span = telemetry::call_span(self.kind, model, None);
+        let sent_text = telemetry::content_wanted(&span).then(|| body.clone());
         let sent = self
             .endpoint
             .post_json(path, headers, body.into(), self.timeout)
+            .instrument(span.clone())
             .await;
+        if let Some(sent_text) = sent_text {
+            let verdict = sent.as_ref().ok().and_then(|r| answer_text(&r.body));
+            telemetry::record_content(&span, &sent_text, verdict.as_deref());
+        }
+        let status = call_status(&sent);
         self.metrics
-            .upstream_call(self.kind, &call_status(&sent), started.elapsed());
+            .upstream_call(self.kind, &status, started.elapsed());
+        let usage = sent
+            .as_ref()
+            .ok()
+            .and_then(|reply| reply_usage(&reply.body));
+        telemetry::record_call(&span, &status, None, usage.as_ref());
         sent.map_err(|e| fail(format!("the {} call failed: {e}", self.kind)))
     }
 
@@ -221,9 +262,11 @@ impl JudgeCall {
         );
         headers.remove(header::CONTENT_LENGTH);
         let started = Instant::now();
+        let span = telemetry::call_span(self.kind, &self.model_override, None);
         let sent = self
             .endpoint
-            .forward(Method::POST, path, &headers, crate::body::full(body));
+            .forward(Method::POST, path, &headers, crate::body::full(body))
+            .instrument(span.clone());
         let sent = tokio::time::timeout(self.timeout, sent).await;
         let label = match &sent {
             Ok(Ok((response, _))) => response.status().as_str().to_string(),
@@ -232,6 +275,7 @@ impl JudgeCall {
         };
         self.metrics
             .upstream_call(self.kind, &label, started.elapsed());
+        telemetry::record_call(&span, &label, None, None);
         let (response, place) = match sent {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => return Err(fail(format!("the {} call failed: {e}", self.kind))),

@@ -50,6 +50,11 @@ impl Proxy {
         }
     }
 
+    /// A handle on a proxy running elsewhere (a process the test started), not stopped by it.
+    pub fn at(addr: SocketAddr) -> Proxy {
+        Proxy { addr, stop: None }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
