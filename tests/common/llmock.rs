@@ -27,6 +27,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
+use super::free_port;
 use super::python::{python, without_openai_env, SETUP};
 
 /// How long llmock may take to answer its health check after being started: its imports
@@ -222,14 +223,6 @@ impl Drop for Llmock {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A port nothing listens on right now (the OS's pick, released at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("llmock: find a free loopback port")
 }
 
 /// Fails (never skips) when the interpreter lacks llmock, saying how to get it.

@@ -60,6 +60,15 @@ impl Proxy {
     }
 }
 
+/// A loopback port nothing listens on right now (the OS's pick, released at once), for a server
+/// the test starts as a process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 /// A config that sends every upstream call to `mock`, with short test timings.
 pub fn config_for(mock: &MockUpstream) -> Config {
     let mut config = Config::default();

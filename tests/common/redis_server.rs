@@ -1,9 +1,10 @@
 //! A real `redis-server` (Debian's package, installed by `scripts/test`) on a loopback port,
 //! for the shared cache tier's tests: started, stopped, paused and restarted on the same port.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::free_port;
 
 /// A running redis-server with nothing persisted; killed when dropped.
 pub struct RedisServer {
@@ -141,11 +142,4 @@ fn signal(name: &str, pid: u32) {
         .status()
         .expect("kill");
     assert!(status.success(), "kill -{name} {pid}");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }

@@ -1,4 +1,4 @@
-"""Helpers of tests/deploy.rs that need Python packages (run with the deploy tools' venv, which
+"""Helpers of tests/deploy/ that need Python packages (run with the deploy tools' venv, which
 scripts/deploy-tools installs from tests/python/deploy-requirements.txt).
 
     python deploy_checks.py yaml2json FILE
