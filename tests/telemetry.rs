@@ -167,11 +167,7 @@ struct Served {
 impl Served {
     async fn start(config: &str) -> Served {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let path = dir.path().join("proxy.toml");
         std::fs::write(&path, config).unwrap();
         let child = Command::new(BIN)
