@@ -95,7 +95,11 @@ impl RedisLink {
         if admitted == Admit::No {
             return None;
         }
-        let conn = self.connection()?;
+        let Some(conn) = self.connection() else {
+            // Set up failed for good (logged once): count it, so a probe does not stay out.
+            self.breaker.failure(Instant::now());
+            return None;
+        };
         let failure = match tokio::time::timeout(self.timeout, operation(conn)).await {
             Ok(Ok(value)) => {
                 if admitted == Admit::Probe {
