@@ -434,7 +434,6 @@ impl Counters {
     }
 }
 
-
 /// The counters once no request is in flight; a gauge still above 0 after 3 s is a leak. (A
 /// request's guard drops when its body is done, a moment after the client read the end.)
 async fn settle(proxy: &Proxy) -> Counters {
