@@ -12,6 +12,7 @@ mod decisions;
 mod duration;
 mod fuser;
 mod judge;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ pub use cache::CacheConfig;
 pub use decisions::DecisionsConfig;
 pub use fuser::FuserConfig;
 pub use judge::{Fallback, JudgeConfig, Rubrics, DEFAULT_RUBRIC_PRESET};
+pub use ui::UiConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -50,6 +52,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The decision log (`bon-proxy export-pairs` reads it).
     pub decisions: DecisionsConfig,
+    /// The decisions inspector at `/ui`.
+    pub ui: UiConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -353,6 +357,7 @@ impl Config {
         self.cache.validate()?;
         self.fuser.validate()?;
         self.decisions.validate()?;
+        self.ui.validate()?;
         judge::validate(&self.judge, &self.judges, &self.rubrics)
     }
 

@@ -48,6 +48,7 @@ pub mod sse;
 pub mod state;
 pub mod streaming;
 pub(crate) mod target;
+pub mod ui;
 pub mod upstream;
 
 pub use config::Config;
