@@ -311,6 +311,8 @@ async fn the_page_and_its_assets_are_embedded_and_locked_down() {
         assert!(!js.contains(sink), "app.js uses {sink}");
     }
     get(&proxy, "/ui/style.css", &[]).await.expect_ok();
+    let icon = get(&proxy, "/ui/favicon.svg", &[]).await;
+    assert_eq!(icon.header("content-type"), Some("image/svg+xml"));
     get(&proxy, "/ui/nothing", &[]).await.expect_error(404);
     let post = post_to(&proxy, "/ui", &[], "{}").await;
     post.expect_error(405);

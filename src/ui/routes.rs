@@ -3,7 +3,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/ui` | the page (`?token=…` first stores the credential in a cookie, see `access`) |
-//! | `/ui/app.js`, `/ui/style.css` | its script and stylesheet, embedded in the binary |
+//! | `/ui/app.js`, `/ui/style.css`, `/ui/favicon.svg` | its script, stylesheet and icon, embedded in the binary |
 //! | `/ui/api/decisions` | the kept decisions, newest first: `?model=&strategy=&fallback=yes\|no&limit=` |
 //! | `/ui/api/decisions/{id}` | one decision, everything kept of it |
 //! | `/ui/events` | the live view (see `events`) |
@@ -30,6 +30,7 @@ use crate::state::AppState;
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
+const FAVICON_SVG: &str = include_str!("assets/favicon.svg");
 
 /// Shown instead of the page when the credential is missing or wrong; static, so it can
 /// never echo anything back.
@@ -85,6 +86,7 @@ fn route<B>(
         "/ui/" => see_other("/ui", None),
         "/ui/app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
         "/ui/style.css" => asset(STYLE_CSS, "text/css; charset=utf-8"),
+        "/ui/favicon.svg" => asset(FAVICON_SVG, "image/svg+xml"),
         "/ui/api/decisions" => list(inspector, &query).unwrap_or_else(ApiError::into_response),
         "/ui/events" => match events::stream(inspector.clone()) {
             Ok(stream) => event_stream(stream),

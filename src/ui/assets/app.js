@@ -110,8 +110,10 @@ async function loadList() {
   rows.replaceChildren(...listing.decisions.map(row));
   setOptions($("f-model"), listing.models);
   setOptions($("f-strategy"), listing.strategies);
-  const mib = (listing.bytes / 1048576).toFixed(1);
-  $("kept").textContent = `${listing.kept} of ${listing.keep} kept · ${mib} MiB` +
+  const size = listing.bytes < 1048576
+    ? Math.ceil(listing.bytes / 1024) + " KiB"
+    : (listing.bytes / 1048576).toFixed(1) + " MiB";
+  $("kept").textContent = `${listing.kept} of ${listing.keep} kept · ${size}` +
     (listing.include_content ? "" : " · content not kept");
   showEmpty();
 }
@@ -197,7 +199,10 @@ function renderDetail(d) {
     if (v.raw === undefined) {
       parts.push(el("p", { class: "muted" }, "raw verdict not kept (ui.include_content = false)"));
     } else {
-      parts.push(...v.raw.map((text) => el("pre", { class: "raw" }, text)));
+      const calls = v.raw.length;
+      parts.push(...v.raw.map((text, i) => el("figure", { class: "raw-answer" },
+        el("figcaption", {}, calls > 1 ? `judge answer ${i + 1} of ${calls}` : "judge answer"),
+        el("pre", { class: "raw" }, text))));
     }
     verdict.replaceChildren(...parts);
   }
