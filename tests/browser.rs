@@ -57,7 +57,9 @@ impl Served {
             cmd.env_remove(name);
         }
         cmd.env("BON_LISTEN", addr.to_string());
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
         let mut served = Served {
             child,
             addr,
@@ -69,7 +71,11 @@ impl Served {
             if let Ok(Some(status)) = served.child.try_wait() {
                 panic!("serve --demo exited ({status}):\n{}", served.log());
             }
-            assert!(Instant::now() < deadline, "serve --demo not listening:\n{}", served.log());
+            assert!(
+                Instant::now() < deadline,
+                "serve --demo not listening:\n{}",
+                served.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         served
@@ -106,7 +112,10 @@ fn the_inspector_shows_decisions_live_in_a_real_browser() {
     require("curl");
     let scripts = Path::new(ROOT).join("tests/browser");
     let playwright = scripts.join("node_modules/playwright-core/package.json");
-    assert!(playwright.exists(), "tests/browser/node_modules has no playwright-core: {SETUP}");
+    assert!(
+        playwright.exists(),
+        "tests/browser/node_modules has no playwright-core: {SETUP}"
+    );
     let target = Path::new(ROOT).join("target");
     std::fs::create_dir_all(&target).expect("target/");
     let screenshot = target.join("ui-inspector.png");
@@ -123,7 +132,9 @@ fn the_inspector_shows_decisions_live_in_a_real_browser() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = node.spawn().unwrap_or_else(|e| panic!("cannot run node: {e}: {SETUP}"));
+    let mut child = node
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run node: {e}: {SETUP}"));
     // Read on threads, so a chatty script cannot block on a full pipe while we wait.
     let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
@@ -147,14 +158,31 @@ fn the_inspector_shows_decisions_live_in_a_real_browser() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    let report = format!("stdout:\n{out}\nstderr:\n{err}\nproxy log:\n{}", served.log());
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    let report = format!(
+        "stdout:\n{out}\nstderr:\n{err}\nproxy log:\n{}",
+        served.log()
+    );
     match status {
         None => panic!("the browser script ran longer than {SCRIPT:?}\n{report}"),
-        Some(status) => assert!(status.success(), "the browser script failed ({status})\n{report}"),
+        Some(status) => assert!(
+            status.success(),
+            "the browser script failed ({status})\n{report}"
+        ),
     }
     assert!(out.contains("inspector ok"), "{report}");
     let png = std::fs::read(&screenshot).expect("the screenshot");
-    assert!(png.starts_with(b"\x89PNG"), "not a PNG: {}", screenshot.display());
-    eprintln!("browser test took {:?}; screenshot at {}", started.elapsed(), screenshot.display());
+    assert!(
+        png.starts_with(b"\x89PNG"),
+        "not a PNG: {}",
+        screenshot.display()
+    );
+    eprintln!(
+        "browser test took {:?}; screenshot at {}",
+        started.elapsed(),
+        screenshot.display()
+    );
 }

@@ -275,6 +275,31 @@ async fn candidate_markup_comes_back_as_escaped_data() {
     );
 }
 
+/// Candidates that answer with 40 KiB each.
+fn long_answers(call: &Call) -> Reply {
+    if call.is_judge() {
+        return Reply::judge_best("1", &[]);
+    }
+    Reply::completion(&"é".repeat(20 * 1024))
+}
+
+#[tokio::test]
+async fn long_texts_are_cut_and_the_ring_says_what_it_weighs() {
+    let mock = MockUpstream::with_handler(long_answers).await;
+    let mut config = ui_config(&mock);
+    config.ui.include_content = Some(true);
+    let proxy = start_proxy(config).await;
+    ask(&proxy, "gpt-test", "long", &[]).await;
+    let detail = detail_of(&proxy, "long").await;
+    let text = detail["candidates"][0]["text"].as_str().unwrap();
+    assert!(text.len() < 33 * 1024, "{}", text.len());
+    assert!(text.starts_with("éé") && text.ends_with("more bytes not kept]"));
+    let list = listing(&proxy, "").await;
+    let bytes = list["bytes"].as_u64().unwrap();
+    assert!((64 * 1024..80 * 1024).contains(&bytes), "{bytes}");
+    assert_eq!(list["max_bytes"], 32 * 1024 * 1024);
+}
+
 #[tokio::test]
 async fn the_page_and_its_assets_are_embedded_and_locked_down() {
     let mock = MockUpstream::start().await;
