@@ -535,3 +535,36 @@ async fn without_auth_a_token_in_the_address_is_not_needed_or_stored() {
         .unwrap();
     assert_eq!(send(request).await.status, 405);
 }
+
+/// `check-config` with `args` in a directory holding `toml` as `proxy.toml`: the `[ui]` table
+/// it prints.
+fn checked_ui_table(args: &[&str], toml: &str) -> toml::Table {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("proxy.toml"), toml).expect("proxy.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bon-proxy"))
+        .arg("check-config")
+        .args(args)
+        .current_dir(dir.path())
+        .env_remove("BON_CONFIG")
+        .output()
+        .expect("check-config runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = stdout.find("\n[").expect("a TOML table in stdout");
+    let printed: toml::Table = stdout[start..].parse().expect("TOML");
+    printed["ui"].as_table().expect("a [ui] table").clone()
+}
+
+#[test]
+fn include_content_defaults_to_true_only_under_demo() {
+    let demo = checked_ui_table(&["--demo"], "");
+    assert_eq!(demo["include_content"].as_bool(), Some(true), "{demo}");
+    let plain = checked_ui_table(&[], "");
+    assert!(plain.get("include_content").is_none(), "{plain}");
+    let said = checked_ui_table(&["--demo"], "[ui]\ninclude_content = false\n");
+    assert_eq!(said["include_content"].as_bool(), Some(false), "{said}");
+}
