@@ -1,83 +1,18 @@
 //! The decisions inspector (`/ui`) through the real server against the mock upstream: the
 //! ring's order and bound, filters, content off by default and on when configured, scores as
-//! the response headers said them, the live view, who may look, the inspector switched off,
-//! and untrusted candidate text coming back as data. The page itself in a real browser is
-//! `tests/browser.rs`.
+//! the response headers said them, the live view, the inspector switched off, and untrusted
+//! candidate text coming back as data. Who may look is `tests/ui_access.rs`; the page itself
+//! in a real browser is `tests/browser.rs`.
 
 mod common;
 
 use std::time::Duration;
 
-use bon_proxy::auth::hash_key;
-use bon_proxy::config::KeyConfig;
-use bon_proxy::upstream::ApiKey;
-use bon_proxy::{Config, Secrets};
-use bytes::Bytes;
 use common::mock::{Call, MockUpstream, Reply};
+use common::ui::*;
 use common::*;
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use serde_json::Value;
-
-const CLIENT_KEY: &str = "sk-client-UI-0123456789abcdef";
-const METRICS_TOKEN: &str = "metrics-UI-TOKEN-0123456789";
-const WAIT: Duration = Duration::from_secs(10);
-
-/// A config against `mock` where every request computes its answer (no cache hits).
-fn ui_config(mock: &MockUpstream) -> Config {
-    let mut config = config_for(mock);
-    config.cache.enabled = false;
-    config
-}
-
-async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut request = Request::get(proxy.url(path));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    send(request.body(Full::default()).unwrap()).await
-}
-
-/// A best-of-2 request for `model` with the request id `id`, answered with 200.
-async fn ask(proxy: &Proxy, model: &str, id: &str, extra: &[(&str, &str)]) -> Answer {
-    let body = serde_json::json!({
-        "model": model,
-        "messages": [{"role": "user", "content": format!("question {id}")}],
-    });
-    let mut headers = vec![("x-best-of-n", "2"), ("x-request-id", id)];
-    headers.extend_from_slice(extra);
-    let answer = post_chat(proxy, &headers, body.to_string()).await;
-    answer.expect_ok();
-    answer
-}
-
-async fn listing(proxy: &Proxy, query: &str) -> Value {
-    let answer = get(proxy, &format!("/ui/api/decisions{query}"), &[]).await;
-    answer.expect_ok();
-    answer.json()
-}
-
-fn request_ids(listing: &Value) -> Vec<String> {
-    let decisions = listing["decisions"].as_array().expect("a decisions list");
-    decisions
-        .iter()
-        .map(|d| d["request_id"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
-/// The kept decision whose request id is `id`, everything kept of it.
-async fn detail_of(proxy: &Proxy, id: &str) -> Value {
-    let list = listing(proxy, "").await;
-    let found = list["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["request_id"] == id)
-        .unwrap_or_else(|| panic!("no decision for {id}: {list}"));
-    let answer = get(proxy, &format!("/ui/api/decisions/{}", found["id"]), &[]).await;
-    answer.expect_ok();
-    answer.json()
-}
 
 #[tokio::test]
 async fn the_ring_keeps_the_newest_first_within_ui_keep() {
@@ -363,36 +298,6 @@ async fn switched_off_ui_is_an_ordinary_path() {
         .any(|c| c.path().ends_with("/ui/api/decisions")));
 }
 
-/// Reads the event stream until `want` shows up in it, returning what was read.
-async fn read_events_until(body: &mut hyper::body::Incoming, want: &str) -> String {
-    let mut seen = String::new();
-    let read = async {
-        while !seen.contains(want) {
-            let Some(frame) = body.frame().await else {
-                break;
-            };
-            if let Ok(data) = frame.expect("an event stream frame").into_data() {
-                seen.push_str(&String::from_utf8_lossy(&data));
-            }
-        }
-    };
-    let _ = tokio::time::timeout(WAIT, read).await;
-    seen
-}
-
-async fn open_events(proxy: &Proxy, headers: &[(&str, &str)]) -> hyper::body::Incoming {
-    let mut request = Request::get(proxy.url("/ui/events"));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(Full::<Bytes>::default()).unwrap();
-    let response = client().request(request).await.expect("the event stream");
-    assert_eq!(response.status(), 200);
-    let content_type = response.headers().get("content-type").unwrap();
-    assert_eq!(content_type, "text/event-stream");
-    response.into_body()
-}
-
 #[tokio::test]
 async fn the_live_view_announces_new_decisions_and_ends_at_shutdown() {
     let mock = MockUpstream::start().await;
@@ -425,115 +330,6 @@ async fn the_live_view_announces_new_decisions_and_ends_at_shutdown() {
     })
     .await;
     assert!(ended.is_ok(), "the event stream outlived the shutdown");
-}
-
-fn keyed(mock: &MockUpstream) -> Config {
-    let mut config = ui_config(mock);
-    config.auth.enabled = true;
-    config.auth.keys = vec![KeyConfig {
-        name: Some("team".into()),
-        sha256: hash_key(CLIENT_KEY),
-        ..KeyConfig::default()
-    }];
-    config
-}
-
-/// The cookie pair (`name=value`) a `Set-Cookie` header sets.
-fn cookie_pair(answer: &Answer) -> String {
-    let set = answer.header("set-cookie").expect("a cookie");
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
-        assert!(set.contains(attribute), "{attribute} missing: {set}");
-    }
-    set.split(';').next().unwrap().to_string()
-}
-
-#[tokio::test]
-async fn with_auth_on_a_client_key_opens_it_by_header_or_by_the_token_cookie() {
-    let mock = MockUpstream::start().await;
-    let proxy = start_proxy(keyed(&mock)).await;
-    let bearer = format!("Bearer {CLIENT_KEY}");
-    let auth = [("authorization", bearer.as_str())];
-    ask(&proxy, "gpt-test", "keyed", &auth).await;
-    let error = get(&proxy, "/ui/api/decisions", &[])
-        .await
-        .expect_error(401);
-    assert_eq!(error["code"], "missing_api_key");
-    get(&proxy, "/ui/events", &[]).await.expect_error(401);
-    let locked = get(&proxy, "/ui", &[]).await;
-    assert_eq!(locked.status, 401);
-    assert!(String::from_utf8_lossy(&locked.body).contains("/ui?token="));
-    get(&proxy, "/ui/api/decisions", &[("x-api-key", "sk-nope")])
-        .await
-        .expect_error(401);
-    get(&proxy, "/ui/api/decisions", &auth).await.expect_ok();
-    // The browser's way in: the token once in the address, then a cookie.
-    let bad = get(&proxy, "/ui?token=sk-nope", &[]).await;
-    assert_eq!(bad.status, 401);
-    assert!(bad.header("set-cookie").is_none());
-    let login = get(&proxy, &format!("/ui?token={CLIENT_KEY}"), &[]).await;
-    assert_eq!(login.status, 303);
-    assert_eq!(login.header("location"), Some("/ui"));
-    let cookie = cookie_pair(&login);
-    let with_cookie = [("cookie", cookie.as_str())];
-    get(&proxy, "/ui", &with_cookie).await.expect_ok();
-    let list = get(&proxy, "/ui/api/decisions", &with_cookie).await;
-    list.expect_ok();
-    assert_eq!(request_ids(&list.json()), ["keyed"]);
-    // The cookie opens the inspector, not the API.
-    let chat = post_chat(&proxy, &with_cookie, chat_body("hi")).await;
-    chat.expect_error(401);
-    let logout = get(&proxy, "/ui/logout", &with_cookie).await;
-    assert!(logout.header("set-cookie").unwrap().contains("Max-Age=0"));
-}
-
-#[tokio::test]
-async fn the_metrics_token_guards_it_like_metrics() {
-    let mock = MockUpstream::start().await;
-    let secrets = Secrets {
-        upstream_key: Some(ApiKey::new(UPSTREAM_KEY)),
-        metrics_token: Some(ApiKey::new(METRICS_TOKEN)),
-        ..Default::default()
-    };
-    let proxy = start_proxy_with(keyed(&mock), secrets).await;
-    let token = format!("Bearer {METRICS_TOKEN}");
-    // A client key is not enough once /metrics has a token of its own.
-    let client = format!("Bearer {CLIENT_KEY}");
-    let error = get(&proxy, "/ui/api/decisions", &[("authorization", &client)])
-        .await
-        .expect_error(401);
-    assert_eq!(error["code"], "invalid_metrics_token");
-    get(&proxy, "/ui/api/decisions", &[("authorization", &token)])
-        .await
-        .expect_ok();
-    let login = get(&proxy, &format!("/ui?token={METRICS_TOKEN}"), &[]).await;
-    assert_eq!(login.status, 303);
-    let cookie = cookie_pair(&login);
-    let mut events = open_events(&proxy, &[("cookie", &cookie)]).await;
-    assert!(read_events_until(&mut events, ": connected")
-        .await
-        .contains("retry:"));
-    let metrics = get(&proxy, "/metrics", &[("authorization", &token)]).await;
-    let text = String::from_utf8_lossy(&metrics.body);
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("bon_auth_rejections_total{reason=\"metrics_token\"} 1")),
-        "{text}"
-    );
-}
-
-#[tokio::test]
-async fn without_auth_a_token_in_the_address_is_not_needed_or_stored() {
-    let mock = MockUpstream::start().await;
-    let proxy = start_proxy(ui_config(&mock)).await;
-    let login = get(&proxy, "/ui?token=anything", &[]).await;
-    assert_eq!(login.status, 303);
-    assert!(login.header("set-cookie").is_none());
-    let request = Request::builder()
-        .method(Method::HEAD)
-        .uri(proxy.url("/ui"))
-        .body(Full::default())
-        .unwrap();
-    assert_eq!(send(request).await.status, 405);
 }
 
 /// `check-config` with `args` in a directory holding `toml` as `proxy.toml`: the `[ui]` table
