@@ -556,9 +556,6 @@ fn log_decision(
     selection: Option<&Selection>,
     usage: Option<&Usage>,
 ) {
-    let Some(log) = &state.decisions else {
-        return;
-    };
     let answered = Answered {
         plan: &job.plan,
         request: &job.request,
@@ -567,6 +564,12 @@ fn log_decision(
         usage,
         latency: job.started.elapsed(),
         request_id: job.request_id(),
+    };
+    if let Some(ui) = &state.ui {
+        ui.record(&answered);
+    }
+    let Some(log) = &state.decisions else {
+        return;
     };
     log.record(|include_content| Decision::from_answer(&answered, include_content));
 }

@@ -13,6 +13,7 @@ mod duration;
 mod fuser;
 mod judge;
 mod telemetry;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ pub use decisions::DecisionsConfig;
 pub use fuser::FuserConfig;
 pub use judge::{Fallback, JudgeConfig, Rubrics, DEFAULT_RUBRIC_PRESET};
 pub use telemetry::{LogConfig, LogFormat, TelemetryConfig};
+pub use ui::UiConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -55,6 +57,8 @@ pub struct Config {
     /// OpenTelemetry traces; off by default.
     pub telemetry: TelemetryConfig,
     pub log: LogConfig,
+    /// The decisions inspector at `/ui`.
+    pub ui: UiConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -359,6 +363,7 @@ impl Config {
         self.telemetry.validate()?;
         self.fuser.validate()?;
         self.decisions.validate()?;
+        self.ui.validate()?;
         judge::validate(&self.judge, &self.judges, &self.rubrics)
     }
 

@@ -49,6 +49,7 @@ pub mod state;
 pub mod streaming;
 pub(crate) mod target;
 pub mod telemetry;
+pub mod ui;
 pub mod upstream;
 
 pub use config::Config;

@@ -216,6 +216,8 @@ fn use_demo(config: &mut Config, addr: std::net::SocketAddr) {
     // Every judge asks the demo too: it answers each strategy's prompts.
     config.judge.base_url.clear();
     config.judges.values_mut().for_each(|j| j.base_url.clear());
+    // The demo's texts are made up: the inspector shows them unless the config says not to.
+    config.ui.include_content.get_or_insert(true);
 }
 
 /// Without a key, requests reach the upstream with whatever the client sent, which for most

@@ -248,7 +248,7 @@ pub fn score_of(candidate: &Candidate, selection: &Selection) -> Option<f64> {
     }
 }
 
-fn format_score(score: f64) -> String {
+pub fn format_score(score: f64) -> String {
     let text = format!("{score:.3}");
     let text = text.trim_end_matches('0').trim_end_matches('.');
     if text.is_empty() || text == "-" {

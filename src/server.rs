@@ -143,6 +143,9 @@ impl Server {
         drop(self.listener);
         drop(closing_seen);
         let _ = closing.send(true);
+        if let Some(ui) = &self.shared.state.ui {
+            ui.close(); // the inspector's live views would otherwise hold their connections
+        }
         let grace = self.shared.state.config.server.shutdown_grace;
         tracing::info!(?grace, "no longer accepting connections; waiting for requests in flight (server.shutdown_grace)");
         // Every connection holds a receiver: all are gone once the last connection closed.
@@ -281,6 +284,9 @@ async fn route(
             if state.config.metrics.enabled && path == state.config.metrics.path =>
         {
             return metrics_response(state, request.headers()).await
+        }
+        (_, path) if state.ui.is_some() && crate::ui::is_ui_path(path) => {
+            return crate::ui::serve(state, &request)
         }
         _ => {}
     }

@@ -87,6 +87,8 @@ pub struct AppState {
     pub keys: Option<Keys>,
     /// The token `/metrics` requires, when `metrics.bearer_token_env` names one.
     pub metrics_token: Option<ApiKey>,
+    /// The decisions inspector at `/ui`; `None` when `ui.enabled` is false.
+    pub ui: Option<Arc<crate::ui::Inspector>>,
 }
 
 impl AppState {
@@ -118,6 +120,7 @@ impl AppState {
             .transpose()?;
         let keys = Keys::from_config(&config.auth, redis).map_err(|e| e.to_string())?;
         let metrics_token = secrets.metrics_token.clone();
+        let ui = crate::ui::Inspector::from_config(&config);
         Ok(Arc::new(AppState {
             config,
             upstream: main,
@@ -129,6 +132,7 @@ impl AppState {
             decisions,
             keys,
             metrics_token,
+            ui,
         }))
     }
 }
