@@ -6,25 +6,12 @@ mod common;
 use std::time::Duration;
 
 use common::metrics::{scrape, value_of};
-use common::mock::{Call, MockUpstream, Reply};
+use common::mock::{numbered, MockUpstream, Reply};
 use common::*;
 use futures_util::future::join_all;
 use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::json;
-
-/// Every generation answers differently, so a served answer shows where it came from.
-fn numbered(call: &Call) -> Reply {
-    if call.is_judge() {
-        Reply::judge_best("1", &[])
-    } else {
-        Reply::completion(&format!("answer number {}", call.seq))
-    }
-}
-
-fn generations(mock: &MockUpstream) -> usize {
-    mock.calls().iter().filter(|c| !c.is_judge()).count()
-}
 
 async fn bon(proxy: &Proxy, extra: &[(&str, &str)], body: &str) -> Answer {
     let mut headers = vec![("x-best-of-n", "3")];
@@ -217,7 +204,7 @@ async fn the_byte_bound_evicts_entries() {
     assert!((1.0..20.0).contains(&entries), "{entries} entries");
     // moka admits by frequency (TinyLFU), so which answers survive is its call; that not all
     // twenty do, and that a dropped one is computed again, is ours.
-    let before = generations(&mock);
+    let before = mock.generations();
     let mut misses = 0;
     for i in 0..20 {
         let again = bon(&proxy, &[], &chat_body(&format!("question {i}"))).await;
@@ -226,7 +213,7 @@ async fn the_byte_bound_evicts_entries() {
         }
     }
     assert!(misses > 0, "twenty answers cannot fit in 12 kB");
-    assert_eq!(generations(&mock), before + 3 * misses);
+    assert_eq!(mock.generations(), before + 3 * misses);
 }
 
 #[tokio::test]
@@ -469,7 +456,7 @@ async fn a_waiter_keeps_the_shared_work_alive_when_the_first_client_leaves() {
         Some("hit"),
         "it shared the computation"
     );
-    assert_eq!(generations(&mock), 3, "the work was not restarted");
+    assert_eq!(mock.generations(), 3, "the work was not restarted");
     assert!(
         mock.calls().iter().all(|c| !c.aborted),
         "nothing was cancelled"

@@ -11,28 +11,11 @@ use bon_proxy::config::KeyConfig;
 use bon_proxy::upstream::ApiKey;
 use bon_proxy::{Config, Secrets};
 use common::metrics::{scrape, value_of};
-use common::mock::{Call, MockUpstream, Reply};
+use common::mock::{numbered, MockUpstream};
 use common::redis_server::RedisServer;
 use common::*;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-
-/// Every generation answers differently, so a served answer shows which computation made it.
-fn numbered(call: &Call) -> Reply {
-    if call.is_judge() {
-        Reply::judge_best("1", &[])
-    } else {
-        Reply::completion(&format!("answer number {}", call.seq))
-    }
-}
-
-fn generations(mock: &MockUpstream) -> usize {
-    mock.calls().iter().filter(|c| !c.is_judge()).count()
-}
-
-fn judgements(mock: &MockUpstream) -> usize {
-    mock.calls().iter().filter(|c| c.is_judge()).count()
-}
 
 fn with_redis(mock: &MockUpstream, redis: &RedisServer) -> Config {
     let mut config = config_for(mock);
@@ -69,7 +52,7 @@ async fn an_answer_computed_through_one_replica_is_a_redis_hit_through_another()
     let computed = best_of_3(&first, "Why is the sky blue?").await;
     computed.expect_ok();
     assert_eq!(computed.header("x-cache"), Some("miss"));
-    assert_eq!((generations(&mock), judgements(&mock)), (3, 1));
+    assert_eq!((mock.generations(), mock.judgements()), (3, 1));
     until_stored(&redis, 0).await;
 
     let shared = best_of_3(&second, "Why is the sky blue?").await;
@@ -86,7 +69,7 @@ async fn an_answer_computed_through_one_replica_is_a_redis_hit_through_another()
         "a hit spent nothing"
     );
     assert_eq!(
-        (generations(&mock), judgements(&mock)),
+        (mock.generations(), mock.judgements()),
         (3, 1),
         "one fan-out for both replicas"
     );
@@ -149,7 +132,7 @@ async fn identical_requests_spread_over_two_replicas_cost_one_fan_out() {
         answer.expect_ok();
     }
     assert_eq!(
-        (generations(&mock), judgements(&mock)),
+        (mock.generations(), mock.judgements()),
         (3, 1),
         "20 identical requests over two replicas: one fan-out and one judge call"
     );
@@ -314,7 +297,7 @@ async fn answers_expire_from_both_tiers_with_the_ttl() {
     // The second replica's memory copy kept only what remained of the TTL.
     let after = best_of_3(&second, "How long?").await;
     assert_eq!(after.header("x-cache"), Some("miss"));
-    assert_eq!(generations(&mock), 6);
+    assert_eq!(mock.generations(), 6);
 }
 
 #[tokio::test]
@@ -371,7 +354,7 @@ async fn no_cache_refreshes_both_tiers_and_no_store_touches_neither() {
     let shared = best_of_3(&second, "Fresh?").await;
     assert_eq!(shared.header("x-cache"), Some("hit-redis"));
     assert_eq!(shared.content(), refreshed.content());
-    assert_eq!(json!(generations(&mock)), json!(6));
+    assert_eq!(json!(mock.generations()), json!(6));
 }
 
 // --- client-key limits shared by replicas ---------------------------------------------------

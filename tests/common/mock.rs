@@ -531,3 +531,25 @@ pub fn default_handler(call: &Call) -> Reply {
     );
     Reply::error(404, &msg, "not_found")
 }
+
+/// Judge calls pick candidate 1; every generation answers differently ("answer number
+/// {seq}"), so a served answer shows which computation made it.
+pub fn numbered(call: &Call) -> Reply {
+    if call.is_judge() {
+        Reply::judge_best("1", &[])
+    } else {
+        Reply::completion(&format!("answer number {}", call.seq))
+    }
+}
+
+impl MockUpstream {
+    /// Calls that generated candidates (not judge calls).
+    pub fn generations(&self) -> usize {
+        self.calls().iter().filter(|c| !c.is_judge()).count()
+    }
+
+    /// Judge calls.
+    pub fn judgements(&self) -> usize {
+        self.calls().iter().filter(|c| c.is_judge()).count()
+    }
+}
