@@ -8,83 +8,22 @@
 //! Like the Python tests, this one never skips: without Chromium, Node, curl or the npm
 //! packages it fails and says to run `scripts/test`, which installs them.
 
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bon-proxy");
+use common::served::Serve;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// What to do when something is missing; part of every such failure.
 const SETUP: &str = "run scripts/test, which installs Chromium (Debian's `chromium`) and the \
                      npm packages of tests/browser";
 
-/// Upper bound on the proxy's start, and on the whole browser script.
-const START: Duration = Duration::from_secs(20);
+/// Upper bound on the whole browser script.
 const SCRIPT: Duration = Duration::from_secs(90);
-
-/// `bon-proxy serve --demo`, killed and reaped when dropped; its log in a file.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Served {
-    fn start() -> Served {
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
-        let dir = tempfile::tempdir().expect("temp dir for the proxy's log");
-        let log = dir.path().join("stderr");
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--demo"])
-            .current_dir(ROOT)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("stderr file"));
-        for name in ["BON_CONFIG", "BON_UPSTREAM_BASE_URL", "RUST_LOG"] {
-            cmd.env_remove(name);
-        }
-        cmd.env("BON_LISTEN", addr.to_string());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        let mut served = Served {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + START;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = served.child.try_wait() {
-                panic!("serve --demo exited ({status}):\n{}", served.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve --demo not listening:\n{}",
-                served.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        served
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
 
 /// The browser: `BON_CHROMIUM`, or Debian's.
 fn chromium() -> PathBuf {
@@ -121,7 +60,7 @@ fn the_inspector_shows_decisions_live_in_a_real_browser() {
     let screenshot = target.join("ui-inspector.png");
     let _ = std::fs::remove_file(&screenshot);
 
-    let served = Served::start();
+    let served = Serve::demo().in_repo_root().start();
     let started = Instant::now();
     let mut node = Command::new("node");
     node.arg("inspector.mjs")

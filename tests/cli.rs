@@ -16,26 +16,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::mock::{default_handler, Call, MockUpstream, Reply};
+use common::served::{BIN, BINARY_ENV};
 use common::{client, Answer};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bon-proxy");
-
 /// Upper bound on every wait: process start, readiness, exit, one HTTP exchange.
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Variables the binary reads; removed from every child so the caller's shell cannot skew a
-/// test (a test sets the ones it needs).
-const BINARY_ENV: [&str; 5] = [
-    "BON_CONFIG",
-    "BON_LISTEN",
-    "BON_UPSTREAM_BASE_URL",
-    "OPENAI_API_KEY",
-    "RUST_LOG",
-];
 
 // ---------------------------------------------------------------------------------------------
 // Process helpers

@@ -14,19 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::mock::{default_handler, Call, MockUpstream, Reply};
+use common::served::{BIN, BINARY_ENV};
 use serde_json::Value;
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bon-proxy");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/eval-pairs.jsonl");
 const WAIT: Duration = Duration::from_secs(30);
-const BINARY_ENV: [&str; 5] = [
-    "BON_CONFIG",
-    "BON_LISTEN",
-    "BON_UPSTREAM_BASE_URL",
-    "OPENAI_API_KEY",
-    "RUST_LOG",
-];
 
 struct Finished {
     status: ExitStatus,

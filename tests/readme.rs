@@ -20,16 +20,13 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Instant;
 
 use common::python::{output_within, python, run_python, without_openai_env, SCRIPT_TIMEOUT};
-
-const BIN: &str = env!("CARGO_BIN_EXE_bon-proxy");
+use common::served::Serve;
 
 /// Blocks that must run for the test to pass: the README had 4 runnable blocks when this test
 /// was written; a parser or marker mistake that dropped them all would otherwise pass.
@@ -39,17 +36,6 @@ const MIN_RUN: usize = 4;
 const README_ADDRS: [&str; 2] = ["localhost:8080", "127.0.0.1:8080"];
 
 const MARKER: &str = "<!-- readme-test:";
-
-/// Variables the binary reads; removed from the proxy so the caller's shell cannot skew it.
-const BINARY_ENV: [&str; 4] = [
-    "BON_CONFIG",
-    "BON_LISTEN",
-    "BON_UPSTREAM_BASE_URL",
-    "RUST_LOG",
-];
-
-/// Upper bound on the proxy's start.
-const START: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------------
 // Markdown fences
@@ -185,106 +171,6 @@ fn command_words(code: &str) -> Vec<&str> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The proxy
-// ---------------------------------------------------------------------------------------------
-
-/// `bon-proxy serve --demo`, killed and reaped when dropped; its log in a file.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Served {
-    /// Started in the repository root, as the Quick start runs it: it reads the shipped
-    /// `proxy.toml`, and `--demo` sends every upstream call to the built-in demo.
-    fn start() -> Served {
-        let addr = free_port();
-        let dir = tempfile::tempdir().expect("temp dir for the proxy's log");
-        let log = dir.path().join("stderr");
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--demo"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdin(Stdio::null())
-            .stdout(File::create(dir.path().join("stdout")).expect("stdout file"))
-            .stderr(File::create(&log).expect("stderr file"));
-        for name in BINARY_ENV {
-            cmd.env_remove(name);
-        }
-        without_openai_env(&mut cmd);
-        cmd.env("BON_LISTEN", addr.to_string());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        let mut served = Served {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        };
-        served.wait_ready();
-        served
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Polls `GET /healthz` until it answers 200.
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + START;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "serve --demo exited ({status}) before it was ready:\n{}",
-                    self.log()
-                );
-            }
-            if healthz(self.addr) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve --demo not ready on {} after {START:?}:\n{}",
-                self.addr,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr")
-}
-
-/// One HTTP/1.0 `GET /healthz`; true on a 200.
-fn healthz(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /healthz HTTP/1.0\r\nhost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
-}
-
-// ---------------------------------------------------------------------------------------------
 // Running blocks
 // ---------------------------------------------------------------------------------------------
 
@@ -389,7 +275,7 @@ fn readme_examples_run_against_serve_demo() {
     // Both tools first, so that a missing one is reported as such, not as a failing block.
     python();
     require_curl();
-    let proxy = Served::start();
+    let proxy = Serve::demo().in_repo_root().start();
 
     let mut ran = Vec::new();
     let mut skipped = Vec::new();

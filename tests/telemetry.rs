@@ -6,15 +6,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::mock::{MockUpstream, Reply};
+use common::served::{Serve, Served};
 use common::*;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -25,10 +23,8 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
 use serde_json::Value;
-use tempfile::TempDir;
 use tokio::net::TcpListener;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bon-proxy");
 const UPSTREAM_SECRET: &str = "sk-telemetry-UPSTREAM-SECRET-0123";
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
@@ -158,74 +154,13 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The binary serving `config` (TOML), with spans batched every 100 ms; killed when dropped.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-    dir: TempDir,
-}
-
-impl Served {
-    async fn start(config: &str) -> Served {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let path = dir.path().join("proxy.toml");
-        std::fs::write(&path, config).unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("BON_LISTEN", addr.to_string())
-            .env("OPENAI_API_KEY", UPSTREAM_SECRET)
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env_remove("RUST_LOG")
-            .env_remove("BON_UPSTREAM_BASE_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.path().join("stderr")).unwrap())
-            .spawn()
-            .expect("start bon-proxy");
-        let served = Served { child, addr, dir };
-        served.wait_ready().await;
-        served
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let request = Request::get(format!("http://{}/healthz", self.addr))
-                .body(Full::default())
-                .unwrap();
-            if let Ok(answer) = client().request(request).await {
-                if answer.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "bon-proxy did not start; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn proxy(&self) -> Proxy {
-        Proxy::at(self.addr)
-    }
-
-    fn stderr(&self) -> String {
-        read(&self.dir.path().join("stderr"))
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
+async fn serve(config: &str) -> Served {
+    Serve::plain()
+        .config(config)
+        .env("OPENAI_API_KEY", UPSTREAM_SECRET)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .start_async()
+        .await
 }
 
 fn traced(mock: &MockUpstream, collector: &str, extra: &str) -> String {
@@ -246,7 +181,7 @@ async fn best_of_3(proxy: &Proxy, extra: &[(&str, &str)]) -> Answer {
 async fn a_best_of_n_request_is_one_trace_under_the_callers_traceparent() {
     let collector = Collector::start().await;
     let mock = MockUpstream::start().await;
-    let served = Served::start(&traced(&mock, &collector.endpoint(), "")).await;
+    let served = serve(&traced(&mock, &collector.endpoint(), "")).await;
     let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
     let answer = best_of_3(&served.proxy(), &[("traceparent", &traceparent)]).await;
     answer.expect_ok();
@@ -340,7 +275,7 @@ async fn prompts_and_completions_go_on_spans_only_when_asked() {
     let collector = Collector::start().await;
     let mock = MockUpstream::start().await;
     let config = traced(&mock, &collector.endpoint(), "include_content = true\n");
-    let served = Served::start(&config).await;
+    let served = serve(&config).await;
     best_of_3(&served.proxy(), &[]).await.expect_ok();
     let spans = collector
         .wait_for(3, |s| s.attr("bon.call.kind") == Some("candidate"))
@@ -366,7 +301,7 @@ async fn without_a_traceparent_sampling_follows_sample_ratio() {
     let collector = Collector::start().await;
     let mock = MockUpstream::start().await;
     let config = traced(&mock, &collector.endpoint(), "sample_ratio = 0.0\n");
-    let served = Served::start(&config).await;
+    let served = serve(&config).await;
     for _ in 0..3 {
         best_of_3(&served.proxy(), &[("cache-control", "no-store")])
             .await
@@ -390,7 +325,7 @@ async fn a_dead_collector_costs_spans_never_requests() {
     let dead = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let mock = MockUpstream::start().await;
-    let served = Served::start(&traced(&mock, &dead, "")).await;
+    let served = serve(&traced(&mock, &dead, "")).await;
     let proxy = served.proxy();
     let started = Instant::now();
     for _ in 0..5 {
@@ -421,7 +356,7 @@ async fn json_logs_write_one_access_line_per_request_without_secrets_or_text() {
         "[upstream]\nbase_url = \"{}\"\nmax_retries = 0\n\n[log]\nformat = \"json\"\n",
         mock.base_url()
     );
-    let served = Served::start(&config).await;
+    let served = serve(&config).await;
     let proxy = served.proxy();
     let plain = post_chat(
         &proxy,
@@ -435,7 +370,7 @@ async fn json_logs_write_one_access_line_per_request_without_secrets_or_text() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let lines = loop {
-        let stderr = served.stderr();
+        let stderr = served.log();
         let lines: Vec<Value> = stderr
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -478,7 +413,7 @@ async fn json_logs_write_one_access_line_per_request_without_secrets_or_text() {
         !lines.iter().any(|l| l["path"] == "/healthz"),
         "health checks stay out of the access log"
     );
-    let everything = served.stderr();
+    let everything = served.log();
     assert!(!everything.contains(UPSTREAM_SECRET));
     assert!(!everything.contains("unladen"), "no prompt text in logs");
 }

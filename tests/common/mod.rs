@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod mock;
 pub mod python;
 pub mod redis_server;
+pub mod served;
 pub mod ui;
 
 use std::net::SocketAddr;

@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 use crate::common::python::output_within;
-use crate::served::Served;
+use crate::common::served::Serve;
 use crate::tools::{check, deploy, str_key, text, toml_file, yaml_one, TOOL_TIMEOUT};
 
 fn compose() -> Value {
@@ -133,7 +133,7 @@ fn loadgen_script() -> String {
 
 #[test]
 fn compose_load_generator_runs_against_serve_demo() {
-    let proxy = Served::start(&[]).unwrap_or_else(|log| panic!("serve --demo: {log}"));
+    let proxy = Serve::demo().start();
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(loadgen_script())

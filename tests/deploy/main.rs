@@ -22,8 +22,9 @@
 //!
 //! One module a concern: `tools` (finding and running the tools, reading YAML and TOML),
 //! `prometheus`, `grafana`, `kubernetes`, `image` (the Dockerfile and its build context),
-//! `compose`, `served` (`serve --demo` as a process, and HTTP to it), `metrics` (the live
-//! scrape against what deploy/ uses) and `promql` (names and labels read out of queries).
+//! `compose`, `metrics` (the live scrape against what deploy/ uses) and `promql` (names and
+//! labels read out of queries). `serve --demo` as a process, and plain HTTP/1.0 to it, come
+//! from `common::served`, shared with the other tests that run the binary.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -35,5 +36,4 @@ mod kubernetes;
 mod metrics;
 mod prometheus;
 mod promql;
-mod served;
 mod tools;

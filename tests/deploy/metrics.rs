@@ -7,14 +7,15 @@
 //! is in `promql`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::common::free_port;
+use crate::common::served::{exchange, get, Answer, Serve, Served, BIN};
+use crate::common::{chat_body, free_port};
 use crate::grafana::{as_promql, dashboard_queries, dashboards};
 use crate::prometheus::alert_rules;
 use crate::promql::{label_use, metric_names_in};
-use crate::served::{chat, get, Served, BIN};
 use crate::tools::{deploy, read, root, text, tool, yaml_one};
 
 /// Labels that Prometheus adds to every scraped series (`job`, `instance`), and that the
@@ -77,27 +78,37 @@ fn the_proxy_exports_every_metric_and_label_that_deploy_uses() {
 /// file, the refusal is recorded as a problem and the proxy is started on the defaults, so that
 /// the rest is still checked.
 fn proxy_on_the_deploy_config(problems: &mut Vec<String>) -> Served {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("proxy.toml");
     let text = read(&deploy("kubernetes/proxy.toml"));
     assert!(text.contains("redis://redis:6379"));
     let nowhere = format!("redis://127.0.0.1:{}", free_port());
-    std::fs::write(&config, text.replace("redis://redis:6379", &nowhere)).expect("write config");
-    let config_arg = config.to_string_lossy().into_owned();
-    // The proxy reads its config once, at start: the file may go with `dir` after that.
-    match Served::start_with(
-        &["--config", &config_arg],
-        &[("REDIS_PASSWORD", "not-a-real-password")],
-    ) {
-        Ok(served) => served,
-        Err(log) => {
-            problems.push(format!(
-                "serve --demo refused deploy/kubernetes/proxy.toml: {}",
-                log.trim()
-            ));
-            Served::start(&[]).unwrap_or_else(|log| panic!("serve --demo: {log}"))
-        }
+    let started = Serve::demo()
+        .config(&text.replace("redis://redis:6379", &nowhere))
+        .env("REDIS_PASSWORD", "not-a-real-password")
+        .try_start();
+    started.unwrap_or_else(|log| {
+        problems.push(format!(
+            "serve --demo refused deploy/kubernetes/proxy.toml: {}",
+            log.trim()
+        ));
+        Serve::demo().start()
+    })
+}
+
+/// POSTs a chat completion asking `question`, with `headers`.
+fn chat(addr: SocketAddr, headers: &[(&str, &str)], question: &str) -> Answer {
+    let body = chat_body(question);
+    let mut request = format!(
+        "POST /v1/chat/completions HTTP/1.0\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
     }
+    request.push_str("\r\n");
+    request.push_str(&body);
+    let answer = exchange(addr, &request).expect("chat completion");
+    assert_eq!(answer.status, 200, "{}\n{}", answer.head, answer.body);
+    answer
 }
 
 /// The names used in deploy/grafana and deploy/prometheus that `exported` lacks, and the
