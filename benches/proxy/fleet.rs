@@ -25,9 +25,19 @@ pub struct Service {
     pub pid: u32,
 }
 
-/// Every child process; killed on drop, so also when the bench panics.
+/// How a child is stopped when its fleet drops.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Stop {
+    /// SIGKILL: for processes with no children of their own.
+    Kill,
+    /// SIGTERM, then SIGKILL after 5 s: for a master process (nginx) that must take its
+    /// workers down with it; killed outright, it would leave them serving the port.
+    Terminate,
+}
+
+/// Every child process; stopped on drop, so also when the bench panics.
 pub struct Fleet {
-    children: Vec<(String, Child)>,
+    children: Vec<(String, Child, Stop)>,
     config_dir: tempfile::TempDir,
     log_dir: PathBuf,
 }
@@ -92,25 +102,38 @@ impl Fleet {
         service
     }
 
-    pub fn spawn(&mut self, name: &str, args: &[String], addr: SocketAddr) -> Service {
-        let log_path = self.log_path(name);
-        let log = File::create(&log_path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
-        let stdout = log.try_clone().expect("cannot duplicate a log file handle");
-        let child = Command::new(BIN)
+    fn spawn(&mut self, name: &str, args: &[String], addr: SocketAddr) -> Service {
+        let mut command = Command::new(BIN);
+        command
             .args(args)
             .env("RUST_LOG", "warn")
             .env("BON_LISTEN", addr.to_string())
             .env_remove("BON_CONFIG")
             .env_remove("BON_UPSTREAM_BASE_URL")
-            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_API_KEY");
+        self.start(name, command, addr, Stop::Kill)
+    }
+
+    /// Starts `command` with its stdout and stderr in the log named `name`.
+    pub fn start(
+        &mut self,
+        name: &str,
+        mut command: Command,
+        addr: SocketAddr,
+        stop: Stop,
+    ) -> Service {
+        let log_path = self.log_path(name);
+        let log = File::create(&log_path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+        let stdout = log.try_clone().expect("cannot duplicate a log file handle");
+        let child = command
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN} {args:?}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
         let pid = child.id();
-        self.children.push((name.to_string(), child));
+        self.children.push((name.to_string(), child, stop));
         Service {
             name: name.to_string(),
             addr,
@@ -118,18 +141,28 @@ impl Fleet {
         }
     }
 
+    /// The directory of this fleet's config files, removed when the fleet drops.
+    pub fn config_dir(&self) -> &Path {
+        self.config_dir.path()
+    }
+
     fn log_path(&self, name: &str) -> PathBuf {
         self.log_dir.join(format!("{name}.log"))
     }
 
     /// Polls `path` until it answers 200; panics with the child's log if it never does.
-    fn wait_ready(&mut self, load: &Load, service: &Service, path: &str) {
+    pub fn wait_ready(&mut self, load: &Load, service: &Service, path: &str) {
         let uri: Uri = format!("http://{}{path}", service.addr)
             .parse()
             .expect("a loopback URL parses");
+        self.wait_until(service, || load.get_status(&uri) == Some(StatusCode::OK));
+    }
+
+    /// Polls `ready` until it says yes; panics with the child's log if it never does.
+    pub fn wait_until(&mut self, service: &Service, mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if load.get_status(&uri) == Some(StatusCode::OK) {
+            if ready() {
                 return;
             }
             if let Some(status) = self.exited(&service.name) {
@@ -141,7 +174,7 @@ impl Fleet {
     }
 
     fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
-        let (_, child) = self.children.iter_mut().find(|(n, _)| n == name)?;
+        let (_, child, _) = self.children.iter_mut().find(|(n, _, _)| n == name)?;
         child.try_wait().ok().flatten()
     }
 
@@ -156,7 +189,7 @@ impl Fleet {
     /// Lines each child wrote to its log (warnings and errors, given `RUST_LOG=warn`).
     pub fn log_summary(&self) -> Value {
         let mut lines = Map::new();
-        for (name, _) in &self.children {
+        for (name, _, _) in &self.children {
             let text = fs::read_to_string(self.log_path(name)).unwrap_or_default();
             let count = text.lines().count();
             if count > 0 {
@@ -173,7 +206,20 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        for (_, child) in &mut self.children {
+        // Every master is asked to stop first, so that they wind down at the same time.
+        for (_, child, stop) in &self.children {
+            if *stop == Stop::Terminate {
+                let pid = child.id().to_string();
+                let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            }
+        }
+        for (_, child, stop) in &mut self.children {
+            if *stop == Stop::Terminate {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -181,7 +227,7 @@ impl Drop for Fleet {
 }
 
 /// A free loopback port: bound, read and released for the child to bind.
-fn free_addr() -> SocketAddr {
+pub fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind a loopback port");
     listener
         .local_addr()
@@ -236,4 +282,12 @@ impl Services {
             idle_rss_kib,
         }
     }
+}
+
+/// Where `program` is on PATH, for the reference servers the bench runs when installed.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }

@@ -3,9 +3,9 @@
 //! Everything runs as separate processes on loopback: demo upstreams
 //! (`bon-proxy demo-upstream --latency-ms …`, one at 0 ms, one at 50 ms, one slow one that
 //! keeps requests open) and one proxy per demo (`bon-proxy serve --config <temp file>`,
-//! `RUST_LOG=warn`, no in-flight limit to speak of, no retries), plus the proxies scenario 7
-//! starts for itself. Their logs go to `target/bench-proxy-logs/`; every child is killed when
-//! the bench ends or panics.
+//! `RUST_LOG=warn`, no in-flight limit to speak of, no retries), plus what some scenarios start
+//! for themselves: nginx (1, when installed) and the proxies of scenario 7. Their logs go to
+//! `target/bench-proxy-logs/`; every child is stopped when the bench ends or panics.
 //!
 //! The load generator is open-loop and constant-rate: request `i` of a window is due at
 //! `t0 + i / rate` whatever happened to the earlier ones, and its latency is measured from that
@@ -19,12 +19,13 @@
 //! Scenarios, all with the same chat completion unless said:
 //! 1. passthrough overhead, direct vs proxied, interleaved windows at fixed rates, and the
 //!    highest rate each sustains (≥ 95 % of the target rate achieved, < 1 % failures,
-//!    p99 < 100 ms);
+//!    p99 < 100 ms), with nginx as a third target when it is installed, then the proxy and
+//!    nginx side by side: sustained rate and CPU per request;
 //! 2. streaming passthrough: time to first body byte and to the last byte;
 //! 3. best-of-N critical path against a 50 ms upstream: listwise at N = 1, 5, 16, and the
-//!    pointwise, pairwise, panel, reward_model and consensus judges and fusion at N = 5, each against its ideal, the same rounds of
-//!    upstream calls made directly in the same run (N candidates at once, then the judge's
-//!    calls at once);
+//!    pointwise, pairwise, panel, reward_model and consensus judges and fusion at N = 5, each
+//!    against its ideal, the same rounds of upstream calls made directly in the same run (N
+//!    candidates at once, then the judge's calls at once);
 //! 4. answer-cache hits versus direct calls to the zero-latency demo;
 //! 5. idle and peak RSS with 1,000 open streams and 200 open best-of-5 requests;
 //! 6. CPU time per request of the proxy beside the demo's CPU time per upstream call;
@@ -39,13 +40,14 @@
 //! the machine and on what else it is doing. `BON_BENCH_QUICK=1` shortens every phase for a
 //! smoke run. Command-line arguments (cargo passes `--bench`) are ignored.
 //!
-//! Layout: `settings` (phase lengths), `fleet` (the child processes), `load` (the load
-//! generator) sending `request`s, `recorder` (histograms and counts of a window), `procfs`
-//! (RSS and CPU time from /proc), `report` (tables and the JSON file), and one module per
-//! scenario under `scenarios`.
+//! Layout: `settings` (phase lengths), `fleet` (the child processes), `nginx` (the reference
+//! proxy), `load` (the load generator) sending `request`s, `recorder` (histograms and counts
+//! of a window), `procfs` (RSS and CPU time from /proc), `report` (tables and the JSON file),
+//! and one module per scenario, or per table of one, under `scenarios`.
 
 mod fleet;
 mod load;
+mod nginx;
 mod procfs;
 mod recorder;
 mod report;

@@ -17,13 +17,35 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// utime + stime of `pid` in clock ticks (fields 14 and 15 of /proc/PID/stat).
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields from 3 on follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = stat_fields(pid)?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// [`cpu_ticks`] of `pid` plus those of its children: an nginx master and its workers. Live
+/// children only, which is all of nginx's: its workers last as long as the master.
+pub fn tree_cpu_ticks(pid: u32) -> Option<u64> {
+    let mut total = cpu_ticks(pid)?;
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(other) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let parent = stat_fields(other).and_then(|f| f.get(1)?.parse::<u32>().ok());
+        if parent == Some(pid) {
+            total += cpu_ticks(other).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
+/// The fields of /proc/PID/stat from field 3 (the state) on: the parent's pid at index 1,
+/// utime and stime at 11 and 12.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields from 3 on follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 pub fn command_output(program: &str, args: &[&str]) -> Option<String> {

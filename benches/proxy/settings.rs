@@ -31,6 +31,9 @@ pub struct Settings {
     pub held_best_of_5: usize,
     pub cpu_passthrough: u64,
     pub cpu_passthrough_rate: f64,
+    /// Interleaved windows per proxy when CPU per passthrough request is compared between
+    /// proxies (nginx, auth on/off): `cpu_passthrough` requests each, split over them.
+    pub cpu_rounds: usize,
     pub cpu_best_of_5: u64,
     pub cpu_best_of_5_rate: f64,
 }
@@ -63,6 +66,7 @@ impl Settings {
             held_best_of_5: 200,
             cpu_passthrough: 20_000,
             cpu_passthrough_rate: 4000.0,
+            cpu_rounds: 4,
             cpu_best_of_5: 2000,
             cpu_best_of_5_rate: 400.0,
         };
@@ -85,6 +89,7 @@ impl Settings {
             held_streams: 200,
             held_best_of_5: 40,
             cpu_passthrough: 2000,
+            cpu_rounds: 1,
             cpu_best_of_5: 200,
             ..full
         }

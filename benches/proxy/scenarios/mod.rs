@@ -10,6 +10,7 @@ pub mod large_bodies;
 pub mod memory;
 pub mod passthrough;
 pub mod streaming;
+mod versus_nginx;
 
 use serde_json::{json, Map, Value};
 

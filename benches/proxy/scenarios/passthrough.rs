@@ -1,13 +1,16 @@
 //! Scenario 1: passthrough overhead, direct to the 0 ms demo vs through the proxy, in
-//! interleaved windows at fixed rates, then the highest rate each sustains (1b).
+//! interleaved windows at fixed rates, then the highest rate each sustains (1b), with nginx
+//! as a third target when it is installed, and the proxy against nginx (1c).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::fleet::Services;
-use crate::load::{settle, Limits, Load};
+use super::versus_nginx::versus_nginx;
+use crate::fleet::{Fleet, Services};
+use crate::load::{settle, Limits, Load, DEFAULT_LIMITS};
+use crate::nginx;
 use crate::recorder::Recorder;
 use crate::report::{diff_json, ms, overhead_rows, print_table, LATENCY_HEADER};
 use crate::request::Target;
@@ -42,13 +45,41 @@ pub fn run(load: &Load, services: &Services, settings: &Settings) -> Value {
         &header,
         &rows,
     );
-    let sustained = sustained_search(load, &targets, settings);
-    json!({ "levels": levels, "sustained": sustained })
+    // nginx joins the ladder as a third target when installed, in a fleet of this scenario.
+    let mut fleet = Fleet::new();
+    let nginx = nginx::start(&mut fleet, load, "nginx", &services.demo0);
+    let mut ladder = targets.to_vec();
+    match &nginx {
+        Some(nginx) => {
+            let target = Target::chat("nginx", &nginx.service, false);
+            load.window(&target, 500.0, Duration::from_millis(500), DEFAULT_LIMITS);
+            ladder.push(target);
+        }
+        None => println!("\n  nginx: {}", nginx::SKIPPED),
+    }
+    let sustained = sustained_search(load, &ladder, settings);
+    let versus = match &nginx {
+        Some(nginx) => versus_nginx(load, services, settings, nginx, &sustained),
+        None => json!({ "skipped": nginx::SKIPPED }),
+    };
+    json!({
+        "levels": levels,
+        "sustained": sustained.json,
+        "nginx": versus,
+    })
+}
+
+/// What the ladder found: the highest rate each target sustained, in the order of the
+/// targets, and whether it was the top of the ladder (the limit is higher, or the load
+/// generator's).
+pub struct Sustained {
+    pub best: Vec<(f64, bool)>,
+    pub json: Value,
 }
 
 /// Tries the ladder of rates on every target in turn (interleaved), each failed step once
 /// more against noise, until each target fails; the last rate it sustained is its result.
-fn sustained_search(load: &Load, targets: &[Arc<Target>], settings: &Settings) -> Value {
+fn sustained_search(load: &Load, targets: &[Arc<Target>], settings: &Settings) -> Sustained {
     let limits = Limits {
         timeout: Duration::from_secs(3),
         max_inflight: 2000,
@@ -123,7 +154,10 @@ fn sustained_search(load: &Load, targets: &[Arc<Target>], settings: &Settings) -
     if best[0] > 0.0 {
         println!("    proxy/direct sustained ratio: {:.2}", best[1] / best[0]);
     }
-    json!({ "best": result, "steps": steps })
+    Sustained {
+        best: best.into_iter().zip(alive).collect(),
+        json: json!({ "best": result, "steps": steps }),
+    }
 }
 
 fn sustained_row(rate: f64, label: &str, attempt: u32, r: &Recorder, passed: bool) -> Vec<String> {
