@@ -118,6 +118,20 @@ impl Load {
         timed.unwrap_or_else(|_| Outcome::Error("timeout".into()))
     }
 
+    /// Closed loop: every target once, in order, one at a time (on the pool's warm
+    /// connection); the outcome and time from send to last byte of each.
+    pub fn one_by_one(&self, targets: &[Arc<Target>]) -> Vec<(Outcome, Duration)> {
+        self.runtime.block_on(async {
+            let mut outcomes = Vec::with_capacity(targets.len());
+            for target in targets {
+                let sent = Instant::now();
+                let outcome = exchange(&self.client, target).await;
+                outcomes.push((outcome, sent.elapsed()));
+            }
+            outcomes
+        })
+    }
+
     /// Sends every target once, all at the same time, each bounded by `timeout`; the outcome
     /// and time from send to last byte of each, in the order of `targets`.
     pub fn burst(&self, targets: &[Arc<Target>], timeout: Duration) -> Vec<(Outcome, Duration)> {

@@ -4,8 +4,9 @@
 //! (`bon-proxy demo-upstream --latency-ms …`, one at 0 ms, one at 50 ms, one slow one that
 //! keeps requests open) and one proxy per demo (`bon-proxy serve --config <temp file>`,
 //! `RUST_LOG=warn`, no in-flight limit to speak of, no retries), plus what some scenarios start
-//! for themselves: nginx (1, when installed) and the proxies of scenario 7. Their logs go to
-//! `target/bench-proxy-logs/`; every child is stopped when the bench ends or panics.
+//! for themselves: nginx (1, when installed), redis-server and two proxies sharing it (4c, when
+//! installed), proxies with and without `[auth]` (6b) and the proxies of scenario 7. Their logs
+//! go to `target/bench-proxy-logs/`; every child is stopped when the bench ends or panics.
 //!
 //! The load generator is open-loop and constant-rate: request `i` of a window is due at
 //! `t0 + i / rate` whatever happened to the earlier ones, and its latency is measured from that
@@ -26,9 +27,11 @@
 //!    pointwise, pairwise, panel, reward_model and consensus judges and fusion at N = 5, each
 //!    against its ideal, the same rounds of upstream calls made directly in the same run (N
 //!    candidates at once, then the judge's calls at once);
-//! 4. answer-cache hits versus direct calls to the zero-latency demo;
+//! 4. answer-cache hits versus direct calls to the zero-latency demo; then (`redis`, 4c) hits
+//!    from the shared Redis tier versus hits from memory;
 //! 5. idle and peak RSS with 1,000 open streams and 200 open best-of-5 requests;
-//! 6. CPU time per request of the proxy beside the demo's CPU time per upstream call;
+//! 6. CPU time per request of the proxy beside the demo's CPU time per upstream call, and per
+//!    passthrough request with `[auth]` on versus off;
 //! 7. large best-of-N bodies: 8 concurrent best-of-16 requests of ~30 MB each (distinct
 //!    bodies), against a fresh proxy with the default limits and against one with
 //!    `best_of_n.max_body_bytes` raised to 32 MiB so that only the memory budget protects it:
@@ -76,11 +79,12 @@ fn main() {
     let services = Services::start(&mut fleet, &load, &settings);
     let mut report = Report::new(&settings);
     report.add("startup", scenarios::startup(&services));
-    let scenarios: [(&str, Scenario); 7] = [
+    let scenarios: [(&str, Scenario); 8] = [
         ("passthrough", scenarios::passthrough::run),
         ("streaming", scenarios::streaming::run),
         ("best_of_n", scenarios::best_of_n::run),
         ("cache", scenarios::cache::run),
+        ("redis", scenarios::redis_tier::run),
         ("memory", scenarios::memory::run),
         ("cpu", scenarios::cpu::run),
         ("large_bodies", scenarios::large_bodies::run),

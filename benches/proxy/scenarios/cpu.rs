@@ -1,6 +1,6 @@
 //! Scenario 6: CPU time (utime + stime from /proc) the proxy spends per request, beside what
-//! the demo spends per upstream call, for passthrough and for best-of-5. Also the CPU
-//! measurement of the nginx comparison.
+//! the demo spends per upstream call, for passthrough and for best-of-5; then passthrough with
+//! `[auth]` on against off (6b, in `auth`). Also the CPU measurement of the nginx comparison.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,7 +77,8 @@ pub fn run(load: &Load, services: &Services, settings: &Settings) -> Value {
         "proxy/demo",
     ];
     print_table(&title, &header, &rows);
-    json!({"clk_tck": tck, "runs": out})
+    let auth = super::auth::on_off(load, services, settings, tck);
+    json!({"clk_tck": tck, "runs": out, "auth": auth})
 }
 
 /// CPU ticks a proxy (with its children: nginx's workers) and the demo behind it spent while

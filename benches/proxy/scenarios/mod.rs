@@ -3,12 +3,14 @@
 //! Every scenario takes the load generator, the shared services and the settings, prints its
 //! tables and returns its figures for the JSON file under its own name.
 
+pub mod auth;
 pub mod best_of_n;
 pub mod cache;
 pub mod cpu;
 pub mod large_bodies;
 pub mod memory;
 pub mod passthrough;
+pub mod redis_tier;
 pub mod streaming;
 mod versus_nginx;
 
