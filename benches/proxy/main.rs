@@ -93,7 +93,10 @@ fn main() {
     let only = std::env::var("BON_BENCH_ONLY").unwrap_or_default();
     for (name, scenario) in scenarios {
         if only.is_empty() || only.split(',').any(|o| o.trim() == name) {
-            report.add(name, scenario(&load, &services, &settings));
+            let started = Instant::now();
+            let figures = scenario(&load, &services, &settings);
+            report.add(name, figures);
+            report.took(name, started.elapsed());
         }
     }
     report.add("child_logs", fleet.log_summary());

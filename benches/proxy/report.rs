@@ -115,6 +115,9 @@ pub fn diff_json(a: &Recorder, b: &Recorder) -> Value {
 pub struct Report {
     root: Map<String, Value>,
     scenarios: Map<String, Value>,
+    /// Wall time of each scenario, against the bounds on the whole run (quick: a
+    /// minute, full: ten).
+    seconds: Map<String, Value>,
 }
 
 impl Report {
@@ -130,6 +133,7 @@ impl Report {
         Report {
             root,
             scenarios: Map::new(),
+            seconds: Map::new(),
         }
     }
 
@@ -137,11 +141,19 @@ impl Report {
         self.scenarios.insert(name.into(), value);
     }
 
+    pub fn took(&mut self, name: &str, elapsed: Duration) {
+        let seconds = round2(elapsed.as_secs_f64());
+        self.seconds.insert(name.into(), json!(seconds));
+    }
+
     pub fn finish(mut self, elapsed: Duration) {
         self.root
             .insert("scenarios".into(), Value::Object(self.scenarios));
         self.root
             .insert("wall_seconds".into(), json!(round2(elapsed.as_secs_f64())));
+        let seconds = Value::Object(self.seconds);
+        println!("scenario seconds: {seconds}");
+        self.root.insert("scenario_seconds".into(), seconds);
         let path = target_dir().join("bench-proxy.json");
         let text =
             serde_json::to_string_pretty(&Value::Object(self.root)).expect("the report serialises");

@@ -38,6 +38,9 @@ pub struct Settings {
     pub cpu_rounds: usize,
     pub cpu_best_of_5: u64,
     pub cpu_best_of_5_rate: f64,
+    /// Scenario 7: how long after the burst its proxy's RSS is read again (the full run's
+    /// 10 s, three times, would be half of the quick run).
+    pub large_after: Duration,
 }
 
 impl Settings {
@@ -72,6 +75,7 @@ impl Settings {
             cpu_rounds: 4,
             cpu_best_of_5: 2000,
             cpu_best_of_5_rate: 400.0,
+            large_after: ms(10_000),
         };
         if !quick {
             return full;
@@ -95,6 +99,7 @@ impl Settings {
             cpu_passthrough: 2000,
             cpu_rounds: 1,
             cpu_best_of_5: 200,
+            large_after: ms(2000),
             ..full
         }
     }

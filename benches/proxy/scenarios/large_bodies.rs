@@ -1,6 +1,7 @@
 //! Scenario 7: eight concurrent ~30 MB best-of-16 requests against fresh proxies (default
 //! limits, then `best_of_n.max_body_bytes` raised so only the memory budget protects the
-//! process): answers by status and RSS idle, at peak and 10 s after, against 500 MiB.
+//! process): answers by status and RSS idle, at peak and 10 s after (2 s in quick mode),
+//! against 500 MiB.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,7 +26,6 @@ const LARGE_REQUESTS: usize = 8;
 const LARGE_N: u32 = 16;
 const LARGE_TIMEOUT: Duration = Duration::from_secs(120);
 const LARGE_SAMPLE_EVERY: Duration = Duration::from_millis(10);
-const LARGE_AFTER: Duration = Duration::from_secs(10);
 /// The bound on the proxy's peak RSS that the README states, in MiB.
 const LARGE_PEAK_BOUND_MIB: u64 = 500;
 /// The statuses a large best-of-N request may get: an answer, too large, or no memory now.
@@ -45,7 +45,7 @@ fn large_body(tag: usize) -> Bytes {
     Bytes::from(serde_json::to_vec(&body).expect("the body serialises"))
 }
 
-pub fn run(load: &Load, services: &Services, _settings: &Settings) -> Value {
+pub fn run(load: &Load, services: &Services, settings: &Settings) -> Value {
     let bodies: Vec<Bytes> = (0..LARGE_REQUESTS).map(large_body).collect();
     let body_bytes = bodies.iter().map(Bytes::len).max().unwrap_or(0);
     let body32m = "\n[best_of_n]\nmax_body_bytes = 33554432\n";
@@ -83,7 +83,7 @@ pub fn run(load: &Load, services: &Services, _settings: &Settings) -> Value {
         let burst = started.elapsed();
         let sampled_kib = sampler.peak_kib();
         let hwm_kib = vm_hwm_kib(proxy.pid);
-        settle(LARGE_AFTER);
+        settle(settings.large_after);
         let after_kib = rss_kib(proxy.pid);
         let peak_kib = sampled_kib.max(hwm_kib.unwrap_or(0));
         let mut statuses = BTreeMap::<String, u64>::new();
@@ -150,7 +150,7 @@ pub fn run(load: &Load, services: &Services, _settings: &Settings) -> Value {
         body_bytes as f64 / 1e6,
         LARGE_SAMPLE_EVERY.as_millis()
     );
-    let after = format!("{} s after MiB", LARGE_AFTER.as_secs());
+    let after = format!("{} s after MiB", settings.large_after.as_secs());
     let bound = format!("peak<{LARGE_PEAK_BOUND_MIB}MiB");
     let header = [
         "config",
@@ -169,7 +169,7 @@ pub fn run(load: &Load, services: &Services, _settings: &Settings) -> Value {
         "n": LARGE_N,
         "timeout_s": LARGE_TIMEOUT.as_secs(),
         "sample_every_ms": LARGE_SAMPLE_EVERY.as_millis() as u64,
-        "after_s": LARGE_AFTER.as_secs(),
+        "after_s": settings.large_after.as_secs(),
         "peak_bound_mib": LARGE_PEAK_BOUND_MIB,
         "expected_statuses": LARGE_EXPECTED,
         "configs": out,
