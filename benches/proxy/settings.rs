@@ -1,0 +1,122 @@
+//! Lengths, rates and sizes of every phase: the full set, or the short one of
+//! `BON_BENCH_QUICK=1`.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::recorder::{SUSTAINED_MAX_FAILURES, SUSTAINED_P99_US, SUSTAINED_THROUGHPUT};
+
+/// Lengths and sizes of every phase; `BON_BENCH_QUICK=1` picks the short set.
+pub struct Settings {
+    pub quick: bool,
+    /// Interleaved windows of scenario 1 and their number per target and rate.
+    pub window: Duration,
+    pub rounds: usize,
+    pub overhead_rates: Vec<f64>,
+    /// Sustained-rate search: length of one step and the rates tried, in order.
+    pub step: Duration,
+    pub ladder: Vec<f64>,
+    pub stream_rate: f64,
+    pub stream_window: Duration,
+    pub stream_rounds: usize,
+    pub bon_rate: f64,
+    pub bon_window: Duration,
+    pub bon_rounds: usize,
+    pub cache_rate: f64,
+    pub cache_window: Duration,
+    pub cache_rounds: usize,
+    /// Distinct answers filled into Redis, each then read once from Redis and once from memory.
+    pub redis_keys: usize,
+    pub slow_latency_ms: u64,
+    pub held_streams: usize,
+    pub held_best_of_5: usize,
+    pub cpu_passthrough: u64,
+    pub cpu_passthrough_rate: f64,
+    /// Interleaved windows per proxy when CPU per passthrough request is compared between
+    /// proxies (nginx, auth on/off): `cpu_passthrough` requests each, split over them.
+    pub cpu_rounds: usize,
+    pub cpu_best_of_5: u64,
+    pub cpu_best_of_5_rate: f64,
+    /// Scenario 7: how long after the burst its proxy's RSS is read again (the full run's
+    /// 10 s, three times, would be half of the quick run).
+    pub large_after: Duration,
+}
+
+impl Settings {
+    pub fn from_env() -> Settings {
+        let quick = std::env::var("BON_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let ms = Duration::from_millis;
+        let full = Settings {
+            quick,
+            window: ms(1000),
+            rounds: 3,
+            overhead_rates: vec![500.0, 1000.0, 2000.0, 4000.0],
+            step: ms(2000),
+            ladder: vec![
+                1000.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 10000.0, 12000.0, 16000.0, 20000.0,
+                24000.0, 32000.0,
+            ],
+            stream_rate: 200.0,
+            stream_window: ms(1500),
+            stream_rounds: 3,
+            bon_rate: 20.0,
+            bon_window: ms(1500),
+            bon_rounds: 5,
+            cache_rate: 1000.0,
+            cache_window: ms(1000),
+            cache_rounds: 3,
+            redis_keys: 3000,
+            slow_latency_ms: 4000,
+            held_streams: 1000,
+            held_best_of_5: 200,
+            cpu_passthrough: 20_000,
+            cpu_passthrough_rate: 4000.0,
+            cpu_rounds: 4,
+            cpu_best_of_5: 2000,
+            cpu_best_of_5_rate: 400.0,
+            large_after: ms(10_000),
+        };
+        if !quick {
+            return full;
+        }
+        Settings {
+            window: ms(250),
+            rounds: 1,
+            overhead_rates: vec![500.0, 2000.0],
+            step: ms(500),
+            ladder: vec![1000.0, 4000.0],
+            stream_window: ms(300),
+            stream_rounds: 1,
+            bon_window: ms(500),
+            bon_rounds: 1,
+            cache_window: ms(250),
+            cache_rounds: 1,
+            redis_keys: 400,
+            slow_latency_ms: 1500,
+            held_streams: 200,
+            held_best_of_5: 40,
+            cpu_passthrough: 2000,
+            cpu_rounds: 1,
+            cpu_best_of_5: 200,
+            large_after: ms(2000),
+            ..full
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "quick": self.quick,
+            "window_ms": self.window.as_millis() as u64,
+            "rounds": self.rounds,
+            "sustained_step_ms": self.step.as_millis() as u64,
+            "ladder": self.ladder,
+            "sustained_rule": {
+                "throughput_at_least": SUSTAINED_THROUGHPUT,
+                "failures_below": SUSTAINED_MAX_FAILURES,
+                "p99_below_us": SUSTAINED_P99_US,
+            },
+            "slow_latency_ms": self.slow_latency_ms,
+        })
+    }
+}
