@@ -60,6 +60,8 @@ pub struct ClientKey {
     /// The operator's name for it, if any.
     pub name: Option<String>,
     hash: [u8; 32],
+    /// `hash` in hex: the key's name in Redis and, unnamed, its cache tenant.
+    id: String,
     pub max_n: Option<u32>,
     models: Option<Vec<String>>,
     /// `requests_per_minute`, and this process's own bucket for it.
@@ -157,6 +159,7 @@ impl ClientKey {
         Arc::new(ClientKey {
             name: entry.name.clone(),
             hash,
+            id: hash.iter().map(|b| format!("{b:02x}")).collect(),
             max_n: entry.max_n,
             models: entry.models.clone(),
             rate,
@@ -166,8 +169,8 @@ impl ClientKey {
     }
 
     /// The key's name in Redis: its hash, never the key.
-    fn id(&self) -> String {
-        self.hash.iter().map(|b| format!("{b:02x}")).collect()
+    fn id(&self) -> &str {
+        &self.id
     }
 
     /// Whose answers the cache keeps apart: the key's name (keys the operator named alike
@@ -175,7 +178,7 @@ impl ClientKey {
     pub fn tenant(&self) -> String {
         match &self.name {
             Some(name) => format!("name:{name}"),
-            None => self.hash.iter().map(|b| format!("{b:02x}")).collect(),
+            None => self.id.clone(),
         }
     }
 
@@ -193,7 +196,7 @@ impl ClientKey {
         }
         if let Some(shared) = &self.shared {
             let now = unix_seconds();
-            if let Some(counts) = shared.take(&self.id(), Window::at(now)).await {
+            if let Some(counts) = shared.take(self.id(), Window::at(now)).await {
                 return self.admit_by(counts, now);
             }
         }
@@ -235,7 +238,7 @@ impl ClientKey {
         if let Some(budget) = &self.budget {
             budget.add(tokens);
             if let Some(shared) = &self.shared {
-                shared.charge(&self.id(), Window::at(unix_seconds()), tokens);
+                shared.charge(self.id(), Window::at(unix_seconds()), tokens);
             }
         }
     }

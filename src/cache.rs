@@ -289,7 +289,7 @@ impl AnswerCache {
     }
 
     async fn remember(&self, key: CacheKey, ready: Arc<Ready>, ttl: Duration) {
-        self.memory.insert(key, Entry { ready, ttl }).await;
+        remember(&self.memory, key, ready, ttl).await;
     }
 
     /// What the computation behind a memory miss needs, owned, since it runs on a task of
@@ -309,6 +309,16 @@ impl AnswerCache {
         self.metrics
             .cache_size(self.memory.entry_count(), self.memory.weighted_size());
     }
+}
+
+/// Keeps `ready` in memory for `ttl`.
+async fn remember(
+    memory: &moka::future::Cache<CacheKey, Entry>,
+    key: CacheKey,
+    ready: Arc<Ready>,
+    ttl: Duration,
+) {
+    memory.insert(key, Entry { ready, ttl }).await;
 }
 
 struct Tiers {
@@ -352,15 +362,7 @@ where
     };
     let ready = Arc::new(ready);
     if ready.cacheable {
-        memory
-            .insert(
-                keys.store,
-                Entry {
-                    ready: ready.clone(),
-                    ttl,
-                },
-            )
-            .await;
+        remember(&memory, keys.store, ready.clone(), ttl).await;
     }
     Ok((ready, tier))
 }

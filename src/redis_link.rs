@@ -86,6 +86,18 @@ impl RedisLink {
         self.metrics.redis_error(op);
     }
 
+    /// Runs a Lua script `invocation` as [`run`](Self::run) runs any operation.
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
+        self.run(op, |mut conn| async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await
+    }
+
     pub(crate) async fn run<T, F, Fut>(&self, op: &'static str, operation: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,

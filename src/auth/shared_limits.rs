@@ -84,12 +84,7 @@ impl SharedLimits {
             .key(format!("bon:v1:rate:{id}:{}", window.minute))
             .key(format!("bon:v1:tokens:{id}:{}", window.day))
             .arg(WINDOW_KEPT.as_millis() as u64);
-        let (requests, tokens): (u64, u64) = self
-            .link
-            .run("rate", |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
+        let (requests, tokens): (u64, u64) = self.link.invoke("rate", invocation).await?;
         Some(Counts {
             requests_this_minute: requests,
             tokens_today: tokens,
@@ -106,12 +101,7 @@ impl SharedLimits {
                 .key(key)
                 .arg(tokens)
                 .arg(TOKENS_KEPT.as_millis() as u64);
-            let _: Option<i64> = shared
-                .link
-                .run("rate", |mut conn| async move {
-                    invocation.invoke_async(&mut conn).await
-                })
-                .await;
+            let _: Option<i64> = shared.link.invoke("rate", invocation).await;
         });
     }
 }

@@ -140,12 +140,7 @@ impl RedisTier {
             .key(lock_key(flight))
             .arg(token)
             .arg(millis(hold));
-        let reply: Option<Value> = self
-            .link
-            .run(Op::Lock.label(), |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await;
+        let reply: Option<Value> = self.link.invoke(Op::Lock.label(), invocation).await;
         let Some(Value::Array(items)) = reply else {
             return Claim::Unavailable;
         };
@@ -171,12 +166,7 @@ impl RedisTier {
             .key(lock_key(flight))
             .arg(token)
             .arg(millis(hold));
-        let renewed: Option<i64> = self
-            .link
-            .run(Op::Lock.label(), |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await;
+        let renewed: Option<i64> = self.link.invoke(Op::Lock.label(), invocation).await;
         renewed == Some(1)
     }
 
@@ -184,12 +174,7 @@ impl RedisTier {
     pub(crate) async fn release(&self, flight: CacheKey, token: &str) {
         let mut invocation = self.release.prepare_invoke();
         invocation.key(lock_key(flight)).arg(token);
-        let _: Option<i64> = self
-            .link
-            .run(Op::Unlock.label(), |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await;
+        let _: Option<i64> = self.link.invoke(Op::Unlock.label(), invocation).await;
     }
 
     /// Decodes a stored answer; one this build cannot read is counted and treated as missing.
