@@ -74,7 +74,7 @@ pub(crate) async fn passthrough(
     let held = gate.admission.work().map_err(Refused::into_response)?;
     let response = match (cache, received) {
         (Some(cache), Received::Whole(bytes)) => {
-            plain_cache::handle(state.clone(), cache, parts, bytes).await
+            Box::pin(plain_cache::handle(state.clone(), cache, parts, bytes)).await
         }
         (_, received) => {
             let body = match received {
@@ -150,13 +150,15 @@ pub(crate) async fn open(
                 ));
             };
             let response = match plain_cache_for(state, &parts) {
-                Some(cache) => plain_cache::handle(state.clone(), cache, parts, bytes).await,
+                Some(cache) => {
+                    Box::pin(plain_cache::handle(state.clone(), cache, parts, bytes)).await
+                }
                 None => forward(state, parts, body::full(bytes)).await,
             };
             Ok(("passthrough", response, held))
         }
         Plan::BestOfN(plan) => {
-            let (response, held) = best_of_n(gate, plan, parts, bytes, share).await?;
+            let (response, held) = Box::pin(best_of_n(gate, plan, parts, bytes, share)).await?;
             Ok(("best_of_n", response, held))
         }
     }

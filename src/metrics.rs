@@ -252,8 +252,10 @@ impl Metrics {
     }
 
     pub fn request_done(&self, route: &str, mode: &str, status: u16, elapsed: Duration) {
-        let code = status.to_string();
-        self.requests.with_label_values(&[route, mode, &code]).inc();
+        // Spelled by StatusCode from its table rather than formatted: this runs per request.
+        let code = http::StatusCode::from_u16(status);
+        let code = code.as_ref().map_or("invalid", |c| c.as_str());
+        self.requests.with_label_values(&[route, mode, code]).inc();
         self.request_duration
             .with_label_values(&[route, mode])
             .observe(elapsed.as_secs_f64());

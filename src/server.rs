@@ -250,10 +250,19 @@ fn ensure_request_id(request: &mut Request<Incoming>) -> HeaderValue {
             return id.clone();
         }
     }
-    let id = HeaderValue::from_str(&format!("req_{:016x}", rand::random::<u64>()))
-        .unwrap_or(HeaderValue::from_static("req_unknown"));
+    let id = fresh_request_id(rand::random());
     request.headers_mut().insert(X_REQUEST_ID, id.clone());
     id
+}
+
+/// `req_` and 16 hex digits, written without the formatting machinery: one per request.
+fn fresh_request_id(random: u64) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = *b"req_0000000000000000";
+    for (i, digit) in text[4..].iter_mut().enumerate() {
+        *digit = HEX[(random >> (60 - 4 * i) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("req_unknown"))
 }
 
 async fn route(
@@ -412,4 +421,19 @@ fn json_status(status: StatusCode, text: &'static str) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fresh_request_id;
+
+    #[test]
+    fn fresh_request_ids_spell_all_sixteen_digits_in_order() {
+        assert_eq!(
+            fresh_request_id(0x0123_4567_89ab_cdef),
+            "req_0123456789abcdef"
+        );
+        assert_eq!(fresh_request_id(u64::MAX), "req_ffffffffffffffff");
+        assert_eq!(fresh_request_id(0), "req_0000000000000000");
+    }
 }

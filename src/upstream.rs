@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -463,31 +463,45 @@ const HOP_BY_HOP: [&str; 8] = [
 /// Copies `headers` without hop-by-hop headers (including those the `Connection` header
 /// names) and without the proxy's own `x-best-of-n*` controls.
 pub fn end_to_end_headers(headers: &HeaderMap) -> HeaderMap {
-    let named_by_connection: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .collect();
+    let named_by_connection = named_by_connection(headers);
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        let name_str = name.as_str();
-        if HOP_BY_HOP.contains(&name_str)
-            || name_str.starts_with("x-best-of-n")
-            || named_by_connection.iter().any(|n| n == name_str)
-        {
-            continue;
+        if is_end_to_end(name, &named_by_connection) {
+            out.append(name.clone(), value.clone());
         }
-        out.append(name.clone(), value.clone());
     }
     out
 }
 
 /// Drops hop-by-hop headers from an upstream response before it goes to the client.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let cleaned = end_to_end_headers(headers);
-    *headers = cleaned;
+    let named_by_connection = named_by_connection(headers);
+    // Most answers have none: then the map is left as it is rather than rebuilt.
+    if headers
+        .keys()
+        .all(|name| is_end_to_end(name, &named_by_connection))
+    {
+        return;
+    }
+    *headers = end_to_end_headers(headers);
+}
+
+/// The header names a `Connection` header lists, lowercased.
+fn named_by_connection(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect()
+}
+
+fn is_end_to_end(name: &HeaderName, named_by_connection: &[String]) -> bool {
+    let name = name.as_str();
+    !(HOP_BY_HOP.contains(&name)
+        || name.starts_with("x-best-of-n")
+        || named_by_connection.iter().any(|n| n == name))
 }
 
 /// The parsed `upstream.base_url`.
