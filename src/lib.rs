@@ -32,6 +32,7 @@ pub mod fusion;
 pub(crate) mod generation;
 pub mod intake;
 pub mod judge;
+pub mod listener;
 pub mod metrics;
 pub mod openai;
 pub mod passthrough;

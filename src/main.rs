@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bon_proxy::demo::{self, DemoOptions};
-use bon_proxy::{Config, Secrets, Server};
+use bon_proxy::{listener, Config, Secrets, Server};
 use clap::{Args, Parser, Subcommand};
-use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(
@@ -240,7 +239,7 @@ fn warn_without_key(config: &Config) {
 }
 
 async fn start_demo(latency_ms: u64) -> Result<std::net::SocketAddr, String> {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    let listener = listener::bind_to("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot start the demo upstream: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -257,7 +256,7 @@ async fn start_demo(latency_ms: u64) -> Result<std::net::SocketAddr, String> {
 }
 
 async fn demo_upstream(listen: &str, latency_ms: u64, seed: u64) -> Result<(), String> {
-    let listener = TcpListener::bind(listen)
+    let listener = listener::bind_to(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let mut signals = Signals::listen()?;

@@ -56,7 +56,7 @@ impl Server {
     /// Builds the upstream client and judges, then binds `server.listen`.
     pub async fn bind(config: Config, secrets: Secrets) -> Result<Server, String> {
         let addr = config.listen_addr();
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
+        let listener = crate::listener::bind(addr).map_err(|e| {
             format!("cannot listen on {addr}: {e}. Change server.listen or BON_LISTEN.")
         })?;
         Self::with_listener(listener, config, secrets)

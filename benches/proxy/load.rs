@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{Request, StatusCode, Uri};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tokio::runtime::Runtime;
@@ -109,6 +109,22 @@ impl Load {
         Some(response.ok()?.ok()?.status())
     }
 
+    /// A GET's status and body as text (a `/metrics` scrape), outside any window.
+    pub fn get_text(&self, uri: &Uri) -> Option<(StatusCode, String)> {
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = uri.clone();
+        let send = self.client.request(request);
+        self.runtime.block_on(async {
+            let response = tokio::time::timeout(Duration::from_secs(5), send)
+                .await
+                .ok()?
+                .ok()?;
+            let status = response.status();
+            let body = response.into_body().collect().await.ok()?.to_bytes();
+            Some((status, String::from_utf8_lossy(&body).into_owned()))
+        })
+    }
+
     /// One request, outside any window.
     pub fn once(&self, target: &Target) -> Outcome {
         let exchange = exchange(&self.client, target);
@@ -135,12 +151,28 @@ impl Load {
     /// Sends every target once, all at the same time, each bounded by `timeout`; the outcome
     /// and time from send to last byte of each, in the order of `targets`.
     pub fn burst(&self, targets: &[Arc<Target>], timeout: Duration) -> Vec<(Outcome, Duration)> {
+        self.spread(targets, Duration::ZERO, timeout)
+    }
+
+    /// [`Load::burst`] with the sends spread evenly over `over`: target `i` is sent at
+    /// `i / len × over`. Its time runs from its own send.
+    pub fn spread(
+        &self,
+        targets: &[Arc<Target>],
+        over: Duration,
+        timeout: Duration,
+    ) -> Vec<(Outcome, Duration)> {
+        let step = over / targets.len().max(1) as u32;
         self.runtime.block_on(async {
+            let t0 = tokio::time::Instant::now();
             let tasks: Vec<_> = targets
                 .iter()
-                .map(|target| {
+                .enumerate()
+                .map(|(i, target)| {
                     let (client, target) = (self.client.clone(), Arc::clone(target));
+                    let due = t0 + step * i as u32;
                     tokio::spawn(async move {
+                        tokio::time::sleep_until(due).await;
                         let sent = Instant::now();
                         let outcome = tokio::time::timeout(timeout, exchange(&client, &target))
                             .await

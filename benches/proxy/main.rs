@@ -24,9 +24,10 @@
 //!    nginx side by side: sustained rate and CPU per request;
 //! 2. streaming passthrough: time to first body byte and to the last byte;
 //! 3. best-of-N critical path against a 50 ms upstream: listwise at N = 1, 5, 16, and the
-//!    pointwise, pairwise, panel, reward_model and consensus judges and fusion at N = 5, each
-//!    against its ideal, the same rounds of upstream calls made directly in the same run (N
-//!    candidates at once, then the judge's calls at once);
+//!    pointwise, pairwise, panel, reward_model and consensus judges and fusion at N = 5, and
+//!    pairwise at N = 16 (a knockout), each against its ideal, the same rounds of upstream
+//!    calls made directly in the same run (N candidates at once, then each round of the
+//!    judge's calls at once);
 //! 4. answer-cache hits versus direct calls to the zero-latency demo; then (`redis`, 4c) hits
 //!    from the shared Redis tier versus hits from memory;
 //! 5. idle and peak RSS with 1,000 open streams and 200 open best-of-5 requests;
@@ -36,7 +37,10 @@
 //!    bodies), against a fresh proxy with the default limits and against one with
 //!    `best_of_n.max_body_bytes` raised to 32 MiB so that only the memory budget protects it:
 //!    answers by status, idle RSS, peak RSS (sampled every 10 ms, and VmHWM) and RSS 10 s
-//!    after the burst, against a bound of 500 MiB.
+//!    after the burst, against a bound of 500 MiB;
+//! 8. fan-out at scale: 1,000 distinct best-of-16 requests within 1 s against a 2 s demo (16,000
+//!    candidate calls in flight): answers, latency over its floor, the proxy's own time from
+//!    `bon_overhead_seconds`, peak open descriptors, and RSS idle, at peak and after.
 //!
 //! Output: one table per scenario on stdout and every figure in `target/bench-proxy.json`.
 //! Only differences and ratios taken within one run mean anything; absolute numbers depend on
@@ -79,7 +83,7 @@ fn main() {
     let services = Services::start(&mut fleet, &load, &settings);
     let mut report = Report::new(&settings);
     report.add("startup", scenarios::startup(&services));
-    let scenarios: [(&str, Scenario); 8] = [
+    let scenarios: [(&str, Scenario); 9] = [
         ("passthrough", scenarios::passthrough::run),
         ("streaming", scenarios::streaming::run),
         ("best_of_n", scenarios::best_of_n::run),
@@ -88,6 +92,7 @@ fn main() {
         ("memory", scenarios::memory::run),
         ("cpu", scenarios::cpu::run),
         ("large_bodies", scenarios::large_bodies::run),
+        ("fan_out", scenarios::fan_out::run),
     ];
     // BON_BENCH_ONLY=cache,cpu runs a subset, for iterating on one figure.
     let only = std::env::var("BON_BENCH_ONLY").unwrap_or_default();

@@ -41,6 +41,10 @@ pub struct Settings {
     /// Scenario 7: how long after the burst its proxy's RSS is read again (the full run's
     /// 10 s, three times, would be half of the quick run).
     pub large_after: Duration,
+    /// Scenario 8: concurrent best-of-N requests, their N, and the demo's latency.
+    pub fan_out_requests: usize,
+    pub fan_out_n: u32,
+    pub fan_out_latency_ms: u64,
 }
 
 impl Settings {
@@ -76,6 +80,9 @@ impl Settings {
             cpu_best_of_5: 2000,
             cpu_best_of_5_rate: 400.0,
             large_after: ms(10_000),
+            fan_out_requests: 1000,
+            fan_out_n: 16,
+            fan_out_latency_ms: 2000,
         };
         if !quick {
             return full;
@@ -100,6 +107,7 @@ impl Settings {
             cpu_rounds: 1,
             cpu_best_of_5: 200,
             large_after: ms(2000),
+            fan_out_requests: 200,
             ..full
         }
     }

@@ -17,12 +17,14 @@ pub fn run(load: &Load, services: &Services, settings: &Settings) -> Value {
     // (N, judge, judge calls): the default listwise judge at three sizes, then every other
     // strategy at N = 5. Each judges in one round of concurrent calls (pairwise plays a round
     // robin up to 6 candidates, a panel's members run at once).
-    let levels: [(u32, Option<&'static str>, usize); 9] = [
+    let levels: [(u32, Option<&'static str>, usize); 10] = [
         (1, None, 0),
         (5, None, 1),
         (16, None, 1),
         (5, Some("pointwise"), 5),
         (5, Some("pairwise"), 20),
+        // Past `round_robin_max` (6), a knockout: 8, 4, 2, 1 matches, each in both orders.
+        (16, Some("pairwise"), 30),
         (5, Some("panel"), 26),
         (5, Some("fuse"), 1),
         (5, Some("reward_model"), 1),
@@ -135,7 +137,7 @@ fn bon_row(label: &str, calls: &str, r: &Recorder, ideal: &Recorder) -> Vec<Stri
 /// judge's prompts (listwise one with every candidate, pointwise one per candidate, pairwise
 /// one per ordered pair, a panel all three), written like the built-in templates so that the
 /// demo does the same judging work as behind the proxy.
-fn ideal_rounds(n: usize, judge: &str) -> Vec<Vec<(&'static str, Bytes)>> {
+pub fn ideal_rounds(n: usize, judge: &str) -> Vec<Vec<(&'static str, Bytes)>> {
     let chat = |body: Bytes| ("/chat/completions", body);
     let candidate = chat(Bytes::from(chat_request(QUESTION).to_string()));
     if n == 1 {
@@ -153,6 +155,16 @@ fn ideal_rounds(n: usize, judge: &str) -> Vec<Vec<(&'static str, Bytes)>> {
         let rerank = ("/rerank", Bytes::from(rerank.to_string()));
         return vec![vec![candidate; n], vec![rerank]];
     }
+    if judge == "pairwise" && n > PAIRWISE_ROUND_ROBIN_MAX {
+        let mut rounds = vec![vec![candidate; n]];
+        let mut left = n;
+        while left > 1 {
+            let prompt = chat(judge_prompt(2, "<winner>A</winner>"));
+            rounds.push(vec![prompt; left / 2 * 2]);
+            left = left.div_ceil(2);
+        }
+        return rounds;
+    }
     let prompts = match judge {
         "listwise" => vec![judge_prompt(n, "<best>ID</best> <ranking>ID,...</ranking>")],
         "pointwise" => vec![judge_prompt(1, "<score>X</score>"); n],
@@ -167,6 +179,9 @@ fn ideal_rounds(n: usize, judge: &str) -> Vec<Vec<(&'static str, Bytes)>> {
     };
     vec![vec![candidate; n], prompts.into_iter().map(chat).collect()]
 }
+
+/// `judges.pairwise.round_robin_max`'s default: larger N play a knockout bracket.
+const PAIRWISE_ROUND_ROBIN_MAX: usize = 6;
 
 /// A demo-sized answer, as the judges of the ideal rounds are shown it.
 const JUDGED_ANSWER: &str = "A balanced diet matters for several reasons:\n\

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod best_of_n;
 pub mod cache;
 pub mod cpu;
+pub mod fan_out;
 pub mod large_bodies;
 pub mod memory;
 pub mod passthrough;

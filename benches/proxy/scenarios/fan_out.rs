@@ -1,0 +1,377 @@
+//! Scenario 8: fan-out at scale. A fresh proxy in front of a demo that answers every call
+//! after 2 s receives 1,000 distinct best-of-16 requests within one second: 16,000 candidate
+//! calls in flight, then 1,000 judge calls. Reported: answers by status; end-to-end latency
+//! beside its ideal, the same rounds of calls made directly at the same pace to a demo of
+//! their own (the floor is two upstream rounds, 4 s); the proxy's own time from its
+//! `bon_overhead_seconds` histogram (the share of requests within 5 ms, read from the bucket
+//! at 5 ms); the peak of open file descriptors (client connections plus upstream ones); and
+//! RSS idle, at peak and some seconds after, against 300 MiB.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::Uri;
+use serde_json::{json, Value};
+
+use crate::fleet::{Fleet, Service, Services};
+use crate::load::{settle, Load};
+use crate::procfs::{nofile_limit, rss_kib, vm_hwm_kib};
+use crate::recorder::round2;
+use crate::report::{kib_to_mib, print_table};
+use crate::request::{chat_request, Outcome, Target};
+use crate::scenarios::best_of_n;
+use crate::settings::Settings;
+use crate::QUESTION;
+
+/// The requests are sent over this long, all still in flight when the last is sent: at once,
+/// every answer of a wave would also come back in the same instant, and the proxy's time
+/// would measure only the queue for two cores.
+const SPREAD: Duration = Duration::from_secs(1);
+/// The bound on peak RSS the issue sets for 1,000 concurrent best-of-16, in MiB.
+const PEAK_BOUND_MIB: u64 = 300;
+/// The bound on the proxy's own time per request at the 99th percentile.
+const OVERHEAD_BOUND_S: f64 = 0.005;
+
+pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
+    let (requests, n, latency_ms) = (
+        settings.fan_out_requests,
+        settings.fan_out_n,
+        settings.fan_out_latency_ms,
+    );
+    let needed = (requests * (n as usize + 1)) as u64 + 200;
+    if let Some(nofile) = nofile_limit().filter(|&limit| limit < needed) {
+        println!("\n  WARNING: open-file limit {nofile} is below the ~{needed} this needs");
+    }
+    // Its own fleet: the demo and the proxy are stopped when the scenario is done.
+    let mut fleet = Fleet::new();
+    let demo = fleet.demo(load, "demo-fan-out", latency_ms);
+    // The in-flight limits the bench's config already lifts; the memory budget and every other
+    // best-of-N default stay as shipped.
+    let proxy = fleet.proxy_with(load, "proxy-fan-out", &demo, "");
+    let timeout = Duration::from_millis(4 * latency_ms + 30_000);
+    // The ideal: the same rounds of calls made directly to a demo of their own, by a load
+    // generator of their own whose connections close before the proxied run.
+    let direct = {
+        let demo = fleet.demo(load, "demo-fan-out-direct", latency_ms);
+        let rounds = best_of_n::ideal_rounds(n as usize, "listwise");
+        let target = Target::fan_out("fan-out direct", &demo, rounds);
+        let targets = vec![target; requests];
+        Load::new().spread(&targets, SPREAD, timeout)
+    };
+    settle(Duration::from_millis(300));
+    let targets = distinct_best_of(&proxy, requests, n);
+    let idle_kib = rss_kib(proxy.pid);
+    let before = overhead_buckets(&scrape(load, &proxy));
+    let sampler = Sampler::start(proxy.pid);
+    let started = Instant::now();
+    let outcomes = load.spread(&targets, SPREAD, timeout);
+    let burst = started.elapsed();
+    let peak = sampler.stop();
+    let scraped = scrape(load, &proxy);
+    let after_burst = overhead_buckets(&scraped);
+    let upstream_ms = upstream_means(&scraped);
+    settle(settings.large_after);
+    let after_kib = rss_kib(proxy.pid);
+    let peak_kib = peak.rss_kib.max(vm_hwm_kib(proxy.pid).unwrap_or(0));
+
+    let answers = Answers::tally(&outcomes);
+    let direct_answers = Answers::tally(&direct);
+    let floor_ms = 2 * latency_ms;
+    let latency = latency_histogram(&outcomes);
+    let ideal = latency_histogram(&direct);
+    let at = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    let share = |q: f64| at(&latency, q) - at(&ideal, q);
+    let own = after_burst.since(&before);
+    let within_bound = own.share_within(OVERHEAD_BOUND_S);
+    let mib = |kib: Option<u64>| kib.map_or("?".into(), kib_to_mib);
+    let rows = vec![vec![
+        format!("{requests} x best-of-{n}"),
+        answers.cell(),
+        direct_answers.cell(),
+        format!("{:.0} / {:.0}", at(&ideal, 0.5), at(&ideal, 0.99)),
+        format!("{:.0} / {:.0}", at(&latency, 0.5), at(&latency, 0.99)),
+        format!("{:+.1} / {:+.1}", share(0.5), share(0.99)),
+        own.p99_bucket().map_or("?".into(), |le| format!("≤{:.1}", le * 1e3)),
+        within_bound.map_or("?".into(), |share| format!("{:.2} %", share * 100.0)),
+        peak.fds.to_string(),
+        mib(idle_kib),
+        kib_to_mib(peak_kib),
+        mib(after_kib),
+    ]];
+    let title = format!(
+        "8. Fan-out at scale: {requests} distinct best-of-{n} requests within {} s, upstream \
+         {latency_ms} ms (floor {floor_ms} ms: candidates, then the judge), a fresh proxy",
+        SPREAD.as_secs()
+    );
+    let after = format!("{} s after MiB", settings.large_after.as_secs());
+    let header = [
+        "load",
+        "answers",
+        "direct",
+        "ideal p50/p99 ms",
+        "p50/p99 ms",
+        "share p50/p99 ms",
+        "own p99 ms",
+        "own ≤5 ms",
+        "peak fds",
+        "idle MiB",
+        "peak MiB",
+        after.as_str(),
+    ];
+    print_table(&title, &header, &rows);
+    println!("    mean upstream call, ms, by kind: {upstream_ms:?}");
+    if !answers.error_samples.is_empty() {
+        println!("    errors: {}", answers.error_samples.join(" | "));
+    }
+    println!(
+        "    peak RSS {} the {PEAK_BOUND_MIB} MiB bound; own time p99 {} 5 ms",
+        if peak_kib < PEAK_BOUND_MIB * 1024 { "within" } else { "OVER" },
+        match within_bound {
+            Some(share) if share >= 0.99 => "within",
+            Some(_) => "OVER",
+            None => "unknown:",
+        }
+    );
+    json!({
+        "requests": requests,
+        "n": n,
+        "upstream_latency_ms": latency_ms,
+        "upstream_calls": requests * (n as usize + 1),
+        "statuses": answers.statuses,
+        "failures": answers.failures,
+        "error_samples": answers.error_samples,
+        "burst_seconds": round2(burst.as_secs_f64()),
+        "latency_floor_ms": floor_ms,
+        "latency_ms": {
+            "p50": at(&latency, 0.5),
+            "p99": at(&latency, 0.99),
+            "max": latency.max() as f64 / 1e3,
+        },
+        "ideal": {
+            "statuses": direct_answers.statuses,
+            "failures": direct_answers.failures,
+            "error_samples": direct_answers.error_samples,
+            "latency_ms": {"p50": at(&ideal, 0.5), "p99": at(&ideal, 0.99)},
+        },
+        "mean_upstream_call_ms": upstream_ms,
+        "proxy_share_ms": {"p50": round2(share(0.5)), "p99": round2(share(0.99))},
+        "own_time": {
+            "observations": own.count,
+            "p99_bucket_s": own.p99_bucket(),
+            "share_within_5ms": within_bound.map(round2),
+            "buckets": own.buckets.iter().map(|(le, c)| json!([le, c])).collect::<Vec<_>>(),
+        },
+        "peak_open_fds": peak.fds,
+        "idle_rss_kib": idle_kib,
+        "sampled_peak_rss_kib": peak.rss_kib,
+        "peak_rss_kib": peak_kib,
+        "peak_bound_mib": PEAK_BOUND_MIB,
+        "peak_within_bound": peak_kib < PEAK_BOUND_MIB * 1024,
+        "after_s": settings.large_after.as_secs(),
+        "rss_after_kib": after_kib,
+        "demo_peak_rss_kib": vm_hwm_kib(demo.pid),
+        "logs": fleet.log_summary(),
+    })
+}
+
+/// One best-of-`n` request per index, each asking something else, so that no two share a
+/// computation or a cache entry and every one makes its own `n` + 1 calls.
+fn distinct_best_of(proxy: &Service, requests: usize, n: u32) -> Vec<Arc<Target>> {
+    (0..requests)
+        .map(|i| {
+            let mut target = Target::best_of("fan-out", proxy, n, false);
+            let body = chat_request(&format!("Request {i}. {QUESTION}"));
+            target.body = Bytes::from(body.to_string());
+            target.shared()
+        })
+        .collect()
+}
+
+/// End-to-end latencies of the answered requests, in µs.
+fn latency_histogram(outcomes: &[(Outcome, Duration)]) -> Histogram<u64> {
+    let mut histogram = Histogram::<u64>::new(3).expect("a 3-digit histogram");
+    for (outcome, took) in outcomes {
+        if matches!(outcome, Outcome::Done { status, .. } if status.is_success()) {
+            let _ = histogram.record(took.as_micros() as u64);
+        }
+    }
+    histogram
+}
+
+/// The burst's answers by status, and what the failed ones said.
+struct Answers {
+    statuses: BTreeMap<String, u64>,
+    failures: u64,
+    error_samples: Vec<String>,
+}
+
+impl Answers {
+    fn tally(outcomes: &[(Outcome, Duration)]) -> Answers {
+        let mut answers = Answers {
+            statuses: BTreeMap::new(),
+            failures: 0,
+            error_samples: Vec::new(),
+        };
+        for (outcome, _) in outcomes {
+            let key = match outcome {
+                Outcome::Done {
+                    status, checked, ..
+                } => {
+                    answers.failures += u64::from(!status.is_success() || !checked);
+                    status.as_u16().to_string()
+                }
+                Outcome::Error(why) => {
+                    answers.failures += 1;
+                    if answers.error_samples.len() < 5 && !answers.error_samples.contains(why) {
+                        answers.error_samples.push(why.clone());
+                    }
+                    "error".to_string()
+                }
+            };
+            *answers.statuses.entry(key).or_default() += 1;
+        }
+        answers
+    }
+
+    fn cell(&self) -> String {
+        let statuses: Vec<String> = self
+            .statuses
+            .iter()
+            .map(|(status, count)| format!("{status}x{count}"))
+            .collect();
+        format!("{} (fail {})", statuses.join(" "), self.failures)
+    }
+}
+
+/// The cumulative buckets of `bon_overhead_seconds{mode="best_of_n"}`, as `(le, count)`.
+struct OverheadBuckets {
+    buckets: Vec<(f64, u64)>,
+    count: u64,
+}
+
+fn scrape(load: &Load, proxy: &Service) -> String {
+    let uri: Uri = format!("http://{}/metrics", proxy.addr)
+        .parse()
+        .expect("a loopback URL parses");
+    load.get_text(&uri).map(|(_, body)| body).unwrap_or_default()
+}
+
+/// Mean upstream call time by kind (`candidate`, `judge`), in ms, from the scrape's sums and
+/// counts of `bon_upstream_duration_seconds`: where the time beyond the ideal went.
+fn upstream_means(text: &str) -> BTreeMap<String, f64> {
+    let mut sums = BTreeMap::<String, (f64, f64)>::new();
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value = value.parse::<f64>().unwrap_or(0.0);
+        let kind = |rest: &str| rest.split('"').nth(1).unwrap_or("?").to_string();
+        if let Some(rest) = name.strip_prefix("bon_upstream_duration_seconds_sum{") {
+            sums.entry(kind(rest)).or_default().0 += value;
+        } else if let Some(rest) = name.strip_prefix("bon_upstream_duration_seconds_count{") {
+            sums.entry(kind(rest)).or_default().1 += value;
+        }
+    }
+    (sums.into_iter())
+        .filter(|(_, (_, count))| *count > 0.0)
+        .map(|(kind, (sum, count))| (kind, round2(sum / count * 1e3)))
+        .collect()
+}
+
+fn overhead_buckets(text: &str) -> OverheadBuckets {
+    let mut buckets = Vec::new();
+    let mut count = 0;
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value = value.parse::<f64>().unwrap_or(0.0) as u64;
+        if name == "bon_overhead_seconds_count{mode=\"best_of_n\"}" {
+            count = value;
+        } else if let Some(rest) = name.strip_prefix("bon_overhead_seconds_bucket{") {
+            let le = rest.split("le=\"").nth(1).and_then(|l| l.split('"').next());
+            if rest.contains("mode=\"best_of_n\"") {
+                let le = le.map_or(f64::INFINITY, |l| l.parse().unwrap_or(f64::INFINITY));
+                buckets.push((le, value));
+            }
+        }
+    }
+    OverheadBuckets { buckets, count }
+}
+
+impl OverheadBuckets {
+    /// What was observed between `earlier` and this scrape.
+    fn since(&self, earlier: &OverheadBuckets) -> OverheadBuckets {
+        let before = |le: f64| {
+            earlier
+                .buckets
+                .iter()
+                .find(|(l, _)| *l == le)
+                .map_or(0, |(_, c)| *c)
+        };
+        OverheadBuckets {
+            buckets: (self.buckets.iter())
+                .map(|&(le, c)| (le, c.saturating_sub(before(le))))
+                .collect(),
+            count: self.count.saturating_sub(earlier.count),
+        }
+    }
+
+    /// The share of observations at or below the bucket bound `le`.
+    fn share_within(&self, le: f64) -> Option<f64> {
+        let (_, within) = self.buckets.iter().find(|(l, _)| (*l - le).abs() < 1e-9)?;
+        (self.count > 0).then(|| *within as f64 / self.count as f64)
+    }
+
+    /// The smallest bucket bound holding at least 99 % of the observations.
+    fn p99_bucket(&self) -> Option<f64> {
+        let needed = (self.count as f64 * 0.99).ceil() as u64;
+        (self.count > 0)
+            .then(|| self.buckets.iter().find(|(_, c)| *c >= needed).map(|(le, _)| *le))
+            .flatten()
+    }
+}
+
+/// Peaks of a process's RSS and open file descriptors, sampled every 20 ms.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Peak>,
+}
+
+#[derive(Default)]
+struct Peak {
+    rss_kib: u64,
+    fds: usize,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut peak = Peak::default();
+            let fd_dir = format!("/proc/{pid}/fd");
+            loop {
+                peak.rss_kib = peak.rss_kib.max(rss_kib(pid).unwrap_or(0));
+                let fds = fs::read_dir(&fd_dir).map_or(0, |entries| entries.count());
+                peak.fds = peak.fds.max(fds);
+                if flag.load(Ordering::Relaxed) {
+                    return peak;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) -> Peak {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the fan-out sampler panicked")
+    }
+}
