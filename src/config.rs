@@ -193,6 +193,7 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         config.judge.resolve_paths(base);
         config.auth.resolve_paths(base);
+        config.upstream.resolve_paths(base);
         for judge in config.judges.values_mut() {
             judge.resolve_paths(base);
         }

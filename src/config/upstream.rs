@@ -1,6 +1,7 @@
-//! `[upstream]`: where the calls go, with which key, how patient the proxy is, and how it
-//! pools connections.
+//! `[upstream]`: where the calls go, with which key, which certificates it trusts, how patient
+//! the proxy is, and how it pools connections.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,10 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
+    /// A PEM bundle of CA certificates trusted besides the bundled webpki roots, for a private
+    /// upstream (or judge endpoint) whose certificate a private CA signed; empty: none. Read
+    /// when the client is built (`upstream::build_client`), so a bad file stops the start.
+    pub ca_file: String,
 }
 
 impl Default for UpstreamConfig {
@@ -49,6 +54,35 @@ impl Default for UpstreamConfig {
             max_connections_wait: Duration::from_secs(1),
             pool_max_idle_per_host: 256,
             pool_idle_timeout: Duration::from_secs(90),
+            ca_file: String::new(),
         }
+    }
+}
+
+impl UpstreamConfig {
+    /// Makes a relative `ca_file` relative to the directory of the config file, as the other
+    /// file keys are: the proxy may be started from anywhere.
+    pub(super) fn resolve_paths(&mut self, base: &Path) {
+        if !self.ca_file.is_empty() && Path::new(&self.ca_file).is_relative() {
+            self.ca_file = base.join(&self.ca_file).display().to_string();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn a_relative_ca_file_is_read_beside_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, "[upstream]\nca_file = \"certs/ca.pem\"\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        let beside = dir.path().join("certs/ca.pem").display().to_string();
+        assert_eq!(config.upstream.ca_file, beside);
+        std::fs::write(&path, "[upstream]\nca_file = \"/etc/ca.pem\"\n").unwrap();
+        assert_eq!(Config::load(&path).unwrap().upstream.ca_file, "/etc/ca.pem");
+        assert!(Config::default().upstream.ca_file.is_empty());
     }
 }
