@@ -320,8 +320,10 @@ fn check_config(path: &Path, demo: bool) -> Result<(), String> {
     if !config.upstream.ca_file.is_empty() {
         let roots = bon_proxy::upstream::read_ca_file(&config.upstream.ca_file)
             .map_err(|e| e.to_string())?;
+        let plural = if roots.len() == 1 { "" } else { "s" };
         println!(
-            "# upstream CA file: {} ({} certificates, trusted besides the bundled webpki roots)",
+            "# upstream CA file: {} ({} certificate{plural}, trusted besides the bundled webpki \
+             roots)",
             config.upstream.ca_file,
             roots.len()
         );
