@@ -316,6 +316,17 @@ fn check_config(path: &Path, demo: bool) -> Result<(), String> {
             )
         );
     }
+    if !config.upstream.ca_file.is_empty() {
+        let roots = bon_proxy::upstream::read_ca_file(&config.upstream.ca_file)
+            .map_err(|e| e.to_string())?;
+        let plural = if roots.len() == 1 { "" } else { "s" };
+        println!(
+            "# upstream CA file: {} ({} certificate{plural}, trusted besides the bundled webpki \
+             roots)",
+            config.upstream.ca_file,
+            roots.len()
+        );
+    }
     for env in bon_proxy::state::judge_key_names(&config) {
         let present = secrets.judge_keys.contains_key(env);
         println!("{}", key_status("judge", env, present));

@@ -139,7 +139,7 @@ impl AppState {
 
 /// The HTTP client every upstream call shares, and the upstream itself.
 fn connect_upstream(config: &Config, secrets: &Secrets) -> Result<(HttpsClient, Upstream), String> {
-    let client = upstream::build_client(&config.upstream)?;
+    let client = upstream::build_client(&config.upstream).map_err(|e| e.to_string())?;
     let main = Upstream::new(
         client.clone(),
         &config.upstream.base_url,

@@ -1,10 +1,12 @@
 //! The upstream: one pooled hyper client (HTTP and HTTPS via rustls), URL mapping, auth,
-//! header hygiene, timeouts and retries.
+//! header hygiene, timeouts and retries. The roots its TLS trusts are in `tls`.
 //!
 //! Two kinds of call go through here. Passthrough hands over a streaming request and gets the
 //! streaming response back as soon as its head arrives, so bodies are never buffered. Candidate
 //! and judge calls are small JSON POSTs whose whole answer is needed; they get a deadline for
 //! the complete body and are retried on transient failures.
+
+mod tls;
 
 use std::sync::Arc;
 
@@ -24,6 +26,8 @@ use crate::body::{Body, SharedJson};
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
 use crate::redact::Redactor;
+
+pub use tls::{read_ca_file, TlsSetupError};
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
@@ -184,17 +188,15 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// Builds the pooled HTTP(S) client shared by every upstream endpoint.
-pub fn build_client(config: &UpstreamConfig) -> Result<HttpsClient, String> {
+/// Builds the pooled HTTP(S) client shared by every upstream endpoint; it trusts the bundled
+/// webpki roots and those of `upstream.ca_file`, and offers h2 and http/1.1 over TLS.
+pub fn build_client(config: &UpstreamConfig) -> Result<HttpsClient, TlsSetupError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
-    // The provider is named explicitly: another crate in the build may enable a second one,
-    // and rustls refuses to guess between two.
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .with_tls_config(tls::client_config(&config.ca_file)?)
         .https_or_http()
         .enable_http1()
         .enable_http2()

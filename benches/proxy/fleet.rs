@@ -80,15 +80,22 @@ impl Fleet {
         upstream: &Service,
         extra: &str,
     ) -> Service {
+        let base_url = format!("http://{}/v1", upstream.addr);
+        self.proxy_at(load, name, &base_url, extra)
+    }
+
+    /// A proxy in front of `base_url` (an upstream that is not a child, such as the `tls`
+    /// scenario's own); `extra` follows the `[upstream]` keys, so it may add to them before
+    /// starting sections of its own.
+    pub fn proxy_at(&mut self, load: &Load, name: &str, base_url: &str, extra: &str) -> Service {
         let addr = free_addr();
         let config = self.config_dir.path().join(format!("{name}.toml"));
         // BON_BENCH_PROXY_THREADS sets the proxy's worker threads, for comparing runtimes.
         let threads = std::env::var("BON_BENCH_PROXY_THREADS").unwrap_or_else(|_| "0".into());
         let text = format!(
             "[server]\nlisten = \"{addr}\"\nmax_inflight = 1000000\nworker_threads = {threads}\n\n\
-             [upstream]\nbase_url = \"http://{}/v1\"\nmax_retries = 0\n\
-             pool_max_idle_per_host = 4096\n{extra}",
-            upstream.addr
+             [upstream]\nbase_url = \"{base_url}\"\nmax_retries = 0\n\
+             pool_max_idle_per_host = 4096\n{extra}"
         );
         fs::write(&config, text)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));

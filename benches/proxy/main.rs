@@ -38,9 +38,14 @@
 //!    `best_of_n.max_body_bytes` raised to 32 MiB so that only the memory budget protects it:
 //!    answers by status, idle RSS, peak RSS (sampled every 10 ms, and VmHWM) and RSS 10 s
 //!    after the burst, against a bound of 500 MiB;
-//! 8. fan-out at scale: 1,000 distinct best-of-16 requests within 1 s against a 2 s demo (16,000
-//!    candidate calls in flight): answers, latency over its floor, the proxy's own time from
-//!    `bon_overhead_seconds`, peak open descriptors, and RSS idle, at peak and after.
+//! 8. TLS to the upstream (`tls`): passthrough CPU per request through plaintext, TLS
+//!    http/1.1 and TLS h2 upstreams of the bench's own (behind a throwaway CA, named by
+//!    `upstream.ca_file`), TLS handshakes against pooled connections, and the connections
+//!    best-of-16 uses over h2 and over http/1.1;
+//! 9. fan-out at scale (`fan_out`): 1,000 distinct best-of-16 requests within 1 s against a
+//!    2 s demo (16,000 candidate calls in flight), beside the same calls made directly:
+//!    answers, latency, the proxy's own time from `bon_overhead_seconds`, peak open
+//!    descriptors, and RSS idle, at peak and after.
 //!
 //! Output: one table per scenario on stdout and every figure in `target/bench-proxy.json`.
 //! Only differences and ratios taken within one run mean anything; absolute numbers depend on
@@ -83,7 +88,7 @@ fn main() {
     let services = Services::start(&mut fleet, &load, &settings);
     let mut report = Report::new(&settings);
     report.add("startup", scenarios::startup(&services));
-    let scenarios: [(&str, Scenario); 9] = [
+    let scenarios: [(&str, Scenario); 10] = [
         ("passthrough", scenarios::passthrough::run),
         ("streaming", scenarios::streaming::run),
         ("best_of_n", scenarios::best_of_n::run),
@@ -92,6 +97,7 @@ fn main() {
         ("memory", scenarios::memory::run),
         ("cpu", scenarios::cpu::run),
         ("large_bodies", scenarios::large_bodies::run),
+        ("tls", scenarios::tls::run),
         ("fan_out", scenarios::fan_out::run),
     ];
     // BON_BENCH_ONLY=cache,cpu runs a subset, for iterating on one figure.

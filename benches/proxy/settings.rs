@@ -38,6 +38,12 @@ pub struct Settings {
     pub cpu_rounds: usize,
     pub cpu_best_of_5: u64,
     pub cpu_best_of_5_rate: f64,
+    /// Scenario `tls`: passthrough requests per variant (plaintext, TLS http/1.1, TLS h2) for
+    /// its CPU comparison, split over `cpu_rounds` windows each, and their rate.
+    pub tls_requests: u64,
+    pub tls_rate: f64,
+    /// … and best-of-16 requests per variant, sent four at a time.
+    pub tls_best_of_16: usize,
     /// Scenario 7: how long after the burst its proxy's RSS is read again (the full run's
     /// 10 s, three times, would be half of the quick run).
     pub large_after: Duration,
@@ -79,6 +85,9 @@ impl Settings {
             cpu_rounds: 4,
             cpu_best_of_5: 2000,
             cpu_best_of_5_rate: 400.0,
+            tls_requests: 10_000,
+            tls_rate: 2000.0,
+            tls_best_of_16: 20,
             large_after: ms(10_000),
             fan_out_requests: 1000,
             fan_out_n: 16,
@@ -106,6 +115,8 @@ impl Settings {
             cpu_passthrough: 2000,
             cpu_rounds: 1,
             cpu_best_of_5: 200,
+            tls_requests: 1000,
+            tls_best_of_16: 8,
             large_after: ms(2000),
             fan_out_requests: 200,
             ..full

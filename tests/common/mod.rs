@@ -8,6 +8,7 @@ pub mod mock;
 pub mod python;
 pub mod redis_server;
 pub mod served;
+pub mod tls_upstream;
 pub mod ui;
 
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! Scenario 8: fan-out at scale. A fresh proxy in front of a demo that answers every call
+//! Scenario 9: fan-out at scale. A fresh proxy in front of a demo that answers every call
 //! after 2 s receives 1,000 distinct best-of-16 requests within one second: 16,000 candidate
 //! calls in flight, then 1,000 judge calls. Reported: answers by status; end-to-end latency
 //! beside its ideal, the same rounds of calls made directly at the same pace to a demo of
@@ -105,7 +105,7 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
         mib(after_kib),
     ]];
     let title = format!(
-        "8. Fan-out at scale: {requests} distinct best-of-{n} requests within {} s, upstream \
+        "9. Fan-out at scale: {requests} distinct best-of-{n} requests within {} s, upstream \
          {latency_ms} ms (floor {floor_ms} ms: candidates, then the judge), a fresh proxy",
         SPREAD.as_secs()
     );

@@ -13,6 +13,7 @@ pub mod memory;
 pub mod passthrough;
 pub mod redis_tier;
 pub mod streaming;
+pub mod tls;
 mod versus_nginx;
 
 use serde_json::{json, Map, Value};
