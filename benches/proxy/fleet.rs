@@ -92,10 +92,14 @@ impl Fleet {
         let config = self.config_dir.path().join(format!("{name}.toml"));
         // BON_BENCH_PROXY_THREADS sets the proxy's worker threads, for comparing runtimes.
         let threads = std::env::var("BON_BENCH_PROXY_THREADS").unwrap_or_else(|_| "0".into());
+        // The bench's pool size, unless `extra` sets its own.
+        let pool = match extra.contains("pool_max_idle_per_host") {
+            true => "",
+            false => "pool_max_idle_per_host = 4096\n",
+        };
         let text = format!(
             "[server]\nlisten = \"{addr}\"\nmax_inflight = 1000000\nworker_threads = {threads}\n\n\
-             [upstream]\nbase_url = \"{base_url}\"\nmax_retries = 0\n\
-             pool_max_idle_per_host = 4096\n{extra}"
+             [upstream]\nbase_url = \"{base_url}\"\nmax_retries = 0\n{pool}{extra}"
         );
         fs::write(&config, text)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));

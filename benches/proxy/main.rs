@@ -21,7 +21,8 @@
 //! 1. passthrough overhead, direct vs proxied, interleaved windows at fixed rates, and the
 //!    highest rate each sustains (≥ 95 % of the target rate achieved, < 1 % failures,
 //!    p99 < 100 ms), with nginx as a third target when it is installed, then the proxy and
-//!    nginx side by side: sustained rate and CPU per request;
+//!    nginx side by side: sustained rate and CPU per request; then (1d, when `wrk` is
+//!    installed) closed-loop throughput with wrk: direct, nginx and the proxy;
 //! 2. streaming passthrough: time to first body byte and to the last byte;
 //! 3. best-of-N critical path against a 50 ms upstream: listwise at N = 1, 5, 16, and the
 //!    pointwise, pairwise, panel, reward_model and consensus judges and fusion at N = 5, and

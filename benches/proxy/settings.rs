@@ -47,10 +47,15 @@ pub struct Settings {
     /// Scenario 7: how long after the burst its proxy's RSS is read again (the full run's
     /// 10 s, three times, would be half of the quick run).
     pub large_after: Duration,
-    /// Scenario 8: concurrent best-of-N requests, their N, and the demo's latency.
+    /// Scenario 9: concurrent best-of-N requests, their N, the demo's latency, and how long
+    /// the sends of a wave are spread over (shorter than the latency, so all are in flight).
     pub fan_out_requests: usize,
     pub fan_out_n: u32,
     pub fan_out_latency_ms: u64,
+    pub fan_out_spread: Duration,
+    /// Table 1d: wrk's window per run and the rounds per target.
+    pub closed_loop_window: Duration,
+    pub closed_loop_rounds: usize,
 }
 
 impl Settings {
@@ -92,6 +97,9 @@ impl Settings {
             fan_out_requests: 1000,
             fan_out_n: 16,
             fan_out_latency_ms: 2000,
+            fan_out_spread: ms(1000),
+            closed_loop_window: ms(5000),
+            closed_loop_rounds: 3,
         };
         if !quick {
             return full;
@@ -104,12 +112,12 @@ impl Settings {
             ladder: vec![1000.0, 4000.0],
             stream_window: ms(300),
             stream_rounds: 1,
-            bon_window: ms(500),
+            bon_window: ms(250),
             bon_rounds: 1,
             cache_window: ms(250),
             cache_rounds: 1,
             redis_keys: 400,
-            slow_latency_ms: 1500,
+            slow_latency_ms: 1000,
             held_streams: 200,
             held_best_of_5: 40,
             cpu_passthrough: 2000,
@@ -117,8 +125,12 @@ impl Settings {
             cpu_best_of_5: 200,
             tls_requests: 1000,
             tls_best_of_16: 8,
-            large_after: ms(2000),
-            fan_out_requests: 200,
+            large_after: ms(1000),
+            fan_out_requests: 100,
+            fan_out_latency_ms: 300,
+            fan_out_spread: ms(150),
+            closed_loop_window: ms(1000),
+            closed_loop_rounds: 1,
             ..full
         }
     }

@@ -1,5 +1,7 @@
 //! Scenario 9: fan-out at scale. A fresh proxy in front of a demo that answers every call
-//! after 2 s receives 1,000 distinct best-of-16 requests within one second: 16,000 candidate
+//! after 2 s receives 1,000 distinct best-of-16 requests within one second (sent at once,
+//! every answer of a wave would also come back in one instant, and the proxy's time would
+//! measure the queue for two cores), in two waves, its pool cold then warm: 16,000 candidate
 //! calls in flight, then 1,000 judge calls. Reported: answers by status; end-to-end latency
 //! beside its ideal, the same rounds of calls made directly at the same pace to a demo of
 //! their own (the floor is two upstream rounds, 4 s); the proxy's own time from its
@@ -12,7 +14,7 @@ use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -29,10 +31,6 @@ use crate::scenarios::best_of_n;
 use crate::settings::Settings;
 use crate::QUESTION;
 
-/// The requests are sent over this long, all still in flight when the last is sent: at once,
-/// every answer of a wave would also come back in the same instant, and the proxy's time
-/// would measure only the queue for two cores.
-const SPREAD: Duration = Duration::from_secs(1);
 /// The bound on peak RSS the issue sets for 1,000 concurrent best-of-16, in MiB.
 const PEAK_BOUND_MIB: u64 = 300;
 /// The bound on the proxy's own time per request at the 99th percentile.
@@ -48,70 +46,73 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
     if let Some(nofile) = nofile_limit().filter(|&limit| limit < needed) {
         println!("\n  WARNING: open-file limit {nofile} is below the ~{needed} this needs");
     }
-    // Its own fleet: the demo and the proxy are stopped when the scenario is done.
+    // Its own fleet: the demos and the proxy are stopped when the scenario is done.
     let mut fleet = Fleet::new();
-    let demo = fleet.demo(load, "demo-fan-out", latency_ms);
-    // The in-flight limits the bench's config already lifts; the memory budget and every other
-    // best-of-N default stay as shipped.
-    let proxy = fleet.proxy_with(load, "proxy-fan-out", &demo, "");
     let timeout = Duration::from_millis(4 * latency_ms + 30_000);
     // The ideal: the same rounds of calls made directly to a demo of their own, by a load
-    // generator of their own whose connections close before the proxied run.
-    let direct = {
+    // generator of their own (its pool keeps every connection) that is gone before the proxy's
+    // turn.
+    let direct: Vec<Vec<(Outcome, Duration)>> = {
         let demo = fleet.demo(load, "demo-fan-out-direct", latency_ms);
         let rounds = best_of_n::ideal_rounds(n as usize, "listwise");
-        let target = Target::fan_out("fan-out direct", &demo, rounds);
-        let targets = vec![target; requests];
-        Load::new().spread(&targets, SPREAD, timeout)
+        let targets = vec![Target::fan_out("fan-out direct", &demo, rounds); requests];
+        let direct_load = Load::new();
+        WAVES
+            .iter()
+            .map(|_| {
+                let wave = direct_load.spread(&targets, settings.fan_out_spread, timeout);
+                settle(Duration::from_millis(300));
+                wave
+            })
+            .collect()
     };
+    let demo = fleet.demo(load, "demo-fan-out", latency_ms);
+    // The pool keeps every connection of the first wave for the second; every best-of-N
+    // default (the memory budget among them) stays as shipped.
+    let pool = format!("pool_max_idle_per_host = {}\n", needed);
+    let proxy = fleet.proxy_with(load, "proxy-fan-out", &demo, &pool);
     settle(Duration::from_millis(300));
-    let targets = distinct_best_of(&proxy, requests, n);
     let idle_kib = rss_kib(proxy.pid);
-    let before = overhead_buckets(&scrape(load, &proxy));
     let sampler = Sampler::start(proxy.pid);
-    let started = Instant::now();
-    let outcomes = load.spread(&targets, SPREAD, timeout);
-    let burst = started.elapsed();
+    let waves: Vec<Wave> = (WAVES.iter().zip(&direct))
+        .map(|(name, direct)| {
+            let targets = distinct_best_of(&proxy, requests, n, name);
+            let before = overhead_buckets(&scrape(load, &proxy));
+            let outcomes = load.spread(&targets, settings.fan_out_spread, timeout);
+            let scraped = scrape(load, &proxy);
+            settle(Duration::from_millis(300));
+            Wave::new(name, outcomes, direct, &scraped, &before)
+        })
+        .collect();
     let peak = sampler.stop();
-    let scraped = scrape(load, &proxy);
-    let after_burst = overhead_buckets(&scraped);
-    let upstream_ms = upstream_means(&scraped);
     settle(settings.large_after);
     let after_kib = rss_kib(proxy.pid);
     let peak_kib = peak.rss_kib.max(vm_hwm_kib(proxy.pid).unwrap_or(0));
 
-    let answers = Answers::tally(&outcomes);
-    let direct_answers = Answers::tally(&direct);
-    let floor_ms = 2 * latency_ms;
-    let latency = latency_histogram(&outcomes);
-    let ideal = latency_histogram(&direct);
-    let at = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
-    let share = |q: f64| at(&latency, q) - at(&ideal, q);
-    let own = after_burst.since(&before);
-    let within_bound = own.share_within(OVERHEAD_BOUND_S);
     let mib = |kib: Option<u64>| kib.map_or("?".into(), kib_to_mib);
-    let rows = vec![vec![
-        format!("{requests} x best-of-{n}"),
-        answers.cell(),
-        direct_answers.cell(),
-        format!("{:.0} / {:.0}", at(&ideal, 0.5), at(&ideal, 0.99)),
-        format!("{:.0} / {:.0}", at(&latency, 0.5), at(&latency, 0.99)),
-        format!("{:+.1} / {:+.1}", share(0.5), share(0.99)),
-        own.p99_bucket().map_or("?".into(), |le| format!("≤{:.1}", le * 1e3)),
-        within_bound.map_or("?".into(), |share| format!("{:.2} %", share * 100.0)),
-        peak.fds.to_string(),
-        mib(idle_kib),
-        kib_to_mib(peak_kib),
-        mib(after_kib),
-    ]];
+    let rows: Vec<Vec<String>> = (waves.iter())
+        .map(|wave| {
+            let mut row = wave.row(&format!("{requests} x best-of-{n}"));
+            row.extend([
+                peak.fds.to_string(),
+                mib(idle_kib),
+                kib_to_mib(peak_kib),
+                mib(after_kib),
+            ]);
+            row
+        })
+        .collect();
+    let floor_ms = 2 * latency_ms;
     let title = format!(
-        "9. Fan-out at scale: {requests} distinct best-of-{n} requests within {} s, upstream \
-         {latency_ms} ms (floor {floor_ms} ms: candidates, then the judge), a fresh proxy",
-        SPREAD.as_secs()
+        "9. Fan-out at scale: {requests} distinct best-of-{n} requests within {:.2} s, upstream \
+         {latency_ms} ms (floor {floor_ms} ms: candidates, then the judge); a fresh proxy, two \
+         waves (its pool cold, then warm); RSS over both",
+        settings.fan_out_spread.as_secs_f64()
     );
     let after = format!("{} s after MiB", settings.large_after.as_secs());
     let header = [
         "load",
+        "pool",
         "answers",
         "direct",
         "ideal p50/p99 ms",
@@ -125,48 +126,25 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
         after.as_str(),
     ];
     print_table(&title, &header, &rows);
-    println!("    mean upstream call, ms, by kind: {upstream_ms:?}");
-    if !answers.error_samples.is_empty() {
-        println!("    errors: {}", answers.error_samples.join(" | "));
+    for wave in &waves {
+        wave.print_notes();
     }
     println!(
-        "    peak RSS {} the {PEAK_BOUND_MIB} MiB bound; own time p99 {} 5 ms",
-        if peak_kib < PEAK_BOUND_MIB * 1024 { "within" } else { "OVER" },
-        match within_bound {
-            Some(share) if share >= 0.99 => "within",
-            Some(_) => "OVER",
-            None => "unknown:",
-        }
+        "    peak RSS {} the {PEAK_BOUND_MIB} MiB bound",
+        if peak_kib < PEAK_BOUND_MIB * 1024 {
+            "within"
+        } else {
+            "OVER"
+        },
     );
     json!({
         "requests": requests,
         "n": n,
         "upstream_latency_ms": latency_ms,
-        "upstream_calls": requests * (n as usize + 1),
-        "statuses": answers.statuses,
-        "failures": answers.failures,
-        "error_samples": answers.error_samples,
-        "burst_seconds": round2(burst.as_secs_f64()),
+        "upstream_calls_per_wave": requests * (n as usize + 1),
+        "spread_s": settings.fan_out_spread.as_secs_f64(),
         "latency_floor_ms": floor_ms,
-        "latency_ms": {
-            "p50": at(&latency, 0.5),
-            "p99": at(&latency, 0.99),
-            "max": latency.max() as f64 / 1e3,
-        },
-        "ideal": {
-            "statuses": direct_answers.statuses,
-            "failures": direct_answers.failures,
-            "error_samples": direct_answers.error_samples,
-            "latency_ms": {"p50": at(&ideal, 0.5), "p99": at(&ideal, 0.99)},
-        },
-        "mean_upstream_call_ms": upstream_ms,
-        "proxy_share_ms": {"p50": round2(share(0.5)), "p99": round2(share(0.99))},
-        "own_time": {
-            "observations": own.count,
-            "p99_bucket_s": own.p99_bucket(),
-            "share_within_5ms": within_bound.map(round2),
-            "buckets": own.buckets.iter().map(|(le, c)| json!([le, c])).collect::<Vec<_>>(),
-        },
+        "waves": waves.iter().map(Wave::to_json).collect::<Vec<_>>(),
         "peak_open_fds": peak.fds,
         "idle_rss_kib": idle_kib,
         "sampled_peak_rss_kib": peak.rss_kib,
@@ -180,13 +158,111 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
     })
 }
 
+/// The two waves: the first opens every upstream connection, the second finds them pooled.
+const WAVES: [&str; 2] = ["cold", "warm"];
+
+/// One wave through the proxy, beside the same wave made directly.
+struct Wave {
+    name: &'static str,
+    answers: Answers,
+    direct_answers: Answers,
+    latency: Histogram<u64>,
+    ideal: Histogram<u64>,
+    own: OverheadBuckets,
+    upstream_ms: BTreeMap<String, f64>,
+}
+
+impl Wave {
+    fn new(
+        name: &'static str,
+        outcomes: Vec<(Outcome, Duration)>,
+        direct: &[(Outcome, Duration)],
+        scraped: &str,
+        before: &OverheadBuckets,
+    ) -> Wave {
+        Wave {
+            name,
+            answers: Answers::tally(&outcomes),
+            direct_answers: Answers::tally(direct),
+            latency: latency_histogram(&outcomes),
+            ideal: latency_histogram(direct),
+            own: overhead_buckets(scraped).since(before),
+            upstream_ms: upstream_means(scraped),
+        }
+    }
+
+    fn at(histogram: &Histogram<u64>, q: f64) -> f64 {
+        histogram.value_at_quantile(q) as f64 / 1e3
+    }
+
+    fn share(&self, q: f64) -> f64 {
+        Wave::at(&self.latency, q) - Wave::at(&self.ideal, q)
+    }
+
+    fn row(&self, load: &str) -> Vec<String> {
+        let pair =
+            |h: &Histogram<u64>| format!("{:.0} / {:.0}", Wave::at(h, 0.5), Wave::at(h, 0.99));
+        let within = self.own.share_within(OVERHEAD_BOUND_S);
+        vec![
+            load.to_string(),
+            self.name.to_string(),
+            self.answers.cell(),
+            self.direct_answers.cell(),
+            pair(&self.ideal),
+            pair(&self.latency),
+            format!("{:+.1} / {:+.1}", self.share(0.5), self.share(0.99)),
+            (self.own.p99_bucket()).map_or("?".into(), |le| format!("≤{:.1}", le * 1e3)),
+            within.map_or("?".into(), |share| format!("{:.2} %", share * 100.0)),
+        ]
+    }
+
+    fn print_notes(&self) {
+        let name = self.name;
+        println!(
+            "    {name}: mean upstream call, ms, by kind (cumulative): {:?}",
+            self.upstream_ms
+        );
+        if !self.answers.error_samples.is_empty() {
+            println!(
+                "    {name}: errors: {}",
+                self.answers.error_samples.join(" | ")
+            );
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let percentiles = |h: &Histogram<u64>| json!({"p50": Wave::at(h, 0.5), "p99": Wave::at(h, 0.99), "max": h.max() as f64 / 1e3});
+        json!({
+            "pool": self.name,
+            "statuses": self.answers.statuses,
+            "failures": self.answers.failures,
+            "error_samples": self.answers.error_samples,
+            "latency_ms": percentiles(&self.latency),
+            "ideal": {
+                "statuses": self.direct_answers.statuses,
+                "failures": self.direct_answers.failures,
+                "error_samples": self.direct_answers.error_samples,
+                "latency_ms": percentiles(&self.ideal),
+            },
+            "proxy_share_ms": {"p50": round2(self.share(0.5)), "p99": round2(self.share(0.99))},
+            "own_time": {
+                "observations": self.own.count,
+                "p99_bucket_s": self.own.p99_bucket(),
+                "share_within_5ms": self.own.share_within(OVERHEAD_BOUND_S).map(round2),
+                "buckets": self.own.buckets.iter().map(|(le, c)| json!([le, c])).collect::<Vec<_>>(),
+            },
+            "mean_upstream_call_ms_cumulative": self.upstream_ms,
+        })
+    }
+}
+
 /// One best-of-`n` request per index, each asking something else, so that no two share a
 /// computation or a cache entry and every one makes its own `n` + 1 calls.
-fn distinct_best_of(proxy: &Service, requests: usize, n: u32) -> Vec<Arc<Target>> {
+fn distinct_best_of(proxy: &Service, requests: usize, n: u32, wave: &str) -> Vec<Arc<Target>> {
     (0..requests)
         .map(|i| {
             let mut target = Target::best_of("fan-out", proxy, n, false);
-            let body = chat_request(&format!("Request {i}. {QUESTION}"));
+            let body = chat_request(&format!("Request {i} of the {wave} wave. {QUESTION}"));
             target.body = Bytes::from(body.to_string());
             target.shared()
         })
@@ -259,7 +335,9 @@ fn scrape(load: &Load, proxy: &Service) -> String {
     let uri: Uri = format!("http://{}/metrics", proxy.addr)
         .parse()
         .expect("a loopback URL parses");
-    load.get_text(&uri).map(|(_, body)| body).unwrap_or_default()
+    load.get_text(&uri)
+        .map(|(_, body)| body)
+        .unwrap_or_default()
 }
 
 /// Mean upstream call time by kind (`candidate`, `judge`), in ms, from the scrape's sums and
@@ -333,7 +411,12 @@ impl OverheadBuckets {
     fn p99_bucket(&self) -> Option<f64> {
         let needed = (self.count as f64 * 0.99).ceil() as u64;
         (self.count > 0)
-            .then(|| self.buckets.iter().find(|(_, c)| *c >= needed).map(|(le, _)| *le))
+            .then(|| {
+                self.buckets
+                    .iter()
+                    .find(|(_, c)| *c >= needed)
+                    .map(|(le, _)| *le)
+            })
             .flatten()
     }
 }

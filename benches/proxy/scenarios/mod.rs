@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod best_of_n;
 pub mod cache;
+mod closed_loop;
 pub mod cpu;
 pub mod fan_out;
 pub mod large_bodies;

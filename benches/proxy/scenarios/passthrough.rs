@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use super::closed_loop;
 use super::versus_nginx::versus_nginx;
 use crate::fleet::{Fleet, Services};
 use crate::load::{settle, Limits, Load, DEFAULT_LIMITS};
@@ -62,10 +63,17 @@ pub fn run(load: &Load, services: &Services, settings: &Settings) -> Value {
         Some(nginx) => versus_nginx(load, services, settings, nginx, &sustained),
         None => json!({ "skipped": nginx::SKIPPED }),
     };
+    let mut closed = vec![("direct", &services.demo0)];
+    if let Some(nginx) = &nginx {
+        closed.push(("nginx", &nginx.service));
+    }
+    closed.push(("proxy", &services.proxy0));
+    let closed_loop = closed_loop::run(&closed, settings, fleet.config_dir());
     json!({
         "levels": levels,
         "sustained": sustained.json,
         "nginx": versus,
+        "closed_loop": closed_loop,
     })
 }
 
