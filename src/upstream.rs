@@ -447,6 +447,10 @@ fn describe(err: &hyper_util::client::legacy::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
+    if let Some(advice) = tls::advice(err) {
+        text.push_str(". ");
+        text.push_str(advice);
+    }
     text
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::served::{Serve, BIN, BINARY_ENV};
-use common::tls_upstream::{Alpn, TestCa, TlsUpstream};
+use common::tls_upstream::{Alpn, TestCa, TlsUpstream, Validity};
 use common::{chat_body, post_chat};
 use tempfile::TempDir;
 
@@ -94,8 +94,7 @@ async fn with_ca_file_passthrough_and_best_of_3_work_over_h2() {
 }
 
 /// Without `ca_file` the private CA is unknown: no request reaches the upstream, and the client
-/// gets an OpenAI-shaped 502. (Today's message is rustls's, "invalid peer certificate:
-/// UnknownIssuer"; issue 17 is to say what to do about it.)
+/// gets an OpenAI-shaped 502 that names the setting to change.
 #[tokio::test]
 async fn without_ca_file_the_certificate_is_refused_with_a_502() {
     let ca = TestCa::new();
@@ -110,7 +109,8 @@ async fn without_ca_file_the_certificate_is_refused_with_a_502() {
     let error = plain.expect_error(502);
     assert_eq!(error["code"], "upstream_unreachable", "{error}");
     let message = error["message"].as_str().unwrap_or_default();
-    assert!(message.contains("certificate"), "{message}");
+    assert!(message.contains("UnknownIssuer"), "{message}");
+    assert!(message.contains("`upstream.ca_file`"), "{message}");
 
     let best = post_chat(&proxy, &[("x-best-of-n", "3")], chat_body("Hi")).await;
     best.expect_error(502);
@@ -118,6 +118,37 @@ async fn without_ca_file_the_certificate_is_refused_with_a_502() {
     assert!(upstream.calls().is_empty(), "{:?}", upstream.calls());
     assert_eq!(upstream.handshakes(), 0);
     assert!(upstream.connections() >= 1);
+}
+
+/// The message of the 502 a passthrough request gets from an upstream presenting `ca`'s
+/// server certificate, with `ca_file` trusting its CA: the CA is fine, the certificate is not.
+async fn refused_certificate_message(ca: &TestCa) -> String {
+    let upstream = TlsUpstream::start(ca, Alpn::Http1).await;
+    let (_dir, ca_path) = ca_file(ca);
+    let served = Serve::plain()
+        .config(&config(&upstream, Some(&ca_path)))
+        .start_async()
+        .await;
+    let answer = post_chat(&served.proxy(), &[], chat_body("Hi")).await;
+    let error = answer.expect_error(502);
+    assert_eq!(error["code"], "upstream_unreachable", "{error}");
+    assert!(upstream.calls().is_empty(), "{:?}", upstream.calls());
+    error["message"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_name_gets_a_502_naming_base_url() {
+    let ca = TestCa::issuing(&["upstream.internal"], Validity::Current);
+    let message = refused_certificate_message(&ca).await;
+    assert!(message.contains("not issued for the host"), "{message}");
+    assert!(message.contains("`upstream.base_url`"), "{message}");
+}
+
+#[tokio::test]
+async fn an_expired_certificate_gets_a_502_saying_so() {
+    let ca = TestCa::issuing(&["127.0.0.1", "localhost"], Validity::Expired);
+    let message = refused_certificate_message(&ca).await;
+    assert!(message.contains("has expired"), "{message}");
 }
 
 /// `bon-proxy check-config --config <dir>/proxy.toml`, where the file holds `toml`: exit

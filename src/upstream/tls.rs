@@ -135,6 +135,63 @@ fn pem_problem(error: &pem::Error) -> String {
     }
 }
 
+/// What a user can do about the TLS failure in `error`'s chain, when it is one they can fix:
+/// said after rustls's own words in the 502, naming the setting or the fix.
+pub(super) fn advice(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(found) = rustls_error(error) {
+            return advice_for(found);
+        }
+        cause = error.source();
+    }
+    None
+}
+
+/// The rustls error `error` is or wraps. tokio-rustls returns it inside an `io::Error`, which
+/// hyper-rustls wraps in another; `source()` looks past both, so they are opened here.
+fn rustls_error<'a>(mut error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    loop {
+        if let Some(found) = error.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        error = error.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
+}
+
+fn advice_for(error: &rustls::Error) -> Option<&'static str> {
+    use rustls::{AlertDescription, CertificateError as Certificate, Error};
+    match error {
+        Error::InvalidCertificate(Certificate::UnknownIssuer) => Some(
+            "The upstream's certificate is signed by a CA this proxy does not trust: if it is a \
+             private CA, put its certificate (PEM) in the file `upstream.ca_file` names",
+        ),
+        Error::InvalidCertificate(Certificate::Expired | Certificate::ExpiredContext { .. }) => {
+            Some(
+                "The upstream's certificate has expired (or this host's clock is wrong): renew \
+                 the certificate on the upstream",
+            )
+        }
+        Error::InvalidCertificate(
+            Certificate::NotValidYet | Certificate::NotValidYetContext { .. },
+        ) => Some(
+            "The upstream's certificate is not valid yet: check the clocks of this host and of \
+             the CA",
+        ),
+        Error::InvalidCertificate(
+            Certificate::NotValidForName | Certificate::NotValidForNameContext { .. },
+        ) => Some(
+            "The upstream's certificate is not issued for the host in `upstream.base_url`: use \
+             a name the certificate lists, or reissue it for this one",
+        ),
+        Error::AlertReceived(AlertDescription::CertificateRequired) => Some(
+            "The upstream asks for a client certificate (mutual TLS), and this proxy presents \
+             none",
+        ),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

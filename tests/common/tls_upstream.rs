@@ -27,7 +27,15 @@ use tokio_rustls::TlsAcceptor;
 
 use super::mock::{default_handler, Call, ReplyBody};
 
-/// A CA made for one test, and a server certificate it signed for `127.0.0.1` and `localhost`.
+/// Whether a test server certificate is valid today or expired years ago.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    Current,
+    Expired,
+}
+
+/// A CA made for one test, and a server certificate it signed (by default for `127.0.0.1` and
+/// `localhost`).
 pub struct TestCa {
     /// The CA certificate, PEM: what `upstream.ca_file` points at.
     pub ca_pem: String,
@@ -37,6 +45,12 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new() -> TestCa {
+        TestCa::issuing(&["127.0.0.1", "localhost"], Validity::Current)
+    }
+
+    /// A CA whose server certificate names `names` and is valid as `validity` says: for the
+    /// tests of what the proxy says about a certificate it refuses.
+    pub fn issuing(names: &[&str], validity: Validity) -> TestCa {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca_params
@@ -45,8 +59,12 @@ impl TestCa {
         let ca_key = rcgen::KeyPair::generate().expect("CA key");
         let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        let server_params = rcgen::CertificateParams::new(names).expect("server params");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut server_params = rcgen::CertificateParams::new(names).expect("server params");
+        if validity == Validity::Expired {
+            server_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            server_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
         let server_key = rcgen::KeyPair::generate().expect("server key");
         let server_cert = server_params
             .signed_by(&server_key, &issuer)
