@@ -176,23 +176,9 @@ async fn handle(
         Ok(c) => (c.to_bytes(), true),
         Err(_) => (Bytes::new(), false),
     };
-    let path_and_query = match parts.uri.path_and_query() {
-        Some(pq) => pq.as_str().to_string(),
-        None => parts.uri.to_string(),
-    };
     let call = {
         let mut calls = lock(&shared.calls);
-        let call = Call {
-            seq: calls.len(),
-            method: parts.method,
-            path_and_query,
-            headers: parts.headers,
-            json: serde_json::from_slice(&body).ok(),
-            body,
-            started,
-            finished: None,
-            aborted: false,
-        };
+        let call = Call::received(calls.len(), parts, body, started);
         calls.push(call.clone());
         call
     };
@@ -307,6 +293,30 @@ pub struct Call {
 }
 
 impl Call {
+    /// The `seq`-th request, its head and whole body as received; not yet finished.
+    pub fn received(
+        seq: usize,
+        parts: http::request::Parts,
+        body: Bytes,
+        started: Instant,
+    ) -> Call {
+        let path_and_query = match parts.uri.path_and_query() {
+            Some(pq) => pq.as_str().to_string(),
+            None => parts.uri.to_string(),
+        };
+        Call {
+            seq,
+            method: parts.method,
+            path_and_query,
+            headers: parts.headers,
+            json: serde_json::from_slice(&body).ok(),
+            body,
+            started,
+            finished: None,
+            aborted: false,
+        }
+    }
+
     /// The path without the query string.
     pub fn path(&self) -> &str {
         self.path_and_query.split('?').next().unwrap_or("")

@@ -219,27 +219,14 @@ async fn answer(
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.to_string(), |pq| pq.as_str().to_string());
     let call = {
         let mut calls = seen.calls.lock().unwrap_or_else(|e| e.into_inner());
         seen.versions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(parts.version);
-        let call = Call {
-            seq: calls.len(),
-            method: parts.method,
-            path_and_query,
-            headers: parts.headers,
-            json: serde_json::from_slice(&body).ok(),
-            body,
-            started,
-            finished: Some(Instant::now()),
-            aborted: false,
-        };
+        let mut call = Call::received(calls.len(), parts, body, started);
+        call.finished = Some(Instant::now());
         calls.push(call.clone());
         call
     };
