@@ -469,14 +469,7 @@ const HOP_BY_HOP: [&str; 8] = [
 /// Copies `headers` without hop-by-hop headers (including those the `Connection` header
 /// names) and without the proxy's own `x-best-of-n*` controls.
 pub fn end_to_end_headers(headers: &HeaderMap) -> HeaderMap {
-    let named_by_connection = named_by_connection(headers);
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if is_end_to_end(name, &named_by_connection) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
+    copy_end_to_end(headers, &named_by_connection(headers))
 }
 
 /// Drops hop-by-hop headers from an upstream response before it goes to the client.
@@ -489,7 +482,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     {
         return;
     }
-    *headers = end_to_end_headers(headers);
+    *headers = copy_end_to_end(headers, &named_by_connection);
+}
+
+/// The headers of `headers` that [`is_end_to_end`] keeps.
+fn copy_end_to_end(headers: &HeaderMap, named_by_connection: &[String]) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if is_end_to_end(name, named_by_connection) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// The header names a `Connection` header lists, lowercased.

@@ -74,10 +74,19 @@ pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Samples the RSS of a process on its own thread (every 100 ms unless said), keeping the peak.
+/// Samples the RSS of a process on its own thread (every 100 ms unless said), keeping the peak,
+/// and on request the peak of its open file descriptors.
 pub struct RssSampler {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<u64>,
+    thread: JoinHandle<Peaks>,
+}
+
+/// What a sampler saw at most.
+#[derive(Default)]
+pub struct Peaks {
+    pub rss_kib: u64,
+    /// Open file descriptors; 0 unless the sampler was asked to count them.
+    pub fds: usize,
 }
 
 impl RssSampler {
@@ -86,12 +95,26 @@ impl RssSampler {
     }
 
     pub fn every(pid: u32, interval: Duration) -> RssSampler {
+        RssSampler::spawn(pid, interval, false)
+    }
+
+    /// [`RssSampler::every`], also counting the entries of `/proc/<pid>/fd`.
+    pub fn with_fds(pid: u32, interval: Duration) -> RssSampler {
+        RssSampler::spawn(pid, interval, true)
+    }
+
+    fn spawn(pid: u32, interval: Duration, count_fds: bool) -> RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = thread::spawn(move || {
-            let mut peak = 0;
+            let mut peak = Peaks::default();
+            let fd_dir = format!("/proc/{pid}/fd");
             loop {
-                peak = peak.max(rss_kib(pid).unwrap_or(0));
+                peak.rss_kib = peak.rss_kib.max(rss_kib(pid).unwrap_or(0));
+                if count_fds {
+                    let fds = fs::read_dir(&fd_dir).map_or(0, |entries| entries.count());
+                    peak.fds = peak.fds.max(fds);
+                }
                 if flag.load(Ordering::Relaxed) {
                     return peak;
                 }
@@ -102,6 +125,10 @@ impl RssSampler {
     }
 
     pub fn peak_kib(self) -> u64 {
+        self.peaks().rss_kib
+    }
+
+    pub fn peaks(self) -> Peaks {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("the RSS sampler panicked")
     }

@@ -10,10 +10,7 @@
 //! RSS idle, at peak and some seconds after, against 300 MiB.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::fleet::{Fleet, Service, Services};
 use crate::load::{settle, Load};
-use crate::procfs::{nofile_limit, rss_kib, vm_hwm_kib};
+use crate::procfs::{nofile_limit, rss_kib, vm_hwm_kib, RssSampler};
 use crate::recorder::round2;
 use crate::report::{kib_to_mib, print_table};
 use crate::request::{chat_request, Outcome, Target};
@@ -73,7 +70,7 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
     let proxy = fleet.proxy_with(load, "proxy-fan-out", &demo, &pool);
     settle(Duration::from_millis(300));
     let idle_kib = rss_kib(proxy.pid);
-    let sampler = Sampler::start(proxy.pid);
+    let sampler = RssSampler::with_fds(proxy.pid, Duration::from_millis(20));
     let waves: Vec<Wave> = (WAVES.iter().zip(&direct))
         .map(|(name, direct)| {
             let targets = distinct_best_of(&proxy, requests, n, name);
@@ -84,7 +81,7 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
             Wave::new(name, outcomes, direct, &scraped, &before)
         })
         .collect();
-    let peak = sampler.stop();
+    let peak = sampler.peaks();
     settle(settings.large_after);
     let after_kib = rss_kib(proxy.pid);
     let peak_kib = peak.rss_kib.max(vm_hwm_kib(proxy.pid).unwrap_or(0));
@@ -418,43 +415,5 @@ impl OverheadBuckets {
                     .map(|(le, _)| *le)
             })
             .flatten()
-    }
-}
-
-/// Peaks of a process's RSS and open file descriptors, sampled every 20 ms.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Peak>,
-}
-
-#[derive(Default)]
-struct Peak {
-    rss_kib: u64,
-    fds: usize,
-}
-
-impl Sampler {
-    fn start(pid: u32) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = thread::spawn(move || {
-            let mut peak = Peak::default();
-            let fd_dir = format!("/proc/{pid}/fd");
-            loop {
-                peak.rss_kib = peak.rss_kib.max(rss_kib(pid).unwrap_or(0));
-                let fds = fs::read_dir(&fd_dir).map_or(0, |entries| entries.count());
-                peak.fds = peak.fds.max(fds);
-                if flag.load(Ordering::Relaxed) {
-                    return peak;
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-        });
-        Sampler { stop, thread }
-    }
-
-    fn stop(self) -> Peak {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("the fan-out sampler panicked")
     }
 }
