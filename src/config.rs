@@ -13,6 +13,7 @@ mod duration;
 mod fuser;
 mod judge;
 mod telemetry;
+mod transport;
 mod ui;
 mod upstream;
 
@@ -32,6 +33,7 @@ pub use decisions::DecisionsConfig;
 pub use fuser::FuserConfig;
 pub use judge::{Fallback, JudgeConfig, Rubrics, DEFAULT_RUBRIC_PRESET};
 pub use telemetry::{LogConfig, LogFormat, TelemetryConfig};
+pub use transport::{TlsRoots, Transport, TransportKeys};
 pub use ui::UiConfig;
 pub use upstream::UpstreamConfig;
 
@@ -194,6 +196,7 @@ impl Config {
         config.judge.resolve_paths(base);
         config.auth.resolve_paths(base);
         config.upstream.resolve_paths(base);
+        config.fuser.resolve_paths(base);
         for judge in config.judges.values_mut() {
             judge.resolve_paths(base);
         }
@@ -250,6 +253,7 @@ impl Config {
             );
         }
         check_base_url("upstream.base_url", &self.upstream.base_url)?;
+        self.upstream.validate_transport()?;
         let bon = &self.best_of_n;
         if bon.max_n == 0 || bon.max_n > 128 {
             return fail(

@@ -74,7 +74,7 @@ impl Fuser {
     /// endpoint and key). The template is test-rendered here, so a mistake stops the start.
     pub fn new(
         config: &FuserConfig,
-        connect: impl FnOnce(&JudgeConfig) -> Result<JudgeCall, ConfigError>,
+        connect: impl FnOnce(&str, &JudgeConfig) -> Result<JudgeCall, ConfigError>,
     ) -> Result<Fuser, ConfigError> {
         let template = protocol::check_template(&config.template, TEMPLATE, &["1", "2", "3"])
             .map_err(|why| ConfigError(format!("`fuser.template`: {why}")))?;
@@ -83,10 +83,15 @@ impl Fuser {
             base_url: config.base_url.clone(),
             api_key_env: config.api_key_env.clone(),
             timeout: config.timeout,
+            ca_file: config.ca_file.clone(),
+            tls_roots: config.tls_roots,
+            client_cert_file: config.client_cert_file.clone(),
+            client_key_file: config.client_key_file.clone(),
+            proxy_url: config.proxy_url.clone(),
             ..JudgeConfig::default()
         };
         Ok(Fuser {
-            call: connect(&settings)?.counted_as("fuser"),
+            call: connect("fuser", &settings)?.counted_as("fuser"),
             template,
             template_source: config.template.clone(),
             temperature: config.temperature,

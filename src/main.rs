@@ -294,7 +294,7 @@ fn check_config(path: &Path, demo: bool) -> Result<(), String> {
         use_demo(&mut config, std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     }
     let secrets = Secrets::from_env(&config);
-    let (judges, fuser) = bon_proxy::state::check_deciders(&config, &secrets)?;
+    let checked = bon_proxy::state::check_deciders(&config, &secrets)?;
     let keys = config.auth.all_keys().map_err(|e| e.to_string())?;
     println!("# {}: valid", config_source(path, demo));
     if let Some(line) = redis_status(&config, secrets.redis_password.is_some()) {
@@ -316,31 +316,31 @@ fn check_config(path: &Path, demo: bool) -> Result<(), String> {
             )
         );
     }
-    if !config.upstream.ca_file.is_empty() {
-        let roots = bon_proxy::upstream::read_ca_file(&config.upstream.ca_file)
-            .map_err(|e| e.to_string())?;
-        let plural = if roots.len() == 1 { "" } else { "s" };
-        println!(
-            "# upstream CA file: {} ({} certificate{plural}, trusted besides the bundled webpki \
-             roots)",
-            config.upstream.ca_file,
-            roots.len()
-        );
+    println!("# connections:");
+    for line in &checked.clients {
+        println!("#   {line}");
     }
     for env in bon_proxy::state::judge_key_names(&config) {
         let present = secrets.judge_keys.contains_key(env);
         println!("{}", key_status("judge", env, present));
     }
     println!("# judges:");
-    for line in judges.describe() {
+    for line in checked.judges.describe() {
         println!("#   {line}");
     }
-    println!("# fuser (x-best-of-n-mode: fuse): {}", fuser.describe());
-    config.upstream.base_url = bon_proxy::upstream::redact_url(&config.upstream.base_url);
+    println!(
+        "# fuser (x-best-of-n-mode: fuse): {}",
+        checked.fuser.describe()
+    );
+    let redact = bon_proxy::upstream::redact_url;
+    config.upstream.base_url = redact(&config.upstream.base_url);
+    config.upstream.proxy_url = redact(&config.upstream.proxy_url);
     for judge in std::iter::once(&mut config.judge).chain(config.judges.values_mut()) {
-        judge.base_url = bon_proxy::upstream::redact_url(&judge.base_url);
+        judge.base_url = redact(&judge.base_url);
+        judge.proxy_url = redact(&judge.proxy_url);
     }
-    config.fuser.base_url = bon_proxy::upstream::redact_url(&config.fuser.base_url);
+    config.fuser.base_url = redact(&config.fuser.base_url);
+    config.fuser.proxy_url = redact(&config.fuser.proxy_url);
     config.cache.redis_url = bon_proxy::upstream::redact_url(&config.cache.redis_url);
     let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
     println!("\n{text}");

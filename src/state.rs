@@ -15,7 +15,7 @@ use crate::judge::Judges;
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
 use crate::redis_link::RedisLink;
-use crate::upstream::{self, ApiKey, HttpsClient, Upstream};
+use crate::upstream::{self, ApiKey, Clients, Upstream};
 
 /// Keys read from the environment at start; kept apart from [`Config`] so that the config can
 /// be printed and logged without ever holding a secret.
@@ -93,9 +93,9 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, secrets: Secrets) -> Result<Arc<AppState>, String> {
-        let (client, main) = connect_upstream(&config, &secrets)?;
+        let (mut clients, main) = connect_upstream(&config, &secrets)?;
         let metrics = Metrics::new();
-        let (judges, fuser) = build_deciders(&config, &secrets, &main, &client, &metrics)
+        let (judges, fuser) = build_deciders(&config, &secrets, &main, &mut clients, &metrics)
             .map_err(|e| e.to_string())?;
         // One Redis link, for the cache's shared tier and the keys' shared limits.
         let redis = (!config.cache.redis_url.is_empty())
@@ -137,29 +137,47 @@ impl AppState {
     }
 }
 
-/// The HTTP client every upstream call shares, and the upstream itself.
-fn connect_upstream(config: &Config, secrets: &Secrets) -> Result<(HttpsClient, Upstream), String> {
-    let client = upstream::build_client(&config.upstream).map_err(|e| e.to_string())?;
+/// The upstream, and the clients it and every other endpoint draw on.
+fn connect_upstream(config: &Config, secrets: &Secrets) -> Result<(Clients, Upstream), String> {
+    let mut clients = Clients::new(&config.upstream);
+    let client = clients
+        .client(&config.upstream.transport(), "upstream")
+        .map_err(|e| e.to_string())?;
     let main = Upstream::new(
-        client.clone(),
+        client,
+        "upstream",
         &config.upstream.base_url,
         secrets.upstream_key.clone(),
         &config.upstream,
         secrets.redactor(),
     )?;
-    Ok((client, main))
+    Ok((clients, main))
 }
 
 /// Builds the judges as serving would, without serving: `check-config` and start-up run it to
 /// report a judge mistake with its key before anything listens.
 pub fn check_judges(config: &Config, secrets: &Secrets) -> Result<Judges, String> {
-    check_deciders(config, secrets).map(|(judges, _)| judges)
+    check_deciders(config, secrets).map(|checked| checked.judges)
 }
 
-/// [`check_judges`], with the fuser.
-pub fn check_deciders(config: &Config, secrets: &Secrets) -> Result<(Judges, Fuser), String> {
-    let (client, main) = connect_upstream(config, secrets)?;
-    build_deciders(config, secrets, &main, &client, &Metrics::new()).map_err(|e| e.to_string())
+/// What [`check_deciders`] built: the judges, the fuser, and one line per HTTP client (what it
+/// trusts and presents) for `check-config`.
+pub struct Checked {
+    pub judges: Judges,
+    pub fuser: Fuser,
+    pub clients: Vec<String>,
+}
+
+/// [`check_judges`], with the fuser and the clients.
+pub fn check_deciders(config: &Config, secrets: &Secrets) -> Result<Checked, String> {
+    let (mut clients, main) = connect_upstream(config, secrets)?;
+    let (judges, fuser) = build_deciders(config, secrets, &main, &mut clients, &Metrics::new())
+        .map_err(|e| e.to_string())?;
+    Ok(Checked {
+        judges,
+        fuser,
+        clients: clients.describe(),
+    })
 }
 
 /// Builds every judge and the fuser, each reaching its model through the upstream or its own
@@ -168,13 +186,15 @@ pub fn build_deciders(
     config: &Config,
     secrets: &Secrets,
     main: &Upstream,
-    client: &HttpsClient,
+    clients: &mut Clients,
     metrics: &Metrics,
 ) -> Result<(Judges, Fuser), ConfigError> {
     let redactor = secrets.redactor();
+    let upstream_transport = config.upstream.transport();
+    let clients = RefCell::new(clients);
     // Built-in judges share `[judge]`'s endpoint: warn about a missing key once per endpoint.
     let warned = RefCell::new(HashSet::new());
-    let connect = |judge: &JudgeConfig| -> Result<JudgeCall, ConfigError> {
+    let connect = |table: &str, judge: &JudgeConfig| -> Result<JudgeCall, ConfigError> {
         if judge.base_url.is_empty() {
             return Ok(JudgeCall::new(judge, main.clone(), true, metrics.clone()));
         }
@@ -189,8 +209,14 @@ pub fn build_deciders(
         }
         let mut judge_upstream = config.upstream.clone();
         judge_upstream.forward_client_auth = false;
+        let transport = judge.transport_keys().over(&upstream_transport);
+        let client = clients
+            .borrow_mut()
+            .client(&transport, table)
+            .map_err(|e| ConfigError(e.to_string()))?;
         let endpoint = Upstream::new(
-            client.clone(),
+            client,
+            table,
             &judge.base_url,
             key,
             &judge_upstream,

@@ -25,7 +25,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, Layer, Registry};
 
-use crate::config::{Config, LogConfig, LogFormat, TelemetryConfig};
+use crate::config::{Config, LogConfig, LogFormat};
 
 pub use access::{AccessNote, RequestEnd};
 pub use export::dropped_spans;
@@ -92,7 +92,7 @@ pub fn start(config: &Config) -> Result<Telemetry, TelemetryError> {
         .finish(std::io::stderr());
     let logs = log_layer(&config.log, writer);
     let (traces, provider) = if config.telemetry.enabled() {
-        let provider = tracer_provider(&config.telemetry)?;
+        let provider = tracer_provider(config)?;
         let tracer = provider.tracer("bon-proxy");
         let layer = tracing_opentelemetry::layer()
             .with_tracer(tracer)
@@ -166,14 +166,15 @@ fn off(target: &str) -> tracing_subscriber::filter::Directive {
         .unwrap_or_else(|_| tracing_subscriber::filter::LevelFilter::OFF.into())
 }
 
-fn tracer_provider(config: &TelemetryConfig) -> Result<SdkTracerProvider, TelemetryError> {
+fn tracer_provider(config: &Config) -> Result<SdkTracerProvider, TelemetryError> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         TelemetryError(format!(
             "`telemetry.otlp_endpoint`: cannot set up {what}: {e}"
         ))
     };
-    let upstream = crate::config::UpstreamConfig::default();
-    let client = crate::upstream::build_client(&upstream).map_err(|e| fail("TLS", &e))?;
+    let client =
+        crate::upstream::collector_client(&config.upstream).map_err(|e| fail("TLS", &e))?;
+    let config = &config.telemetry;
     let runtime = tokio::runtime::Handle::try_current().map_err(|e| fail("exports", &e))?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()

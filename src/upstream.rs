@@ -6,6 +6,7 @@
 //! and judge calls are small JSON POSTs whose whole answer is needed; they get a deadline for
 //! the complete body and are retried on transient failures.
 
+mod clients;
 mod tls;
 
 use std::sync::Arc;
@@ -20,14 +21,14 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::body::{Body, SharedJson};
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
 use crate::redact::Redactor;
 
-pub use tls::{read_ca_file, TlsSetupError};
+pub use clients::Clients;
+pub use tls::TlsSetupError;
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
@@ -160,6 +161,8 @@ pub struct JsonReply {
 #[derive(Clone)]
 pub struct Upstream {
     client: HttpsClient,
+    /// The config table of this endpoint's keys, named in the advice of its 502s.
+    table: Arc<str>,
     base: BaseUrl,
     key: Option<ApiKey>,
     forward_client_auth: bool,
@@ -188,28 +191,19 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// Builds the pooled HTTP(S) client shared by every upstream endpoint; it trusts the bundled
-/// webpki roots and those of `upstream.ca_file`, and offers h2 and http/1.1 over TLS.
-pub fn build_client(config: &UpstreamConfig) -> Result<HttpsClient, TlsSetupError> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls::client_config(&config.ca_file)?)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.pool_idle_timeout)
-        .pool_max_idle_per_host(config.pool_max_idle_per_host)
-        .build(https))
+/// The client of the OTLP exporter: its collector is reached as a judge endpoint without keys
+/// of its own would be (`[upstream]`'s CA file, roots and proxy; no client certificate).
+pub fn collector_client(config: &UpstreamConfig) -> Result<HttpsClient, TlsSetupError> {
+    let transport = crate::config::TransportKeys::default().over(&config.transport());
+    Clients::new(config).client(&transport, "upstream")
 }
 
 impl Upstream {
+    /// The endpoint at `base_url`, whose keys live in the config table `table` (`upstream`,
+    /// `judges.rm`, `fuser`): the table its 502s name.
     pub fn new(
         client: HttpsClient,
+        table: &str,
         base_url: &str,
         key: Option<ApiKey>,
         config: &UpstreamConfig,
@@ -217,6 +211,7 @@ impl Upstream {
     ) -> Result<Upstream, String> {
         Ok(Upstream {
             client,
+            table: table.into(),
             base: BaseUrl::parse(base_url)?,
             key,
             forward_client_auth: config.forward_client_auth,
@@ -283,10 +278,8 @@ impl Upstream {
         let sent = self.client.request(request);
         match tokio::time::timeout(self.timeout, sent).await {
             Ok(Ok(response)) => Ok((response, place)),
-            Ok(Err(e)) => {
-                Err(client_body_error(&e)
-                    .unwrap_or_else(|| UpstreamError::Unreachable(describe(&e))))
-            }
+            Ok(Err(e)) => Err(client_body_error(&e)
+                .unwrap_or_else(|| UpstreamError::Unreachable(describe(&e, &self.table)))),
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
         }
     }
@@ -360,7 +353,7 @@ impl Upstream {
             .client
             .request(request)
             .await
-            .map_err(|e| UpstreamError::Unreachable(describe(&e)))?;
+            .map_err(|e| UpstreamError::Unreachable(describe(&e, &self.table)))?;
         let (parts, incoming) = response.into_parts();
         let body = Limited::new(incoming, MAX_JSON_ANSWER_BYTES)
             .collect()
@@ -439,7 +432,7 @@ fn client_body_error(err: &hyper_util::client::legacy::Error) -> Option<Upstream
 
 /// A hyper-util client error with its cause chain, which holds the useful part
 /// ("connection refused", "dns error").
-fn describe(err: &hyper_util::client::legacy::Error) -> String {
+fn describe(err: &hyper_util::client::legacy::Error, table: &str) -> String {
     let mut text = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
@@ -447,9 +440,9 @@ fn describe(err: &hyper_util::client::legacy::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    if let Some(advice) = tls::advice(err) {
+    if let Some(advice) = tls::advice(err, table) {
         text.push_str(". ");
-        text.push_str(advice);
+        text.push_str(&advice);
     }
     text
 }

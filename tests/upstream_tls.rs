@@ -1,9 +1,10 @@
-//! `upstream.ca_file` through the real binary: an upstream on loopback whose certificate a
-//! throwaway CA signed is reached over TLS once the CA's PEM is named, over HTTP/1.1 and over
-//! HTTP/2 (the upstream offers only one of them in ALPN; it records which one each request
-//! came over), for passthrough and for best-of-3; without the key its certificate is not
-//! trusted and the client gets a 502; a file that is not PEM stops `check-config`, naming
-//! the key.
+//! The roots the upstream's TLS trusts, through the real binary: an upstream on loopback whose
+//! certificate a throwaway CA signed is reached over TLS once the CA's PEM is named in
+//! `upstream.ca_file` (or the host's store holds it and `upstream.tls_roots` asks for it), over
+//! HTTP/1.1 and over HTTP/2 (the upstream offers only one of them in ALPN; it records which one
+//! each request came over), for passthrough, streaming and best-of-3; without it the
+//! certificate is not trusted and the client gets a 502 naming the key; a file that is not PEM
+//! stops `check-config`, naming the key.
 
 mod common;
 
@@ -36,7 +37,17 @@ fn config(upstream: &TlsUpstream, ca_file: Option<&str>) -> String {
     toml
 }
 
-/// Passthrough and best-of-3 through `serve` with the CA trusted, against an upstream offering
+/// A chat request asking for a stream.
+fn streaming_body(question: &str) -> String {
+    serde_json::json!({
+        "model": "gpt-test",
+        "stream": true,
+        "messages": [{"role": "user", "content": question}],
+    })
+    .to_string()
+}
+
+/// Passthrough, best-of-3 and a stream through `serve` with the CA trusted, against an upstream offering
 /// only `alpn`: both answer 200, and every upstream request came over that protocol.
 async fn ca_file_reaches_an_upstream_offering(alpn: Alpn) {
     let ca = TestCa::new();
@@ -57,12 +68,19 @@ async fn ca_file_reaches_an_upstream_offering(alpn: Alpn) {
     assert_eq!(best.header("x-best-of-n"), Some("3"));
     assert!(best.content().starts_with("candidate answer"), "{best:?}");
 
+    let streamed = post_chat(&proxy, &[], streaming_body("Stream over TLS")).await;
+    streamed.expect_ok();
+    assert!(
+        streamed.streamed_content().starts_with("candidate answer"),
+        "{streamed:?}"
+    );
+
     let calls = upstream.calls();
     assert_eq!(calls.iter().filter(|c| c.is_judge()).count(), 1);
     assert_eq!(
         calls.len(),
-        1 + 3 + 1,
-        "passthrough, 3 candidates, 1 judge call"
+        1 + 3 + 1 + 1,
+        "passthrough, 3 candidates, 1 judge call, 1 stream"
     );
     let versions = upstream.versions();
     assert!(
@@ -188,6 +206,64 @@ fn check_config_refuses_a_ca_file_that_is_not_pem_and_counts_a_good_one() {
     std::fs::write(dir.path().join("ca.pem"), TestCa::new().ca_pem).expect("write");
     let (ok, stdout, stderr) = check_config(dir.path(), "[upstream]\nca_file = \"ca.pem\"\n");
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("# upstream CA file: "), "{stdout}");
-    assert!(stdout.contains("(1 certificate,"), "{stdout}");
+    let beside = dir.path().join("ca.pem").display().to_string();
+    let line = format!("#   upstream: trusts the bundled webpki roots + {beside} (1 certificate)");
+    assert!(stdout.contains(&line), "{stdout}");
+}
+
+/// `tls_roots = "system"` trusts the host's store, which `SSL_CERT_FILE` points at the test CA
+/// here (as an operator's company CA installed in `/etc/ssl/certs` would be): the upstream is
+/// reached without `ca_file`. With `webpki` (the default) the same host store is not looked at.
+#[tokio::test]
+async fn system_roots_trust_the_hosts_store() {
+    let ca = TestCa::new();
+    let upstream = TlsUpstream::start(&ca, Alpn::Http1).await;
+    let (_ca_dir, path) = ca_file(&ca);
+    for (roots, trusted) in [("system", true), ("both", true), ("webpki", false)] {
+        let toml = format!("{}tls_roots = \"{roots}\"\n", config(&upstream, None));
+        let served = Serve::plain()
+            .config(&toml)
+            .env("SSL_CERT_FILE", &path)
+            .start_async()
+            .await;
+        let answer = post_chat(&served.proxy(), &[], chat_body("Hi")).await;
+        if trusted {
+            answer.expect_ok();
+        } else {
+            let error = answer.expect_error(502);
+            let message = error["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("`upstream.tls_roots = \"system\"`"),
+                "{message}"
+            );
+        }
+    }
+    assert_eq!(upstream.calls().len(), 2);
+}
+
+/// A host store that holds nothing usable stops the start, saying what to install.
+#[test]
+fn check_config_refuses_system_roots_when_the_store_is_empty() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").expect("write");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, "[upstream]\ntls_roots = \"system\"\n").expect("write the config");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check-config", "--config"]).arg(&path);
+    for name in BINARY_ENV {
+        cmd.env_remove(name);
+    }
+    let out = cmd
+        .env("SSL_CERT_FILE", &empty)
+        .env("SSL_CERT_DIR", dir.path().join("none"))
+        .output()
+        .expect("run check-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "check-config accepted an empty store"
+    );
+    assert!(stderr.contains("`upstream.tls_roots`"), "{stderr}");
+    assert!(stderr.contains("ca-certificates"), "{stderr}");
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::transport::{resolve_files, TlsRoots, TransportKeys};
 use super::{check_base_url, check_duration, ConfigError};
 
 /// What chooses when the judge cannot.
@@ -94,6 +95,18 @@ pub struct JudgeConfig {
     pub then: String,
     /// Cascade: how many of the first judge's best go on to the second.
     pub keep: usize,
+    /// The connection keys of `base_url`'s endpoint, as in `[upstream]`; each one left out
+    /// is `[upstream]`'s, except the client certificate.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ca_file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_roots: Option<TlsRoots>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub client_cert_file: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub client_key_file: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub proxy_url: String,
 }
 
 impl Default for JudgeConfig {
@@ -121,6 +134,11 @@ impl Default for JudgeConfig {
             first: "pointwise".into(),
             then: "pairwise".into(),
             keep: 3,
+            ca_file: String::new(),
+            tls_roots: None,
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
+            proxy_url: String::new(),
         }
     }
 }
@@ -171,6 +189,8 @@ impl JudgeConfig {
         if !self.base_url.is_empty() {
             check_base_url(&format!("{key}.base_url"), &self.base_url)?;
         }
+        self.transport_keys()
+            .validate(key, !self.base_url.is_empty())?;
         if !self.template.is_empty() && !self.template_file.is_empty() {
             return fail(
                 "template_file",
@@ -190,11 +210,26 @@ impl JudgeConfig {
         }
     }
 
-    /// Makes a relative `template_file` relative to the directory of the config file.
-    pub(super) fn resolve_paths(&mut self, base: &Path) {
-        if !self.template_file.is_empty() && Path::new(&self.template_file).is_relative() {
-            self.template_file = base.join(&self.template_file).display().to_string();
+    /// The connection keys this table sets for its own endpoint.
+    pub fn transport_keys(&self) -> TransportKeys {
+        TransportKeys {
+            ca_file: self.ca_file.clone(),
+            tls_roots: self.tls_roots,
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+            proxy_url: self.proxy_url.clone(),
         }
+    }
+
+    /// Makes the relative file keys relative to the directory of the config file.
+    pub(super) fn resolve_paths(&mut self, base: &Path) {
+        let files = [
+            &mut self.template_file,
+            &mut self.ca_file,
+            &mut self.client_cert_file,
+            &mut self.client_key_file,
+        ];
+        resolve_files(files, base);
     }
 }
 

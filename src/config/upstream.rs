@@ -1,5 +1,6 @@
-//! `[upstream]`: where the calls go, with which key, which certificates it trusts, how patient
-//! the proxy is, and how it pools connections.
+//! `[upstream]`: where the calls go, with which key, how they are carried (the certificates
+//! trusted and presented, the outbound proxy), how patient the proxy is, and how it pools
+//! connections.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration;
+use super::transport::{resolve_files, TlsRoots, Transport, TransportKeys};
+use super::ConfigError;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -35,10 +38,20 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
-    /// A PEM bundle of CA certificates trusted besides the bundled webpki roots, for a private
-    /// upstream (or judge endpoint) whose certificate a private CA signed; empty: none. Read
-    /// when the client is built (`upstream::build_client`), so a bad file stops the start.
+    /// A PEM bundle of CA certificates trusted besides `tls_roots`, for a private upstream
+    /// whose certificate a private CA signed; empty: none. Every file key is read when the
+    /// client is built (`upstream::Clients`), so a bad file stops the start.
     pub ca_file: String,
+    /// The roots trusted before `ca_file`: `webpki` (bundled), `system` (the host's store) or
+    /// `both`.
+    pub tls_roots: TlsRoots,
+    /// Client certificate chain (PEM) for an upstream that requires mutual TLS; empty: none.
+    pub client_cert_file: String,
+    /// The private key (PEM) of `client_cert_file`.
+    pub client_key_file: String,
+    /// Outbound HTTP proxy, `http://[user:password@]host:port`; empty: `HTTPS_PROXY` /
+    /// `HTTP_PROXY` / `ALL_PROXY` from the environment, if set. `NO_PROXY` applies to both.
+    pub proxy_url: String,
 }
 
 impl Default for UpstreamConfig {
@@ -55,17 +68,43 @@ impl Default for UpstreamConfig {
             pool_max_idle_per_host: 256,
             pool_idle_timeout: Duration::from_secs(90),
             ca_file: String::new(),
+            tls_roots: TlsRoots::Webpki,
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
+            proxy_url: String::new(),
         }
     }
 }
 
 impl UpstreamConfig {
-    /// Makes a relative `ca_file` relative to the directory of the config file, as the other
+    /// How the upstream is reached: its TLS and proxy keys.
+    pub fn transport(&self) -> Transport {
+        self.transport_keys().over(&Transport::default())
+    }
+
+    fn transport_keys(&self) -> TransportKeys {
+        TransportKeys {
+            ca_file: self.ca_file.clone(),
+            tls_roots: Some(self.tls_roots),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+            proxy_url: self.proxy_url.clone(),
+        }
+    }
+
+    pub(super) fn validate_transport(&self) -> Result<(), ConfigError> {
+        self.transport_keys().validate("upstream", true)
+    }
+
+    /// Makes the relative file keys relative to the directory of the config file, as the other
     /// file keys are: the proxy may be started from anywhere.
     pub(super) fn resolve_paths(&mut self, base: &Path) {
-        if !self.ca_file.is_empty() && Path::new(&self.ca_file).is_relative() {
-            self.ca_file = base.join(&self.ca_file).display().to_string();
-        }
+        let files = [
+            &mut self.ca_file,
+            &mut self.client_cert_file,
+            &mut self.client_key_file,
+        ];
+        resolve_files(files, base);
     }
 }
 

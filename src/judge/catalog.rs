@@ -36,7 +36,7 @@ pub struct NamedJudge {
 
 /// Makes the call through which a judge reaches its model: its endpoint and key. The state
 /// supplies it, since it holds the upstream and the secrets.
-pub type Connect<'a> = dyn Fn(&JudgeConfig) -> Result<JudgeCall, ConfigError> + 'a;
+pub type Connect<'a> = dyn Fn(&str, &JudgeConfig) -> Result<JudgeCall, ConfigError> + 'a;
 
 /// Every judge of this process, by name.
 pub struct Judges {
@@ -198,7 +198,7 @@ fn build_one(
         template: read_template(config, key)?,
         // Only judges that call a model reach it (and read a key) themselves.
         call: match strategy.shape.calls_a_model() {
-            true => Some(connect(config)?),
+            true => Some(connect(key, config)?),
             false => None,
         },
         built,

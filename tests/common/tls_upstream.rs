@@ -1,7 +1,9 @@
-//! A TLS upstream on loopback, for the tests of `upstream.ca_file`: a throwaway CA and a server
-//! certificate for `127.0.0.1` and `localhost` made with rcgen ([`TestCa`]), and a hyper server
-//! behind tokio-rustls ([`TlsUpstream`]) that offers exactly one ALPN protocol and answers
-//! every request with the mock's [`default_handler`] (so a judge call gets `<best>1</best>`).
+//! A TLS upstream on loopback, for the tests of the upstream's TLS keys: a throwaway CA and a
+//! server certificate for `127.0.0.1` and `localhost` made with rcgen ([`TestCa`]), client
+//! certificates the same CA issues for mutual TLS, and a hyper server behind tokio-rustls
+//! ([`TlsUpstream`]) that offers exactly one ALPN protocol, may require a client certificate,
+//! and answers every request with the mock's [`default_handler`] (so a judge call gets
+//! `<best>1</best>`), or a stream of SSE chunks when the request asks for one.
 //!
 //! The mock itself is HTTP/1.1 only, and an h2 front would have to translate frames, so this
 //! server is its own: it records the HTTP version of each request (which protocol the proxy's
@@ -12,7 +14,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, Version};
@@ -25,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
-use super::mock::{default_handler, Call, ReplyBody};
+use super::mock::{default_handler, Call, Reply, ReplyBody};
 
 /// Whether a test server certificate is valid today or expired years ago.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -39,8 +41,25 @@ pub enum Validity {
 pub struct TestCa {
     /// The CA certificate, PEM: what `upstream.ca_file` points at.
     pub ca_pem: String,
+    ca_der: CertificateDer<'static>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     server_chain: Vec<CertificateDer<'static>>,
     server_key: Vec<u8>,
+}
+
+/// A client certificate and its key, PEM: what `upstream.client_cert_file` and
+/// `upstream.client_key_file` point at.
+pub struct ClientIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Whether the server asks for a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    /// A certificate the test CA issued is required; the handshake fails without one.
+    Required,
 }
 
 impl TestCa {
@@ -71,19 +90,57 @@ impl TestCa {
             .expect("server certificate");
         TestCa {
             ca_pem: ca_cert.pem(),
+            ca_der: ca_cert.der().clone(),
+            issuer,
             server_chain: vec![server_cert.der().clone()],
             server_key: server_key.serialize_der(),
         }
     }
 
+    /// A client certificate for `name`, issued by this CA.
+    pub fn client_identity(&self, name: &str) -> ClientIdentity {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().expect("client key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("client certificate");
+        ClientIdentity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// A rustls server config presenting the server certificate and offering only `alpn`.
     pub fn server_config(&self, alpn: Alpn) -> rustls::ServerConfig {
+        self.server_config_with(alpn, ClientAuth::None)
+    }
+
+    /// [`TestCa::server_config`], asking for a client certificate as `auth` says.
+    pub fn server_config_with(&self, alpn: Alpn, auth: ClientAuth) -> rustls::ServerConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.clone()));
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
+            .expect("protocol versions");
+        let builder = match auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            ClientAuth::Required => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(self.ca_der.clone()).expect("CA as a root");
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
             .with_single_cert(self.server_chain.clone(), key)
             .expect("server certificate and key");
         config.alpn_protocols = vec![alpn.id().to_vec()];
@@ -139,11 +196,16 @@ impl Drop for TlsUpstream {
 
 impl TlsUpstream {
     pub async fn start(ca: &TestCa, alpn: Alpn) -> TlsUpstream {
+        TlsUpstream::start_with(ca, alpn, ClientAuth::None).await
+    }
+
+    /// [`TlsUpstream::start`], asking for a client certificate as `auth` says.
+    pub async fn start_with(ca: &TestCa, alpn: Alpn, auth: ClientAuth) -> TlsUpstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("TLS upstream: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("TLS upstream: local_addr");
-        let acceptor = TlsAcceptor::from(Arc::new(ca.server_config(alpn)));
+        let acceptor = TlsAcceptor::from(Arc::new(ca.server_config_with(alpn, auth)));
         let seen = Arc::new(Seen::default());
         let accept = tokio::spawn(accept_loop(listener, acceptor, seen.clone()));
         TlsUpstream { addr, seen, accept }
@@ -208,6 +270,13 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, seen: Arc<See
     }
 }
 
+/// A request asking for an SSE stream (`"stream": true`).
+fn wants_stream(call: &Call) -> bool {
+    call.json
+        .as_ref()
+        .is_some_and(|json| json["stream"] == serde_json::Value::Bool(true))
+}
+
 async fn answer(
     seen: Arc<Seen>,
     req: Request<Incoming>,
@@ -230,7 +299,13 @@ async fn answer(
         calls.push(call.clone());
         call
     };
-    let reply = default_handler(&call);
+    let reply = if wants_stream(&call) {
+        let text = format!("candidate answer {}", call.seq);
+        Reply::stream_completion(&[text.as_str()], Duration::ZERO)
+    } else {
+        default_handler(&call)
+    };
+    // One body: whether it comes in one write or several is the mock's business, not TLS's.
     let body = match reply.body {
         ReplyBody::Bytes(bytes) => bytes,
         ReplyBody::Chunks(chunks) => chunks.into_iter().flat_map(|(_, c)| c).collect(),
