@@ -340,17 +340,20 @@ fn advice_for(error: &rustls::Error, table: &str) -> Option<String> {
             "The upstream asks for a client certificate (mutual TLS), and this proxy presents \
              none: set `{table}.client_cert_file` and `{table}.client_key_file`"
         ),
+        // rustls answers a client certificate it cannot verify with DecryptError, other
+        // servers with one of the certificate alerts.
         Error::AlertReceived(
             Alert::BadCertificate
             | Alert::UnknownCA
             | Alert::CertificateUnknown
             | Alert::CertificateRevoked
             | Alert::CertificateExpired
-            | Alert::AccessDenied,
+            | Alert::AccessDenied
+            | Alert::DecryptError,
         ) => format!(
-            "The upstream refused the client certificate this proxy presented: check that \
-             `{table}.client_cert_file` is current and issued by a CA the upstream trusts for \
-             client certificates"
+            "The upstream refused the TLS handshake, as a server does with a client \
+             certificate it does not accept: check that `{table}.client_cert_file` is current \
+             and issued by a CA the upstream trusts for client certificates"
         ),
         _ => return None,
     };
