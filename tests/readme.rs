@@ -383,3 +383,28 @@ fn a_malformed_marker_is_refused() {
 fn a_marker_away_from_a_fence_is_refused() {
     blocks("<!-- readme-test: skip (why) -->\n\n```sh\ncurl x\n```\n");
 }
+
+/// The `toml` examples of "Private upstreams" are valid `[upstream]` and judge tables: every key
+/// spelled as the proxy reads it, every value one it accepts (the files they name are the
+/// reader's, so only their syntax is checked here, not their contents).
+#[test]
+fn private_upstreams_examples_are_valid_config() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("read README.md");
+    let start = readme
+        .find("\n## Private upstreams\n")
+        .expect("a \"Private upstreams\" section");
+    let section = &readme[start + 1..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    let examples: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    assert!(examples.len() >= 5, "{} toml examples", examples.len());
+    for example in examples {
+        if let Err(error) = bon_proxy::Config::parse(example) {
+            panic!("README example does not parse: {error}\n{example}");
+        }
+    }
+}
