@@ -182,7 +182,7 @@ pub fn check_deciders(config: &Config, secrets: &Secrets) -> Result<Checked, Str
 
 /// Builds every judge and the fuser, each reaching its model through the upstream or its own
 /// endpoint.
-pub fn build_deciders(
+pub(crate) fn build_deciders(
     config: &Config,
     secrets: &Secrets,
     main: &Upstream,

@@ -27,7 +27,7 @@ use crate::config::UpstreamConfig;
 use crate::error::ApiError;
 use crate::redact::Redactor;
 
-pub use clients::Clients;
+pub(crate) use clients::Clients;
 pub use tls::TlsSetupError;
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
@@ -193,7 +193,7 @@ impl std::fmt::Debug for Upstream {
 
 /// The client of the OTLP exporter: its collector is reached as a judge endpoint without keys
 /// of its own would be (`[upstream]`'s CA file, roots and proxy; no client certificate).
-pub fn collector_client(config: &UpstreamConfig) -> Result<HttpsClient, TlsSetupError> {
+pub(crate) fn collector_client(config: &UpstreamConfig) -> Result<HttpsClient, TlsSetupError> {
     let transport = crate::config::TransportKeys::default().over(&config.transport());
     Clients::new(config).client(&transport, "upstream")
 }

@@ -12,7 +12,7 @@ use super::HttpsClient;
 use crate::config::{Transport, UpstreamConfig};
 
 /// The clients built so far, with the pool settings of `[upstream]` that all of them share.
-pub struct Clients {
+pub(crate) struct Clients {
     pool: UpstreamConfig,
     built: Vec<BuiltClient>,
 }
