@@ -169,6 +169,14 @@ async fn an_expired_certificate_gets_a_502_saying_so() {
     assert!(message.contains("has expired"), "{message}");
 }
 
+#[tokio::test]
+async fn a_certificate_not_valid_yet_gets_a_502_about_the_clocks() {
+    let ca = TestCa::issuing(&["127.0.0.1", "localhost"], Validity::NotYetValid);
+    let message = refused_certificate_message(&ca).await;
+    assert!(message.contains("not valid yet"), "{message}");
+    assert!(message.contains("clocks"), "{message}");
+}
+
 /// `bon-proxy check-config --config <dir>/proxy.toml`, where the file holds `toml`: exit
 /// status, stdout and stderr.
 fn check_config(dir: &Path, toml: &str) -> (bool, String, String) {

@@ -29,11 +29,13 @@ use tokio_rustls::TlsAcceptor;
 
 use super::mock::{default_handler, Call, Reply, ReplyBody};
 
-/// Whether a test server certificate is valid today or expired years ago.
+/// Whether a test server certificate is valid today, expired years ago, or valid only from a
+/// date decades ahead.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Validity {
     Current,
     Expired,
+    NotYetValid,
 }
 
 /// A CA made for one test, and a server certificate it signed (by default for `127.0.0.1` and
@@ -80,9 +82,16 @@ impl TestCa {
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut server_params = rcgen::CertificateParams::new(names).expect("server params");
-        if validity == Validity::Expired {
-            server_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            server_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        match validity {
+            Validity::Current => {}
+            Validity::Expired => {
+                server_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                server_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            Validity::NotYetValid => {
+                server_params.not_before = rcgen::date_time_ymd(2090, 1, 1);
+                server_params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+            }
         }
         let server_key = rcgen::KeyPair::generate().expect("server key");
         let server_cert = server_params
