@@ -139,13 +139,18 @@ impl AppState {
 
 /// The HTTP client every upstream call shares, and the upstream itself.
 fn connect_upstream(config: &Config, secrets: &Secrets) -> Result<(HttpsClient, Upstream), String> {
-    let client = upstream::build_client(&config.upstream).map_err(|e| e.to_string())?;
+    let route = upstream::Route::for_endpoint(&config.upstream.base_url, "", "upstream")
+        .map_err(|e| e.to_string())?;
+    let proxy_authorization = route.proxy_authorization().cloned();
+    let client = upstream::build_client(&config.upstream, route).map_err(|e| e.to_string())?;
     let main = Upstream::new(
         client.clone(),
         &config.upstream.base_url,
         secrets.upstream_key.clone(),
         &config.upstream,
         secrets.redactor(),
+        proxy_authorization,
+        "upstream",
     )?;
     Ok((client, main))
 }
@@ -195,6 +200,9 @@ pub fn build_deciders(
             key,
             &judge_upstream,
             redactor.clone(),
+            // The client, and so the route, is the upstream's.
+            main.proxy_authorization(),
+            "upstream",
         )
         .map_err(ConfigError)?;
         Ok(JudgeCall::new(judge, endpoint, false, metrics.clone()))

@@ -173,7 +173,9 @@ fn tracer_provider(config: &TelemetryConfig) -> Result<SdkTracerProvider, Teleme
         ))
     };
     let upstream = crate::config::UpstreamConfig::default();
-    let client = crate::upstream::build_client(&upstream).map_err(|e| fail("TLS", &e))?;
+    // Direct, as before: the collector is usually beside the proxy, not behind its egress.
+    let client = crate::upstream::build_client(&upstream, crate::upstream::Route::Direct)
+        .map_err(|e| fail("TLS", &e))?;
     let runtime = tokio::runtime::Handle::try_current().map_err(|e| fail("exports", &e))?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()

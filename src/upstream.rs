@@ -1,11 +1,13 @@
 //! The upstream: one pooled hyper client (HTTP and HTTPS via rustls), URL mapping, auth,
-//! header hygiene, timeouts and retries. The roots its TLS trusts are in `tls`.
+//! header hygiene, timeouts and retries. The roots its TLS trusts are in `tls`; whether its
+//! calls go through an outbound HTTP proxy is in `route`.
 //!
 //! Two kinds of call go through here. Passthrough hands over a streaming request and gets the
 //! streaming response back as soon as its head arrives, so bodies are never buffered. Candidate
 //! and judge calls are small JSON POSTs whose whole answer is needed; they get a deadline for
 //! the complete body and are retried on transient failures.
 
+mod route;
 mod tls;
 
 use std::sync::Arc;
@@ -27,9 +29,12 @@ use crate::config::UpstreamConfig;
 use crate::error::ApiError;
 use crate::redact::Redactor;
 
+pub(crate) use route::Route;
+/// Named by [`HttpsClient`], so public with it.
+pub use route::RoutedConnector;
 pub use tls::{read_ca_file, TlsSetupError};
 
-pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<RoutedConnector>, Body>;
 
 /// An API key. Its `Debug` never shows the value, so it cannot reach a log line by accident.
 #[derive(Clone)]
@@ -171,6 +176,10 @@ pub struct Upstream {
     places: Option<Arc<Semaphore>>,
     max_connections: usize,
     place_wait: Duration,
+    /// Added to every request when the route is a forward proxy that wants credentials.
+    proxy_authorization: Option<HeaderValue>,
+    /// The config table whose keys the 502 advice names (`upstream`, `judges.rm`).
+    key_prefix: String,
 }
 
 /// A call's place under `upstream.max_connections`, held until its answer has been read (a
@@ -189,8 +198,12 @@ impl std::fmt::Debug for Upstream {
 }
 
 /// Builds the pooled HTTP(S) client shared by every upstream endpoint; it trusts the bundled
-/// webpki roots and those of `upstream.ca_file`, and offers h2 and http/1.1 over TLS.
-pub fn build_client(config: &UpstreamConfig) -> Result<HttpsClient, TlsSetupError> {
+/// webpki roots and those of `upstream.ca_file`, offers h2 and http/1.1 over TLS, and opens
+/// its connections the way `route` says (TLS runs inside a proxy's tunnel).
+pub(crate) fn build_client(
+    config: &UpstreamConfig,
+    route: Route,
+) -> Result<HttpsClient, TlsSetupError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -200,7 +213,7 @@ pub fn build_client(config: &UpstreamConfig) -> Result<HttpsClient, TlsSetupErro
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(RoutedConnector::new(http, route));
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(config.pool_idle_timeout)
         .pool_max_idle_per_host(config.pool_max_idle_per_host)
@@ -208,12 +221,16 @@ pub fn build_client(config: &UpstreamConfig) -> Result<HttpsClient, TlsSetupErro
 }
 
 impl Upstream {
+    /// `proxy_authorization` is the client's route's ([`Route::proxy_authorization`]);
+    /// `key_prefix` the config table of this endpoint, named in advice.
     pub fn new(
         client: HttpsClient,
         base_url: &str,
         key: Option<ApiKey>,
         config: &UpstreamConfig,
         redactor: Redactor,
+        proxy_authorization: Option<HeaderValue>,
+        key_prefix: &str,
     ) -> Result<Upstream, String> {
         Ok(Upstream {
             client,
@@ -227,7 +244,15 @@ impl Upstream {
                 .then(|| Arc::new(Semaphore::new(config.max_connections))),
             max_connections: config.max_connections,
             place_wait: config.max_connections_wait,
+            proxy_authorization,
+            key_prefix: key_prefix.to_string(),
         })
+    }
+
+    /// The `Proxy-Authorization` this endpoint's requests carry, for another endpoint that
+    /// shares its client (and so its route).
+    pub fn proxy_authorization(&self) -> Option<HeaderValue> {
+        self.proxy_authorization.clone()
     }
 
     /// A place for one call, waiting at most `upstream.max_connections_wait` for it: past the
@@ -283,10 +308,8 @@ impl Upstream {
         let sent = self.client.request(request);
         match tokio::time::timeout(self.timeout, sent).await {
             Ok(Ok(response)) => Ok((response, place)),
-            Ok(Err(e)) => {
-                Err(client_body_error(&e)
-                    .unwrap_or_else(|| UpstreamError::Unreachable(describe(&e))))
-            }
+            Ok(Err(e)) => Err(client_body_error(&e)
+                .unwrap_or_else(|| UpstreamError::Unreachable(describe(&e, &self.key_prefix)))),
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
         }
     }
@@ -360,7 +383,7 @@ impl Upstream {
             .client
             .request(request)
             .await
-            .map_err(|e| UpstreamError::Unreachable(describe(&e)))?;
+            .map_err(|e| UpstreamError::Unreachable(describe(&e, &self.key_prefix)))?;
         let (parts, incoming) = response.into_parts();
         let body = Limited::new(incoming, MAX_JSON_ANSWER_BYTES)
             .collect()
@@ -397,6 +420,10 @@ impl Upstream {
                     HeaderValue::from_static("identity"),
                 );
             }
+        }
+        // The client's own was dropped above, as hop-by-hop: this one is for our proxy.
+        if let Some(value) = &self.proxy_authorization {
+            headers.insert(header::PROXY_AUTHORIZATION, value.clone());
         }
         // With tracing on, the upstream's spans join the trace: the current span (this
         // call's) becomes the parent in `traceparent`.
@@ -438,8 +465,9 @@ fn client_body_error(err: &hyper_util::client::legacy::Error) -> Option<Upstream
 }
 
 /// A hyper-util client error with its cause chain, which holds the useful part
-/// ("connection refused", "dns error").
-fn describe(err: &hyper_util::client::legacy::Error) -> String {
+/// ("connection refused", "dns error"), and what to change when a setting can fix it;
+/// `key_prefix` is the endpoint's config table.
+fn describe(err: &hyper_util::client::legacy::Error, key_prefix: &str) -> String {
     let mut text = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
@@ -450,6 +478,10 @@ fn describe(err: &hyper_util::client::legacy::Error) -> String {
     if let Some(advice) = tls::advice(err) {
         text.push_str(". ");
         text.push_str(advice);
+    }
+    if let Some(advice) = route::advice(err, key_prefix) {
+        text.push_str(". ");
+        text.push_str(&advice);
     }
     text
 }
