@@ -668,35 +668,34 @@ mod tests {
         assert!(matches!(none, Route::Direct));
     }
 
-    fn named() -> Named {
-        Named {
-            setting: String::new(),
-            value: String::new(),
+    fn kind(error: &RouteError) -> &'static str {
+        match error {
+            RouteError::NotAUrl(_) => "not a URL",
+            RouteError::HttpsProxy(_) => "https",
+            RouteError::Socks(_) => "socks",
+            RouteError::OtherScheme(_) => "other scheme",
+            RouteError::NoPort(_) => "no port",
         }
-    }
-
-    fn kind(error: &RouteError) -> std::mem::Discriminant<RouteError> {
-        std::mem::discriminant(error)
     }
 
     #[test]
     fn unusable_proxy_urls_are_refused_naming_the_setting() {
-        let cases: [(&str, fn(Named) -> RouteError); 7] = [
-            ("https://p:3128", RouteError::HttpsProxy),
-            ("socks5h://p:1080", RouteError::Socks),
-            ("socks4://p:1080", RouteError::Socks),
-            ("ftp://p:21", RouteError::OtherScheme),
-            ("http://p", RouteError::NoPort),
-            ("http://", RouteError::NotAUrl),
-            ("http://exa mple:1", RouteError::NotAUrl),
+        let cases = [
+            ("https://p:3128", "https"),
+            ("socks5h://p:1080", "socks"),
+            ("socks4://p:1080", "socks"),
+            ("ftp://p:21", "other scheme"),
+            ("http://p", "no port"),
+            ("http://", "not a URL"),
+            ("http://exa mple:1", "not a URL"),
         ];
         let https = "https://api.openai.com/v1";
-        for (value, problem) in cases {
+        for (value, expected) in cases {
             let err = route(https, value, &[]).unwrap_err();
-            assert_eq!(kind(&err), kind(&problem(named())), "{value}: {err}");
+            assert_eq!(kind(&err), expected, "{value}: {err}");
             assert!(err.to_string().contains("`judges.rm.proxy_url`"), "{err}");
             let err = route(https, "", &[("https_proxy", value)]).unwrap_err();
-            assert_eq!(kind(&err), kind(&problem(named())), "{value}: {err}");
+            assert_eq!(kind(&err), expected, "{value}: {err}");
             assert!(
                 err.to_string()
                     .contains("the environment variable https_proxy"),
