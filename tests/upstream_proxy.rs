@@ -8,7 +8,7 @@
 //! credentials when the proxy wants them, which never show in the proxy's log or answers; a
 //! proxy that refuses gets the client a 502 naming the setting to change; `NO_PROXY` and
 //! loopback upstreams go direct; a plain-http upstream is reached through the proxy as a
-//! forward proxy. Every proxy variable of the test's own environment is blanked in the
+//! forward proxy; a proxy URL this proxy cannot use stops the start. Every proxy variable of the test's own environment is blanked in the
 //! binary's, so a CI machine's proxy settings cannot skew a test.
 
 mod common;
@@ -43,8 +43,8 @@ const PROXY_VARS: [&str; 8] = [
     "no_proxy",
 ];
 
-/// Starts `serve --config` with `toml`, with the proxy variables blanked and then `vars` set.
-async fn serve(toml: &str, vars: &[(&str, &str)]) -> Served {
+/// `serve --config` with `toml`, with the proxy variables blanked and then `vars` set.
+fn command(toml: &str, vars: &[(&str, &str)]) -> Serve {
     let mut serve = Serve::plain().config(toml);
     for name in PROXY_VARS {
         serve = serve.env(name, "");
@@ -52,7 +52,12 @@ async fn serve(toml: &str, vars: &[(&str, &str)]) -> Served {
     for (name, value) in vars {
         serve = serve.env(name, value);
     }
-    serve.start_async().await
+    serve
+}
+
+/// [`command`], started.
+async fn serve(toml: &str, vars: &[(&str, &str)]) -> Served {
+    command(toml, vars).start_async().await
 }
 
 /// A TLS upstream whose certificate names [`HOST`], and its CA's PEM in a file.
@@ -293,4 +298,22 @@ async fn a_loopback_upstream_goes_direct_despite_the_proxy_variables() {
     }
     assert_eq!(proxy.requests(), 0);
     assert_eq!(mock.calls().len(), 2);
+}
+
+/// A proxy this one cannot use stops the start, naming the variable and masking the password,
+/// rather than letting the calls go direct while the user believes them proxied.
+#[test]
+fn an_unusable_proxy_variable_stops_the_start_naming_it() {
+    let socks = format!("socks5h://user:{PASSWORD}@127.0.0.1:1080");
+    let toml = format!("[upstream]\nbase_url = \"https://{HOST}/v1\"\n");
+    let serve = command(&toml, &[("HTTPS_PROXY", &socks)]);
+    let log = serve
+        .try_start()
+        .err()
+        .expect("the start fails with a SOCKS proxy");
+    assert!(
+        log.contains("HTTPS_PROXY") && log.contains("SOCKS"),
+        "{log}"
+    );
+    assert!(!log.contains(PASSWORD), "{log}");
 }

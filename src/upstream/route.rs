@@ -92,19 +92,13 @@ impl Route {
         let Some(setting) = Setting::choose(proxy_url, key_prefix, https, &env) else {
             return Ok(Route::Direct);
         };
-        setting.check()?;
         let no_proxy = first_set(&env, &["NO_PROXY", "no_proxy"]).map(|(_, value)| value);
-        let no_proxy = no_proxy.unwrap_or_default();
-        let matcher = Matcher::builder().all(setting.value).no(no_proxy).build();
-        let Some(intercept) = matcher.intercept(&destination) else {
+        // A setting that NO_PROXY keeps from this endpoint is not judged: it is not used.
+        if exempt(&destination, &no_proxy.unwrap_or_default()) {
             return Ok(Route::Direct);
-        };
-        let (proxy, auth) = (intercept.uri().clone(), intercept.basic_auth().cloned());
-        Ok(if https {
-            Route::Tunnel { proxy, auth }
-        } else {
-            Route::Forward { proxy, auth }
-        })
+        }
+        setting.check()?;
+        Ok(setting.route(&destination, https))
     }
 
     /// The header a forward proxy wants on each request; `None` for a tunnel, which sends it
@@ -194,6 +188,16 @@ fn is_loopback(host: &str) -> bool {
         .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
+/// True when `no_proxy` (NO_PROXY's list) names `destination`'s host. The matcher answers
+/// that only together with a proxy, so it is given one that always parses.
+fn exempt(destination: &Uri, no_proxy: &str) -> bool {
+    let matcher = Matcher::builder()
+        .all("http://exempt.invalid:1")
+        .no(no_proxy)
+        .build();
+    matcher.intercept(destination).is_none()
+}
+
 /// The value of the first of `names` that is set and not blank, as Go reads these variables.
 fn first_set(
     env: &impl Fn(&str) -> Option<String>,
@@ -266,6 +270,23 @@ impl Setting {
             return Err(error(RouteError::NoPort));
         }
         Ok(())
+    }
+}
+
+impl Setting {
+    /// The way through this (checked) proxy to `destination`: hyper-util's matcher parses it,
+    /// credentials included.
+    fn route(self, destination: &Uri, https: bool) -> Route {
+        let matcher = Matcher::builder().all(self.value).build();
+        let Some(intercept) = matcher.intercept(destination) else {
+            return Route::Direct;
+        };
+        let (proxy, auth) = (intercept.uri().clone(), intercept.basic_auth().cloned());
+        if https {
+            Route::Tunnel { proxy, auth }
+        } else {
+            Route::Forward { proxy, auth }
+        }
     }
 }
 
@@ -704,6 +725,8 @@ mod tests {
         }
         let err = route(https, "", &[("ALL_PROXY", "socks5://p:1")]).unwrap_err();
         assert!(err.to_string().contains("ALL_PROXY"), "{err}");
+        let exempt = [("ALL_PROXY", "socks5://p:1"), ("NO_PROXY", "openai.com")];
+        assert!(matches!(route(https, "", &exempt), Ok(Route::Direct)));
         // A setting that does not apply to this endpoint is not judged.
         let http_only = [("HTTP_PROXY", "socks5://p:1")];
         assert!(route(https, "", &http_only).is_ok());
