@@ -8,8 +8,8 @@
 //! credentials when the proxy wants them, which never show in the proxy's log or answers; a
 //! proxy that refuses gets the client a 502 naming the setting to change; `NO_PROXY` and
 //! loopback upstreams go direct; a plain-http upstream is reached through the proxy as a
-//! forward proxy; a proxy URL this proxy cannot use stops the start. Every proxy variable of the test's own environment is blanked in the
-//! binary's, so a CI machine's proxy settings cannot skew a test.
+//! forward proxy; a proxy URL this proxy cannot use stops the start. `Serve` removes the
+//! proxy variables of the test's own environment, so a CI machine's cannot skew a test.
 
 mod common;
 
@@ -31,24 +31,10 @@ const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// The proxy password; it must never reach a log line or a client.
 const PASSWORD: &str = "proxy-secret-0451";
 
-/// Every variable the proxy's route reads; a blank one counts as unset.
-const PROXY_VARS: [&str; 8] = [
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-];
-
-/// `serve --config` with `toml`, with the proxy variables blanked and then `vars` set.
+/// `serve --config` with `toml` and the proxy variables `vars`: `Serve` removes those of the
+/// test's own environment.
 fn command(toml: &str, vars: &[(&str, &str)]) -> Serve {
     let mut serve = Serve::plain().config(toml);
-    for name in PROXY_VARS {
-        serve = serve.env(name, "");
-    }
     for (name, value) in vars {
         serve = serve.env(name, value);
     }
