@@ -37,8 +37,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// connector that returns it; that is enough to downcast to it and match its variants.
 type TunnelError = <Tunnel<HttpConnector> as Service<Uri>>::Error;
 
-/// How one endpoint's calls travel.
-#[derive(Clone)]
+/// How one endpoint's calls travel. Equal routes can share a client (and its pool).
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum Route {
     /// Straight to the endpoint.
     Direct,
