@@ -271,9 +271,7 @@ impl Setting {
         }
         Ok(())
     }
-}
 
-impl Setting {
     /// The way through this (checked) proxy to `destination`: hyper-util's matcher parses it,
     /// credentials included.
     fn route(self, destination: &Uri, https: bool) -> Route {
