@@ -47,10 +47,16 @@ impl Secrets {
 
     /// Hides every one of these keys in upstream text.
     pub fn redactor(&self) -> Redactor {
+        self.redactor_with(&[])
+    }
+
+    /// [`Secrets::redactor`], hiding `more` as well: the credentials of an endpoint's proxy.
+    pub fn redactor_with(&self, more: &[String]) -> Redactor {
         let keys = self.upstream_key.iter().chain(self.judge_keys.values());
         let keys = keys.chain(self.metrics_token.iter());
         let keys = keys.chain(self.redis_password.iter());
-        Redactor::new(keys.map(ApiKey::secret))
+        let more = more.iter().map(String::as_str);
+        Redactor::new(keys.map(ApiKey::secret).chain(more))
     }
 }
 
@@ -140,16 +146,18 @@ impl AppState {
 /// The upstream, and the clients it and every other endpoint draw on.
 fn connect_upstream(config: &Config, secrets: &Secrets) -> Result<(Clients, Upstream), String> {
     let mut clients = Clients::new(&config.upstream);
-    let client = clients
-        .client(&config.upstream.transport(), "upstream")
+    let base_url = &config.upstream.base_url;
+    let routed = clients
+        .client(&config.upstream.transport(), "upstream", base_url)
         .map_err(|e| e.to_string())?;
+    let redactor = secrets.redactor_with(&routed.route.secrets());
     let main = Upstream::new(
-        client,
+        routed,
         "upstream",
-        &config.upstream.base_url,
+        base_url,
         secrets.upstream_key.clone(),
         &config.upstream,
-        secrets.redactor(),
+        redactor,
     )?;
     Ok((clients, main))
 }
@@ -189,7 +197,6 @@ pub(crate) fn build_deciders(
     clients: &mut Clients,
     metrics: &Metrics,
 ) -> Result<(Judges, Fuser), ConfigError> {
-    let redactor = secrets.redactor();
     let upstream_transport = config.upstream.transport();
     let clients = RefCell::new(clients);
     // Built-in judges share `[judge]`'s endpoint: warn about a missing key once per endpoint.
@@ -210,17 +217,18 @@ pub(crate) fn build_deciders(
         let mut judge_upstream = config.upstream.clone();
         judge_upstream.forward_client_auth = false;
         let transport = judge.transport_keys().over(&upstream_transport);
-        let client = clients
+        let routed = clients
             .borrow_mut()
-            .client(&transport, table)
+            .client(&transport, table, &judge.base_url)
             .map_err(|e| ConfigError(e.to_string()))?;
+        let redactor = secrets.redactor_with(&routed.route.secrets());
         let endpoint = Upstream::new(
-            client,
+            routed,
             table,
             &judge.base_url,
             key,
             &judge_upstream,
-            redactor.clone(),
+            redactor,
         )
         .map_err(ConfigError)?;
         Ok(JudgeCall::new(judge, endpoint, false, metrics.clone()))

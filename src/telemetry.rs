@@ -172,9 +172,10 @@ fn tracer_provider(config: &Config) -> Result<SdkTracerProvider, TelemetryError>
             "`telemetry.otlp_endpoint`: cannot set up {what}: {e}"
         ))
     };
-    let client =
-        crate::upstream::collector_client(&config.upstream).map_err(|e| fail("TLS", &e))?;
-    let config = &config.telemetry;
+    let config_telemetry = &config.telemetry;
+    let client = crate::upstream::collector_client(&config.upstream, &config_telemetry.otlp_endpoint)
+        .map_err(|e| fail("its client", &e))?;
+    let config = config_telemetry;
     let runtime = tokio::runtime::Handle::try_current().map_err(|e| fail("exports", &e))?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()

@@ -1,5 +1,6 @@
 //! The upstream: one pooled hyper client (HTTP and HTTPS via rustls), URL mapping, auth,
-//! header hygiene, timeouts and retries. The roots its TLS trusts are in `tls`.
+//! header hygiene, timeouts and retries. The roots its TLS trusts are in `tls`; whether its
+//! calls go through an outbound HTTP proxy is in `route`.
 //!
 //! Two kinds of call go through here. Passthrough hands over a streaming request and gets the
 //! streaming response back as soon as its head arrives, so bodies are never buffered. Candidate
@@ -7,6 +8,7 @@
 //! the complete body and are retried on transient failures.
 
 mod clients;
+mod route;
 mod tls;
 
 use std::sync::Arc;
@@ -19,7 +21,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
 use crate::body::{Body, SharedJson};
@@ -27,10 +28,12 @@ use crate::config::UpstreamConfig;
 use crate::error::ApiError;
 use crate::redact::Redactor;
 
-pub(crate) use clients::Clients;
+pub(crate) use clients::{ClientSetupError, Clients, RoutedClient};
+/// Named by [`HttpsClient`], so public with it.
+pub use route::RoutedConnector;
 pub use tls::TlsSetupError;
 
-pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<RoutedConnector>, Body>;
 
 /// An API key. Its `Debug` never shows the value, so it cannot reach a log line by accident.
 #[derive(Clone)]
@@ -174,6 +177,8 @@ pub struct Upstream {
     places: Option<Arc<Semaphore>>,
     max_connections: usize,
     place_wait: Duration,
+    /// Added to every request when the route is a forward proxy that wants credentials.
+    proxy_authorization: Option<HeaderValue>,
 }
 
 /// A call's place under `upstream.max_connections`, held until its answer has been read (a
@@ -191,18 +196,25 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// The client of the OTLP exporter: its collector is reached as a judge endpoint without keys
-/// of its own would be (`[upstream]`'s CA file, roots and proxy; no client certificate).
-pub(crate) fn collector_client(config: &UpstreamConfig) -> Result<HttpsClient, TlsSetupError> {
-    let transport = crate::config::TransportKeys::default().over(&config.transport());
-    Clients::new(config).client(&transport, "upstream")
+/// The client of the OTLP exporter for its collector at `endpoint`: `[upstream]`'s CA file and
+/// roots, no client certificate, and the environment's proxy only. A collector is usually
+/// beside the proxy, not behind the egress proxy an upstream may need; `NO_PROXY` and the
+/// loopback rule apply as for any endpoint.
+pub(crate) fn collector_client(
+    config: &UpstreamConfig,
+    endpoint: &str,
+) -> Result<HttpsClient, ClientSetupError> {
+    let mut transport = crate::config::TransportKeys::default().over(&config.transport());
+    transport.proxy_url.clear();
+    let routed = Clients::new(config).client(&transport, "upstream", endpoint)?;
+    Ok(routed.client)
 }
 
 impl Upstream {
-    /// The endpoint at `base_url`, whose keys live in the config table `table` (`upstream`,
-    /// `judges.rm`, `fuser`): the table its 502s name.
-    pub fn new(
-        client: HttpsClient,
+    /// The endpoint at `base_url`, reached through `routed`, whose keys live in the config
+    /// table `table` (`upstream`, `judges.rm`, `fuser`): the table its 502s name.
+    pub(crate) fn new(
+        routed: RoutedClient,
         table: &str,
         base_url: &str,
         key: Option<ApiKey>,
@@ -210,7 +222,8 @@ impl Upstream {
         redactor: Redactor,
     ) -> Result<Upstream, String> {
         Ok(Upstream {
-            client,
+            client: routed.client,
+            proxy_authorization: routed.route.proxy_authorization().cloned(),
             table: table.into(),
             base: BaseUrl::parse(base_url)?,
             key,
@@ -391,6 +404,10 @@ impl Upstream {
                 );
             }
         }
+        // The client's own was dropped above, as hop-by-hop: this one is for our proxy.
+        if let Some(value) = &self.proxy_authorization {
+            headers.insert(header::PROXY_AUTHORIZATION, value.clone());
+        }
         // With tracing on, the upstream's spans join the trace: the current span (this
         // call's) becomes the parent in `traceparent`.
         crate::telemetry::inject(&mut headers);
@@ -431,7 +448,8 @@ fn client_body_error(err: &hyper_util::client::legacy::Error) -> Option<Upstream
 }
 
 /// A hyper-util client error with its cause chain, which holds the useful part
-/// ("connection refused", "dns error").
+/// ("connection refused", "dns error"), and what to change when a setting can fix it;
+/// `table` is the endpoint's config table.
 fn describe(err: &hyper_util::client::legacy::Error, table: &str) -> String {
     let mut text = err.to_string();
     let mut source = std::error::Error::source(err);
@@ -441,6 +459,10 @@ fn describe(err: &hyper_util::client::legacy::Error, table: &str) -> String {
         source = cause.source();
     }
     if let Some(advice) = tls::advice(err, table) {
+        text.push_str(". ");
+        text.push_str(&advice);
+    }
+    if let Some(advice) = route::advice(err, table) {
         text.push_str(". ");
         text.push_str(&advice);
     }

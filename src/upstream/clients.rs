@@ -1,12 +1,13 @@
 //! The HTTP clients of the upstream and of every judge and fuser endpoint: one per distinct way
-//! of reaching an endpoint (its `Transport`), so endpoints that are reached alike share one
-//! client and its connection pool, and one with its own CA, client certificate or proxy gets a
-//! client of its own.
+//! of reaching an endpoint (its `Transport` and the `Route` its base URL takes), so endpoints
+//! reached alike share one client and its connection pool, and one with its own CA, client
+//! certificate or proxy gets a client of its own.
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::route::{Route, RouteError, RoutedConnector};
 use super::tls::{self, TlsSetupError};
 use super::HttpsClient;
 use crate::config::{Transport, UpstreamConfig};
@@ -14,54 +15,87 @@ use crate::config::{Transport, UpstreamConfig};
 /// The clients built so far, with the pool settings of `[upstream]` that all of them share.
 pub(crate) struct Clients {
     pool: UpstreamConfig,
-    built: Vec<BuiltClient>,
+    built: Vec<Built>,
 }
 
-struct BuiltClient {
+/// A client, and the route its connections take.
+#[derive(Clone)]
+pub(crate) struct RoutedClient {
+    pub client: HttpsClient,
+    pub route: Route,
+}
+
+struct Built {
     transport: Transport,
-    client: HttpsClient,
-    /// What it trusts and presents, and for which table it was first built.
+    routed: RoutedClient,
+    /// The table it was first built for, what it trusts and presents, and its route.
     summary: String,
 }
 
+/// Why an endpoint's client could not be built: a TLS file, or its proxy setting.
+#[derive(Debug)]
+pub(crate) enum ClientSetupError {
+    Tls(TlsSetupError),
+    Route(RouteError),
+}
+
+impl std::fmt::Display for ClientSetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientSetupError::Tls(error) => error.fmt(f),
+            ClientSetupError::Route(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ClientSetupError {}
+
 impl Clients {
     /// No client yet; each is built on first use, with `config`'s timeouts and pool settings.
-    pub fn new(config: &UpstreamConfig) -> Clients {
+    pub(crate) fn new(config: &UpstreamConfig) -> Clients {
         Clients {
             pool: config.clone(),
             built: Vec::new(),
         }
     }
 
-    /// The client for endpoints reached as `transport` says, built (and its files read) the
-    /// first time. `table` is the config table asking (`upstream`, `judges.rm`, ...), named by
-    /// any error.
-    pub fn client(
+    /// The client for the endpoint at `base_url`, reached as `transport` says, built (and its
+    /// files read) the first time. `table` is the config table asking (`upstream`,
+    /// `judges.rm`, ...), named by any error.
+    pub(crate) fn client(
         &mut self,
         transport: &Transport,
         table: &str,
-    ) -> Result<HttpsClient, TlsSetupError> {
-        if let Some(built) = self.built.iter().find(|b| b.transport == *transport) {
-            return Ok(built.client.clone());
+        base_url: &str,
+    ) -> Result<RoutedClient, ClientSetupError> {
+        let route = Route::for_endpoint(base_url, &transport.proxy_url, table)
+            .map_err(ClientSetupError::Route)?;
+        let same = |b: &&Built| b.transport == *transport && b.routed.route == route;
+        if let Some(built) = self.built.iter().find(same) {
+            return Ok(built.routed.clone());
         }
-        let (tls, summary) = tls::client_config(transport, table)?;
-        let client = build(&self.pool, tls);
-        self.built.push(BuiltClient {
+        let (tls, trust) = tls::client_config(transport, table).map_err(ClientSetupError::Tls)?;
+        let routed = RoutedClient {
+            client: build(&self.pool, tls, route.clone()),
+            route,
+        };
+        self.built.push(Built {
             transport: transport.clone(),
-            client: client.clone(),
-            summary: format!("{table}: {summary}"),
+            summary: format!("{table}: {trust}; {}", routed.route.describe()),
+            routed: routed.clone(),
         });
-        Ok(client)
+        Ok(routed)
     }
 
-    /// One line per client: the table it was built for, what it trusts and presents.
-    pub fn describe(&self) -> Vec<String> {
+    /// One line per client: the table it was built for, what it trusts and presents, its route.
+    pub(crate) fn describe(&self) -> Vec<String> {
         self.built.iter().map(|b| b.summary.clone()).collect()
     }
 }
 
-/// A pooled HTTP(S) client with `tls`, offering h2 and http/1.1 over TLS.
-fn build(pool: &UpstreamConfig, tls: rustls::ClientConfig) -> HttpsClient {
+/// A pooled HTTP(S) client with `tls`, offering h2 and http/1.1 over TLS, opening connections
+/// the way `route` says (over a tunnel, TLS runs inside it).
+fn build(pool: &UpstreamConfig, tls: rustls::ClientConfig, route: Route) -> HttpsClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -71,7 +105,7 @@ fn build(pool: &UpstreamConfig, tls: rustls::ClientConfig) -> HttpsClient {
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(RoutedConnector::new(http, route));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(pool.pool_idle_timeout)
         .pool_max_idle_per_host(pool.pool_max_idle_per_host)

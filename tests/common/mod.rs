@@ -2,6 +2,7 @@
 //! a mock upstream, and sends it raw HTTP requests.
 #![allow(dead_code)]
 
+pub mod connect_proxy;
 pub mod llmock;
 pub mod metrics;
 pub mod mock;

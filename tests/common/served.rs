@@ -23,13 +23,22 @@ use super::{free_port, Proxy};
 pub const BIN: &str = env!("CARGO_BIN_EXE_bon-proxy");
 
 /// Variables the binary reads; removed from every child so the caller's shell cannot skew a
-/// test (a test sets the ones it needs).
-pub const BINARY_ENV: [&str; 5] = [
+/// test (a test sets the ones it needs). The proxy variables too: a CI machine's egress proxy
+/// must not carry the calls to the default (non-loopback) upstream, nor refuse them.
+pub const BINARY_ENV: [&str; 13] = [
     "BON_CONFIG",
     "BON_LISTEN",
     "BON_UPSTREAM_BASE_URL",
     "OPENAI_API_KEY",
     "RUST_LOG",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
 ];
 
 /// Upper bound on the proxy's start and on one HTTP exchange with it.

@@ -225,6 +225,11 @@ impl TlsUpstream {
         format!("https://{}/v1", self.addr)
     }
 
+    /// Its port, for a base URL that names it by another host name.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     /// The HTTP version of every request so far, in arrival order.
     pub fn versions(&self) -> Vec<Version> {
         self.seen
