@@ -173,8 +173,9 @@ fn tracer_provider(config: &Config) -> Result<SdkTracerProvider, TelemetryError>
         ))
     };
     let config_telemetry = &config.telemetry;
-    let client = crate::upstream::collector_client(&config.upstream, &config_telemetry.otlp_endpoint)
-        .map_err(|e| fail("its client", &e))?;
+    let client =
+        crate::upstream::collector_client(&config.upstream, &config_telemetry.otlp_endpoint)
+            .map_err(|e| fail("its client", &e))?;
     let config = config_telemetry;
     let runtime = tokio::runtime::Handle::try_current().map_err(|e| fail("exports", &e))?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()

@@ -1,6 +1,6 @@
-//! Outbound proxying (issue 17) through the real binary: upstream calls travel through the HTTP
-//! proxy the environment names (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`), as a user behind an
-//! egress proxy needs.
+//! Outbound proxying through the real binary: upstream calls travel through the HTTP proxy
+//! `upstream.proxy_url` or the environment names (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`), as
+//! a user behind an egress proxy needs; a judge with its own `base_url` may have its own.
 //!
 //! The upstream is addressed as `upstream.test`, a name only the test proxy
 //! ([`ConnectProxy`]) resolves: an answer proves the call went through it. An https upstream
@@ -302,4 +302,96 @@ fn an_unusable_proxy_variable_stops_the_start_naming_it() {
         "{log}"
     );
     assert!(!log.contains(PASSWORD), "{log}");
+}
+
+/// `upstream.proxy_url` instead of the environment: the calls go through it with its
+/// credentials, and `check-config` shows the route with the password masked, in its
+/// connections list and in the config it prints.
+#[tokio::test]
+async fn proxy_url_in_the_config_carries_the_calls_and_is_masked_by_check_config() {
+    let https = Https::start().await;
+    let proxy =
+        ConnectProxy::start(Mode::require_auth("user", PASSWORD), &[(HOST, LOOPBACK)]).await;
+    let toml = format!(
+        "{}proxy_url = \"{}\"\n",
+        https.config(),
+        proxy.url_with("user", PASSWORD)
+    );
+    let served = serve(&toml, &[]).await;
+    let answer = post_chat(&served.proxy(), &[("x-best-of-n", "2")], chat_body("Hi")).await;
+    answer.expect_ok();
+    assert_eq!(https.upstream.calls().len(), 2 + 1);
+    assert_eq!(proxy.connects().first(), Some(&https.target()));
+    assert!(!served.log().contains(PASSWORD), "{}", served.log());
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &toml).expect("write the config");
+    let mut check = std::process::Command::new(common::served::BIN);
+    check.args(["check-config", "--config"]).arg(&path);
+    for name in common::served::BINARY_ENV {
+        check.env_remove(name);
+    }
+    let out = check.output().expect("run check-config");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = proxy
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let route = format!("through the proxy http://***@127.0.0.1:{port} (CONNECT)");
+    assert!(stdout.contains(&route), "{stdout}");
+    assert!(
+        stdout.contains("proxy_url = \"http://***@127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(PASSWORD), "{stdout}");
+}
+
+/// A judge with its own https endpoint and its own `proxy_url`: the judge call goes through
+/// the proxy while the candidates go straight to the loopback upstream; a judge that inherits
+/// `[upstream]`'s `proxy_url` goes through it as well.
+#[tokio::test]
+async fn a_judge_endpoint_takes_its_own_or_the_inherited_proxy_url() {
+    for own in [true, false] {
+        let https = Https::start().await;
+        let proxy = ConnectProxy::start(Mode::Accept, &[(HOST, LOOPBACK)]).await;
+        let mock = MockUpstream::start().await;
+        let proxy_line = format!("proxy_url = \"{}\"\n", proxy.url());
+        let (upstream_extra, judge_extra) = if own {
+            ("", proxy_line.as_str())
+        } else {
+            (proxy_line.as_str(), "")
+        };
+        let toml = format!(
+            "[upstream]\nbase_url = \"{}\"\nmax_retries = 0\n{upstream_extra}\n\
+             [judge]\nbase_url = \"https://{HOST}:{}/v1\"\nca_file = \"{}\"\n\
+             fallback = \"error\"\n{judge_extra}",
+            mock.base_url(),
+            https.upstream.port(),
+            https.ca_path
+        );
+        let served = serve(&toml, &[]).await;
+        let answer = post_chat(&served.proxy(), &[("x-best-of-n", "2")], chat_body("Hi")).await;
+        answer.expect_ok();
+        let judged = https
+            .upstream
+            .calls()
+            .iter()
+            .filter(|c| c.is_judge())
+            .count();
+        assert_eq!(judged, 1, "own proxy_url: {own}; {}", served.log());
+        assert_eq!(
+            mock.calls().len(),
+            2,
+            "the candidates went direct (loopback)"
+        );
+        assert_eq!(proxy.connects(), vec![https.target()]);
+    }
 }
