@@ -8,6 +8,7 @@
 //! the complete body and are retried on transient failures.
 
 mod clients;
+mod connector;
 mod route;
 mod tls;
 
@@ -30,7 +31,7 @@ use crate::redact::Redactor;
 
 pub(crate) use clients::{ClientSetupError, Clients, RoutedClient};
 /// Named by [`HttpsClient`], so public with it.
-pub use route::RoutedConnector;
+pub use connector::RoutedConnector;
 pub use tls::TlsSetupError;
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<RoutedConnector>, Body>;
@@ -462,7 +463,7 @@ fn describe(err: &hyper_util::client::legacy::Error, table: &str) -> String {
         text.push_str(". ");
         text.push_str(&advice);
     }
-    if let Some(advice) = route::advice(err, table) {
+    if let Some(advice) = connector::advice(err, table) {
         text.push_str(". ");
         text.push_str(&advice);
     }

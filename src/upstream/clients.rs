@@ -7,7 +7,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::route::{Route, RouteError, RoutedConnector};
+use super::connector::RoutedConnector;
+use super::route::{Route, RouteError};
 use super::tls::{self, TlsSetupError};
 use super::HttpsClient;
 use crate::config::{Transport, UpstreamConfig};

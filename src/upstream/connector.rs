@@ -1,0 +1,243 @@
+//! The upstream client's connector: opens each connection the way the endpoint's [`Route`]
+//! says (straight, through a CONNECT tunnel, or to a forward proxy), and [`advice`], which turns
+//! a proxy's refusal into a sentence naming the setting to change.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use super::route::Route;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// hyper-util's CONNECT error. Its module is private, so the type is named through the
+/// connector that returns it; that is enough to downcast to it and match its variants.
+type TunnelError = <Tunnel<HttpConnector> as Service<Uri>>::Error;
+
+/// The upstream client's connector: opens each connection the way its [`Route`] says. For
+/// https, hyper-rustls wraps it and runs TLS over what it returns (inside the tunnel).
+#[derive(Clone)]
+pub struct RoutedConnector {
+    http: HttpConnector,
+    route: Route,
+}
+
+impl RoutedConnector {
+    pub(crate) fn new(http: HttpConnector, route: Route) -> RoutedConnector {
+        RoutedConnector { http, route }
+    }
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<RoutedStream, BoxError>> + Send>>;
+
+impl Service<Uri> for RoutedConnector {
+    type Response = RoutedStream;
+    // Boxed, not wrapped: hyper-util's `TunnelError` stays in the cause chain for `advice`.
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, destination: Uri) -> Connecting {
+        match &self.route {
+            Route::Direct => {
+                let connecting = self.http.call(destination);
+                Box::pin(async move { Ok(RoutedStream::new(connecting.await?, false)) })
+            }
+            Route::Tunnel { proxy, auth } => {
+                let mut tunnel = Tunnel::new(proxy.clone(), self.http.clone());
+                if let Some(auth) = auth {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                let connecting = tunnel.call(destination);
+                Box::pin(async move { Ok(RoutedStream::new(connecting.await?, false)) })
+            }
+            Route::Forward { proxy, .. } => {
+                let connecting = self.http.call(proxy.clone());
+                Box::pin(async move {
+                    let stream = connecting
+                        .await
+                        .map_err(|e| ProxyUnreachable(Box::new(e)))?;
+                    Ok(RoutedStream::new(stream, true))
+                })
+            }
+        }
+    }
+}
+
+/// A forward proxy that could not be connected to (a tunnel's says so in its `TunnelError`).
+#[derive(Debug)]
+struct ProxyUnreachable(BoxError);
+
+impl std::fmt::Display for ProxyUnreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot connect to the proxy")
+    }
+}
+
+impl StdError for ProxyUnreachable {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// A connection opened by [`RoutedConnector`]: a TCP stream to the endpoint, to a tunnel
+/// through the proxy, or to a forward proxy (then marked proxied, so the client writes
+/// request targets in absolute form).
+pub struct RoutedStream {
+    io: TokioIo<TcpStream>,
+    forwarded: bool,
+}
+
+impl RoutedStream {
+    fn new(io: TokioIo<TcpStream>, forwarded: bool) -> RoutedStream {
+        RoutedStream { io, forwarded }
+    }
+}
+
+impl Connection for RoutedStream {
+    fn connected(&self) -> Connected {
+        self.io.connected().proxy(self.forwarded)
+    }
+}
+
+impl Read for RoutedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl Write for RoutedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// What a user can do about the proxy failure in `error`'s chain, said after the error's own
+/// words in the 502; `key_prefix` is the config table of the endpoint's `proxy_url`.
+pub(super) fn advice(error: &(dyn StdError + 'static), key_prefix: &str) -> Option<String> {
+    let key = format!("`{key_prefix}.proxy_url`");
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(tunnel) = opened::<TunnelError>(error) {
+            return tunnel_advice(tunnel, &key);
+        }
+        if opened::<ProxyUnreachable>(error).is_some() {
+            return Some(format!(
+                "The proxy itself cannot be reached: check the address in {key} (or \
+                 HTTP_PROXY)"
+            ));
+        }
+        cause = error.source();
+    }
+    None
+}
+
+/// `error` as a `T`, looking inside `io::Error` wrappers, whose `source()` skips the error
+/// they carry.
+fn opened<'a, T: StdError + 'static>(mut error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    loop {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        error = error.downcast_ref::<io::Error>()?.get_ref()?;
+    }
+}
+
+fn tunnel_advice(error: &TunnelError, key: &str) -> Option<String> {
+    let text = match error {
+        TunnelError::ProxyAuthRequired => format!(
+            "The proxy wants credentials it was not given or did not accept (407): put them \
+             in {key} as `http://user:password@host:port` (or in HTTPS_PROXY, when the proxy \
+             comes from the environment)"
+        ),
+        TunnelError::TunnelUnsuccessful => format!(
+            "The proxy refused to open a tunnel (CONNECT) to the upstream; its policy may not \
+             allow this host or port: check {key} (or HTTPS_PROXY), or add the upstream's host \
+             to NO_PROXY if it is reachable without the proxy"
+        ),
+        TunnelError::ConnectFailed(_) => format!(
+            "The proxy itself cannot be reached: check the address in {key} (or HTTPS_PROXY)"
+        ),
+        TunnelError::TunnelUnexpectedEof
+        | TunnelError::ProxyHeadersTooLong
+        | TunnelError::Io(_) => format!(
+            "The proxy did not answer the CONNECT as an HTTP proxy does: check that {key} (or \
+             HTTPS_PROXY) names an HTTP proxy that allows CONNECT"
+        ),
+        _ => return None,
+    };
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advice_names_the_setting_for_each_refusal() {
+        let key = "upstream";
+        let refused: BoxError = Box::new(TunnelError::TunnelUnsuccessful);
+        let text = advice(&*refused, key).unwrap();
+        assert!(
+            text.contains("refused") && text.contains("`upstream.proxy_url`"),
+            "{text}"
+        );
+        assert!(text.contains("NO_PROXY"), "{text}");
+        let auth = TunnelError::ProxyAuthRequired;
+        // As hyper-rustls and the client pass it on: inside an io::Error, then a source.
+        let wrapped = io::Error::other(io::Error::other(auth));
+        let text = advice(&wrapped, key).unwrap();
+        assert!(
+            text.contains("credentials") && text.contains("proxy_url"),
+            "{text}"
+        );
+        let unreachable = TunnelError::ConnectFailed("refused".into());
+        assert!(advice(&unreachable, "fuser")
+            .unwrap()
+            .contains("`fuser.proxy_url`"));
+        let forward = ProxyUnreachable("refused".into());
+        assert!(advice(&forward, key).unwrap().contains("cannot be reached"));
+        assert!(advice(&io::Error::other("dns error"), key).is_none());
+    }
+}
