@@ -180,6 +180,8 @@ pub struct Upstream {
     place_wait: Duration,
     /// Added to every request when the route is a forward proxy that wants credentials.
     proxy_authorization: Option<HeaderValue>,
+    /// The route is a forward proxy: a 407 is the proxy's answer, not the upstream's.
+    forward_proxy: bool,
 }
 
 /// A call's place under `upstream.max_connections`, held until its answer has been read (a
@@ -225,6 +227,7 @@ impl Upstream {
         Ok(Upstream {
             client: routed.client,
             proxy_authorization: routed.route.proxy_authorization().cloned(),
+            forward_proxy: routed.route.is_forward(),
             table: table.into(),
             base: BaseUrl::parse(base_url)?,
             key,
@@ -255,6 +258,18 @@ impl Upstream {
                 waited: self.place_wait,
             }),
         }
+    }
+
+    /// A 407 through a forward proxy is the proxy asking for credentials: a 502 saying where
+    /// they go, not an answer of the upstream's to pass on.
+    fn check_proxy_answer(&self, status: StatusCode) -> Result<(), UpstreamError> {
+        if self.forward_proxy && status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            let advice = connector::forward_proxy_wants_credentials(&self.table);
+            return Err(UpstreamError::Unreachable(format!(
+                "the outbound proxy answered 407 Proxy Authentication Required. {advice}"
+            )));
+        }
+        Ok(())
     }
 
     /// True when there is a secret that upstream text could leak.
@@ -291,7 +306,10 @@ impl Upstream {
         *request.headers_mut() = self.outgoing_headers(client_headers);
         let sent = self.client.request(request);
         match tokio::time::timeout(self.timeout, sent).await {
-            Ok(Ok(response)) => Ok((response, place)),
+            Ok(Ok(response)) => {
+                self.check_proxy_answer(response.status())?;
+                Ok((response, place))
+            }
             Ok(Err(e)) => Err(client_body_error(&e)
                 .unwrap_or_else(|| UpstreamError::Unreachable(describe(&e, &self.table)))),
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
@@ -368,6 +386,7 @@ impl Upstream {
             .request(request)
             .await
             .map_err(|e| UpstreamError::Unreachable(describe(&e, &self.table)))?;
+        self.check_proxy_answer(response.status())?;
         let (parts, incoming) = response.into_parts();
         let body = Limited::new(incoming, MAX_JSON_ANSWER_BYTES)
             .collect()

@@ -259,6 +259,21 @@ async fn http_proxy_forwards_a_plain_http_upstream_with_its_credentials() {
         assert_eq!(host, Some(format!("{HOST}:{port}").as_str()));
     }
     assert!(!served.log().contains(PASSWORD), "{}", served.log());
+
+    // Without credentials the forward proxy answers 407 itself: that is the proxy's answer,
+    // not the upstream's, so the client gets a 502 saying where the credentials go.
+    let without = serve(&toml, &[("HTTP_PROXY", &proxy.url())]).await;
+    let answer = post_chat(&without.proxy(), &[], chat_body("Hi")).await;
+    let message = unreachable_message(&answer);
+    assert!(message.contains("407"), "{message}");
+    assert!(message.contains("`upstream.proxy_url`"), "{message}");
+    let best = post_chat(&without.proxy(), &[("x-best-of-n", "2")], chat_body("Hi")).await;
+    assert_eq!(best.status.as_u16(), 502, "{best:?}");
+    assert_eq!(
+        mock.calls().len(),
+        1 + 3 + 1,
+        "nothing more reached the upstream"
+    );
 }
 
 /// An upstream on loopback never goes through the proxy, whatever the environment says: a

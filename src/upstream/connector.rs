@@ -184,13 +184,25 @@ fn opened<'a, T: StdError + 'static>(mut error: &'a (dyn StdError + 'static)) ->
     }
 }
 
+/// The 502 message for a proxy that answered 407, a tunnel's or a forward proxy's; `key` is
+/// the endpoint's `proxy_url` key, quoted.
+fn credentials_wanted(key: &str) -> String {
+    format!(
+        "The proxy wants credentials it was not given or did not accept (407): put them in \
+         {key} as `http://user:password@host:port` (or in HTTPS_PROXY / HTTP_PROXY, when the \
+         proxy comes from the environment)"
+    )
+}
+
+/// What a client is told when the forward proxy of a plain-http endpoint (whose keys live in
+/// `table`) answers 407: that answer is the proxy's, not the upstream's, so it is not passed on.
+pub(super) fn forward_proxy_wants_credentials(table: &str) -> String {
+    credentials_wanted(&format!("`{table}.proxy_url`"))
+}
+
 fn tunnel_advice(error: &TunnelError, key: &str) -> Option<String> {
     let text = match error {
-        TunnelError::ProxyAuthRequired => format!(
-            "The proxy wants credentials it was not given or did not accept (407): put them \
-             in {key} as `http://user:password@host:port` (or in HTTPS_PROXY, when the proxy \
-             comes from the environment)"
-        ),
+        TunnelError::ProxyAuthRequired => credentials_wanted(key),
         TunnelError::TunnelUnsuccessful => format!(
             "The proxy refused to open a tunnel (CONNECT) to the upstream; its policy may not \
              allow this host or port: check {key} (or HTTPS_PROXY), or add the upstream's host \

@@ -84,6 +84,11 @@ impl Route {
         Ok(setting.route(&destination, https))
     }
 
+    /// True for a plain-http endpoint reached through a forward proxy.
+    pub(crate) fn is_forward(&self) -> bool {
+        matches!(self, Route::Forward { .. })
+    }
+
     /// The header a forward proxy wants on each request; `None` for a tunnel, which sends it
     /// once, with the CONNECT.
     pub(crate) fn proxy_authorization(&self) -> Option<&HeaderValue> {
