@@ -378,7 +378,7 @@ fn check_base_url(key: &str, url: &str) -> Result<(), ConfigError> {
             "`{key}`: `{}` has credentials in it; they are not supported. Remove the \
              `user:password@` part and put the API key in the environment variable named by \
              `api_key_env`.",
-            crate::upstream::redact_url(url)
+            crate::redact::redact_url(url)
         )));
     }
     match uri {
@@ -392,7 +392,7 @@ fn check_base_url(key: &str, url: &str) -> Result<(), ConfigError> {
         _ => Err(ConfigError(format!(
             "`{key}`: `{}` is not a usable base URL; use http(s)://HOST[:PORT][/PATH], \
              e.g. \"https://api.openai.com/v1\"",
-            crate::upstream::redact_url(url)
+            crate::redact::redact_url(url)
         ))),
     }
 }

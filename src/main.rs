@@ -188,7 +188,7 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<(), String> {
         warn_without_key(&config);
     }
     let mut signals = Signals::listen()?;
-    let upstream = bon_proxy::upstream::redact_url(&config.upstream.base_url);
+    let upstream = bon_proxy::redact::redact_url(&config.upstream.base_url);
     let server = Server::bind(config, secrets).await?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, %upstream, "bon-proxy listening");
@@ -332,7 +332,7 @@ fn check_config(path: &Path, demo: bool) -> Result<(), String> {
         "# fuser (x-best-of-n-mode: fuse): {}",
         checked.fuser.describe()
     );
-    let redact = bon_proxy::upstream::redact_url;
+    let redact = bon_proxy::redact::redact_url;
     config.upstream.base_url = redact(&config.upstream.base_url);
     config.upstream.proxy_url = redact(&config.upstream.proxy_url);
     for judge in std::iter::once(&mut config.judge).chain(config.judges.values_mut()) {
@@ -341,7 +341,7 @@ fn check_config(path: &Path, demo: bool) -> Result<(), String> {
     }
     config.fuser.base_url = redact(&config.fuser.base_url);
     config.fuser.proxy_url = redact(&config.fuser.proxy_url);
-    config.cache.redis_url = bon_proxy::upstream::redact_url(&config.cache.redis_url);
+    config.cache.redis_url = bon_proxy::redact::redact_url(&config.cache.redis_url);
     let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
     println!("\n{text}");
     Ok(())
@@ -399,7 +399,7 @@ fn redis_status(config: &Config, password_set: bool) -> Option<String> {
     if cache.redis_url.is_empty() {
         return None;
     }
-    let url = bon_proxy::upstream::redact_url(&cache.redis_url);
+    let url = bon_proxy::redact::redact_url(&cache.redis_url);
     let password = match (cache.redis_password_env.as_str(), password_set) {
         ("", _) => "no password variable".to_string(),
         (env, true) => format!("password set (from ${env}, value masked)"),

@@ -119,9 +119,43 @@ fn replace(haystack: &[u8], ranges: &[(usize, usize)]) -> Vec<u8> {
     out
 }
 
+/// `url` with any `user:password@` credentials replaced by `***@`, safe for logs, messages and
+/// printed configs. Everything between the scheme and the last `@` is hidden, so a password
+/// holding an unencoded `@`, `/` or `#` is hidden whole (at the price of hiding a path's `@`
+/// too); a URL without a scheme (a proxy written `user:pw@host:port`) is read the same way.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials_whatever_their_shape() {
+        let cases = [
+            ("https://u:secret@h.com/v1", "https://***@h.com/v1"),
+            ("http://h.com/v1", "http://h.com/v1"),
+            ("http://alice:pa#ss/x@p:3128", "http://***@p:3128"),
+            ("alice:secret@proxy:3128", "***@proxy:3128"),
+            ("http://alice:p@ss@proxy:3128", "http://***@proxy:3128"),
+            (
+                "redis://:pw@127.0.0.1:6379/0",
+                "redis://***@127.0.0.1:6379/0",
+            ),
+            ("proxy:3128", "proxy:3128"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
 
     const KEY: &str = "sk-proj-Abc123Def456Ghi789Jkl012Mno345";
 

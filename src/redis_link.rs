@@ -18,7 +18,8 @@ use redis::{RedisError, RedisResult};
 
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
-use crate::upstream::{redact_url, ApiKey};
+use crate::redact::redact_url;
+use crate::upstream::ApiKey;
 use breaker::{Admit, Breaker, Tripped};
 
 /// The Redis connection could not be set up from the config.

@@ -15,7 +15,7 @@ use crate::judge::Judges;
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
 use crate::redis_link::RedisLink;
-use crate::upstream::{self, ApiKey, Clients, Upstream};
+use crate::upstream::{ApiKey, Clients, Upstream};
 
 /// Keys read from the environment at start; kept apart from [`Config`] so that the config can
 /// be printed and logged without ever holding a secret.
@@ -210,7 +210,7 @@ pub(crate) fn build_deciders(
         let key = secrets.judge_keys.get(&judge.api_key_env).cloned();
         if key.is_none() && warned.borrow_mut().insert(judge.base_url.clone()) {
             tracing::warn!(
-                judge = %upstream::redact_url(&judge.base_url),
+                judge = %crate::redact::redact_url(&judge.base_url),
                 "a judge base_url is set but its api_key_env names no key: judge calls there go unauthenticated"
             );
         }

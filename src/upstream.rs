@@ -27,7 +27,7 @@ use hyper_util::client::legacy::Client;
 use crate::body::{Body, SharedJson};
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
-use crate::redact::Redactor;
+use crate::redact::{redact_url, Redactor};
 
 pub(crate) use clients::{ClientSetupError, Clients, RoutedClient};
 /// Named by [`HttpsClient`], so public with it.
@@ -592,19 +592,6 @@ impl BaseUrl {
     }
 }
 
-/// `url` with any `user:password@` credentials replaced, safe for logs and messages.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let after = &url[scheme_end + 3..];
-    let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    match after[..authority_end].rfind('@') {
-        Some(at) => format!("{}://***@{}", &url[..scheme_end], &after[at + 1..]),
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,15 +626,6 @@ mod tests {
         let out = end_to_end_headers(&headers);
         assert_eq!(out.len(), 1);
         assert!(out.contains_key("openai-organization"));
-    }
-
-    #[test]
-    fn redaction_hides_credentials() {
-        assert_eq!(
-            redact_url("https://u:secret@h.com/v1"),
-            "https://***@h.com/v1"
-        );
-        assert_eq!(redact_url("http://h.com/a@b"), "http://h.com/a@b");
     }
 
     #[test]

@@ -66,13 +66,13 @@ impl CacheConfig {
             return Err(ConfigError(format!(
                 "`cache.redis_url`: `{}` is not a Redis URL; use redis://HOST:PORT[/DB] or \
                  rediss://HOST:PORT[/DB] (TLS)",
-                crate::upstream::redact_url(&self.redis_url)
+                crate::redact::redact_url(&self.redis_url)
             )));
         }
         if let Err(error) = redis::Client::open(self.redis_url.as_str()) {
             return Err(ConfigError(format!(
                 "`cache.redis_url`: `{}` cannot be used: {}",
-                crate::upstream::redact_url(&self.redis_url),
+                crate::redact::redact_url(&self.redis_url),
                 error
             )));
         }

@@ -296,11 +296,11 @@ fn connection(config: &JudgeConfig) -> String {
     let endpoint = match config.base_url.as_str() {
         "" => "the upstream".to_string(),
         url if config.api_key_env.is_empty() => {
-            format!("{} (no key)", crate::upstream::redact_url(url))
+            format!("{} (no key)", crate::redact::redact_url(url))
         }
         url => format!(
             "{} (key from ${}, masked)",
-            crate::upstream::redact_url(url),
+            crate::redact::redact_url(url),
             config.api_key_env
         ),
     };

@@ -20,6 +20,8 @@ use http::uri::Scheme;
 use http::Uri;
 use hyper_util::client::proxy::matcher::Matcher;
 
+use crate::redact::redact_url;
+
 /// How one endpoint's calls travel. Equal routes can share a client (and its pool).
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -65,18 +67,21 @@ impl Route {
         let Ok(destination) = base_url.trim().parse::<Uri>() else {
             return Ok(Route::Direct);
         };
-        // As Go's net/http does for proxies from the environment: a model server beside the
-        // proxy must never go through a corporate egress proxy.
-        match destination.host() {
-            Some(host) if !is_loopback(host) => {}
-            _ => return Ok(Route::Direct),
-        }
         let https = destination.scheme() == Some(&Scheme::HTTPS);
         let Some(setting) = Setting::choose(proxy_url, key_prefix, https, &env) else {
             return Ok(Route::Direct);
         };
+        // A key the user wrote is checked whether or not this endpoint uses it; a variable of
+        // the environment (set for other tools too) only when it is used.
+        if setting.from_config {
+            setting.check()?;
+        }
+        // As Go's net/http does for proxies from the environment: a model server beside the
+        // proxy must never go through a corporate egress proxy.
+        if destination.host().is_none_or(is_loopback) {
+            return Ok(Route::Direct);
+        }
         let no_proxy = first_set(&env, &["NO_PROXY", "no_proxy"]).map(|(_, value)| value);
-        // A setting that NO_PROXY keeps from this endpoint is not judged: it is not used.
         if exempt(&destination, &no_proxy.unwrap_or_default()) {
             return Ok(Route::Direct);
         }
@@ -130,11 +135,16 @@ impl Route {
     }
 }
 
-/// The password in a Basic token (`base64(user:password)`); `None` when there is none.
+/// Shortest proxy password hidden on its own in upstream text: a shorter one (`proxy`, `abc`)
+/// is an ordinary word, and hiding it would garble every error quoted to a client. The Basic
+/// token that carries it is hidden whatever its length.
+const MIN_HIDDEN_PASSWORD: usize = 8;
+
+/// The password in a Basic token (`base64(user:password)`), when it is long enough to hide.
 fn password(token: &str) -> Option<String> {
     let decoded = String::from_utf8(BASE64_STANDARD.decode(token).ok()?).ok()?;
     let (_, password) = decoded.split_once(':')?;
-    (!password.is_empty()).then(|| password.to_string())
+    (password.len() >= MIN_HIDDEN_PASSWORD).then(|| password.to_string())
 }
 
 impl std::fmt::Debug for Route {
@@ -153,11 +163,16 @@ impl std::fmt::Debug for Route {
     }
 }
 
-/// `http://host:port`, with `***@` standing for credentials when there are some.
+/// `http://host:port`, with `***@` standing for credentials when there are some. Built from
+/// the host and port, never from the authority's text, which holds the credentials.
 fn shown(proxy: &Uri, auth: &Option<HeaderValue>) -> String {
     let credentials = if auth.is_some() { "***@" } else { "" };
-    let authority = proxy.authority().map_or("", |a| a.as_str());
-    format!("http://{credentials}{authority}")
+    let host = proxy.host().unwrap_or_default();
+    let port = proxy
+        .port_u16()
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    format!("http://{credentials}{host}{port}")
 }
 
 /// True for `localhost` and loopback addresses (127.0.0.0/8, ::1, ::ffff:127.x).
@@ -176,9 +191,30 @@ fn is_loopback(host: &str) -> bool {
 fn exempt(destination: &Uri, no_proxy: &str) -> bool {
     let matcher = Matcher::builder()
         .all("http://exempt.invalid:1")
-        .no(no_proxy)
+        .no(without_ports(no_proxy))
         .build();
     matcher.intercept(destination).is_none()
+}
+
+/// NO_PROXY's entries as hyper-util's matcher reads them: it takes `host:8443` and
+/// `[fd00::1]` for domain names that never match, where curl and Go match the host (for any
+/// port) and the address.
+fn without_ports(no_proxy: &str) -> String {
+    let entries = no_proxy.split(',').map(|entry| {
+        let entry = entry.trim();
+        if let Some(inside) = entry.strip_prefix('[') {
+            return inside.split(']').next().unwrap_or_default();
+        }
+        match entry.rsplit_once(':') {
+            Some((host, port))
+                if !host.contains(':') && port.chars().all(|c| c.is_ascii_digit()) =>
+            {
+                host
+            }
+            _ => entry,
+        }
+    });
+    entries.collect::<Vec<_>>().join(",")
 }
 
 /// The value of the first of `names` that is set and not blank, as Go reads these variables.
@@ -197,6 +233,8 @@ struct Setting {
     /// How messages name it: `` `upstream.proxy_url` `` or `the environment variable X`.
     source: String,
     value: String,
+    /// Written in the config (`proxy_url`), not read from the environment.
+    from_config: bool,
 }
 
 impl Setting {
@@ -212,6 +250,7 @@ impl Setting {
             return Some(Setting {
                 source: format!("`{key_prefix}.proxy_url`"),
                 value: proxy_url.trim().to_string(),
+                from_config: true,
             });
         }
         let names = if https {
@@ -224,6 +263,7 @@ impl Setting {
         Some(Setting {
             source: format!("the environment variable {name}"),
             value,
+            from_config: false,
         })
     }
 
@@ -233,9 +273,22 @@ impl Setting {
         let error = |variant: fn(Named) -> RouteError| {
             variant(Named {
                 setting: self.source.clone(),
-                value: masked(&self.value),
+                value: redact_url(&self.value),
             })
         };
+        // http would take the last `@` as the end of the credentials, hyper-util the first:
+        // an unencoded `@` in a password would send part of it as the user name.
+        let authority_text = self
+            .value
+            .split_once("://")
+            .map_or(&*self.value, |(_, r)| r);
+        let authority_text = authority_text
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default();
+        if authority_text.matches('@').count() > 1 {
+            return Err(error(RouteError::NotAUrl));
+        }
         let uri: Uri = self.value.parse().map_err(|_| error(RouteError::NotAUrl))?;
         match uri.scheme_str() {
             // Without a scheme it is `http`, as for curl and Go.
@@ -269,23 +322,6 @@ impl Setting {
             Route::Forward { proxy, auth }
         }
     }
-}
-
-/// `value` with anything between its scheme and its last `@` hidden: credentials, even
-/// unencoded ones that a URL parser would cut somewhere else.
-fn masked(value: &str) -> String {
-    let Some(at) = value.rfind('@') else {
-        return value.to_string();
-    };
-    let scheme = value
-        .split_once("://")
-        .map(|(scheme, _)| scheme)
-        .filter(|s| {
-            s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        });
-    let scheme = scheme.map(|s| format!("{s}://")).unwrap_or_default();
-    format!("{scheme}***@{}", &value[at + 1..])
 }
 
 /// A proxy setting this proxy cannot use: which setting, and what to write instead.
@@ -585,5 +621,70 @@ mod tests {
             );
             assert!(text.contains("***@p"), "{text}");
         }
+    }
+
+    #[test]
+    fn a_bad_proxy_url_key_is_refused_even_where_it_would_not_be_used() {
+        for base_url in ["http://127.0.0.1:8000/v1", "https://api.example.com/v1"] {
+            let vars = [("NO_PROXY", "api.example.com")];
+            let error = route(base_url, "socks5://p:1080", &vars).unwrap_err();
+            assert_eq!(kind(&error), "socks", "{base_url}");
+            assert!(
+                error.to_string().contains("`judges.rm.proxy_url`"),
+                "{error}"
+            );
+        }
+        // A variable set for other tools is judged only where it is used.
+        let vars = [("HTTPS_PROXY", "socks5://p:1080")];
+        let loopback = route("https://localhost:8443/v1", "", &vars).unwrap();
+        assert_eq!(loopback, Route::Direct);
+    }
+
+    #[test]
+    fn an_unencoded_at_in_a_password_is_refused_and_never_shown() {
+        let error = route(
+            "https://api.example.com/v1",
+            "http://alice:p@ss-w0rd@proxy:3128",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(kind(&error), "not a URL");
+        let text = error.to_string();
+        assert!(!text.contains("p@ss") && !text.contains("w0rd"), "{text}");
+        assert!(text.contains("percent-encode"), "{text}");
+    }
+
+    #[test]
+    fn no_proxy_entries_with_ports_and_bracketed_addresses_match() {
+        let via = [("HTTPS_PROXY", "http://p:3128")];
+        for (no_proxy, base_url) in [
+            ("api.example.com:8443", "https://api.example.com:8443/v1"),
+            ("[fd00::1]", "https://[fd00::1]:8443/v1"),
+            ("fd00::1", "https://[fd00::1]/v1"),
+            ("10.0.0.0/8", "https://10.1.2.3/v1"),
+        ] {
+            let vars = [via[0], ("NO_PROXY", no_proxy)];
+            assert_eq!(
+                route(base_url, "", &vars).unwrap(),
+                Route::Direct,
+                "{no_proxy}"
+            );
+        }
+        let ipv6 = route("https://[fd00::1]:8443/v1", "", &via).unwrap();
+        assert!(matches!(ipv6, Route::Tunnel { .. }), "{ipv6:?}");
+    }
+
+    #[test]
+    fn a_short_password_is_not_hidden_on_its_own_but_its_token_is() {
+        let short = route("http://api.example.com/v1", "http://u:abc@p:3128", &[]).unwrap();
+        let secrets = short.secrets();
+        assert_eq!(secrets.len(), 1, "{secrets:?}");
+        assert_eq!(secrets[0], BASE64_STANDARD.encode("u:abc"));
+        let long = route(
+            "http://api.example.com/v1",
+            "http://u:long-enough@p:3128",
+            &[],
+        );
+        assert!(long.unwrap().secrets().contains(&"long-enough".to_string()));
     }
 }
