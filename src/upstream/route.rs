@@ -78,7 +78,7 @@ impl Route {
         }
         // As Go's net/http does for proxies from the environment: a model server beside the
         // proxy must never go through a corporate egress proxy.
-        if destination.host().is_none_or(is_loopback) {
+        if !destination.host().is_some_and(|host| !is_loopback(host)) {
             return Ok(Route::Direct);
         }
         let no_proxy = first_set(&env, &["NO_PROXY", "no_proxy"]).map(|(_, value)| value);
