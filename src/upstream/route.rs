@@ -78,8 +78,9 @@ impl Route {
         }
         // As Go's net/http does for proxies from the environment: a model server beside the
         // proxy must never go through a corporate egress proxy.
-        if !destination.host().is_some_and(|host| !is_loopback(host)) {
-            return Ok(Route::Direct);
+        match destination.host() {
+            Some(host) if !is_loopback(host) => {}
+            _ => return Ok(Route::Direct),
         }
         let no_proxy = first_set(&env, &["NO_PROXY", "no_proxy"]).map(|(_, value)| value);
         if exempt(&destination, &no_proxy.unwrap_or_default()) {
