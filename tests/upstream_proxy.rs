@@ -410,3 +410,34 @@ async fn a_judge_endpoint_takes_its_own_or_the_inherited_proxy_url() {
         assert_eq!(proxy.connects(), vec![https.target()]);
     }
 }
+
+/// A proxy that accepts the connection and never answers the CONNECT: the call fails after
+/// `upstream.connect_timeout`, not after the much longer `upstream.timeout`, with a 502 saying
+/// the proxy kept the CONNECT waiting.
+#[tokio::test]
+async fn a_proxy_that_never_answers_the_connect_fails_after_connect_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a silent proxy");
+    let address = silent.local_addr().expect("its address");
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            kept.push(socket);
+        }
+    });
+    let https = Https::start().await;
+    let toml = format!(
+        "{}connect_timeout = \"1s\"\ntimeout = \"60s\"\nproxy_url = \"http://{address}\"\n",
+        https.config()
+    );
+    let served = serve(&toml, &[]).await;
+    let started = std::time::Instant::now();
+    let answer = post_chat(&served.proxy(), &[], chat_body("Hi")).await;
+    let message = unreachable_message(&answer);
+    assert!(message.contains("did not answer the CONNECT"), "{message}");
+    assert!(message.contains("`upstream.proxy_url`"), "{message}");
+    let waited = started.elapsed();
+    assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
+    held.abort();
+}

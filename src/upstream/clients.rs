@@ -106,7 +106,7 @@ fn build(pool: &UpstreamConfig, tls: rustls::ClientConfig, route: Route) -> Http
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(RoutedConnector::new(http, route));
+        .wrap_connector(RoutedConnector::new(http, route, pool.connect_timeout));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(pool.pool_idle_timeout)
         .pool_max_idle_per_host(pool.pool_max_idle_per_host)

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -30,11 +31,22 @@ type TunnelError = <Tunnel<HttpConnector> as Service<Uri>>::Error;
 pub struct RoutedConnector {
     http: HttpConnector,
     route: Route,
+    /// How long a proxy may take to open a tunnel, its TCP connect included
+    /// (`upstream.connect_timeout`): the connector's own timeout covers only the TCP part.
+    tunnel_timeout: Duration,
 }
 
 impl RoutedConnector {
-    pub(crate) fn new(http: HttpConnector, route: Route) -> RoutedConnector {
-        RoutedConnector { http, route }
+    pub(crate) fn new(
+        http: HttpConnector,
+        route: Route,
+        tunnel_timeout: Duration,
+    ) -> RoutedConnector {
+        RoutedConnector {
+            http,
+            route,
+            tunnel_timeout,
+        }
     }
 }
 
@@ -62,7 +74,13 @@ impl Service<Uri> for RoutedConnector {
                     tunnel = tunnel.with_auth(auth.clone());
                 }
                 let connecting = tunnel.call(destination);
-                Box::pin(async move { Ok(RoutedStream::new(connecting.await?, false)) })
+                let limit = self.tunnel_timeout;
+                Box::pin(async move {
+                    match tokio::time::timeout(limit, connecting).await {
+                        Ok(stream) => Ok(RoutedStream::new(stream?, false)),
+                        Err(_) => Err(Box::new(TunnelTimedOut(limit)) as BoxError),
+                    }
+                })
             }
             Route::Forward { proxy, .. } => {
                 let connecting = self.http.call(proxy.clone());
@@ -76,6 +94,19 @@ impl Service<Uri> for RoutedConnector {
         }
     }
 }
+
+/// A proxy that did not open the tunnel in time: it accepted the TCP connection and then kept
+/// the CONNECT waiting.
+#[derive(Debug)]
+struct TunnelTimedOut(Duration);
+
+impl std::fmt::Display for TunnelTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the proxy did not open a tunnel within {:?}", self.0)
+    }
+}
+
+impl StdError for TunnelTimedOut {}
 
 /// A forward proxy that could not be connected to (a tunnel's says so in its `TunnelError`).
 #[derive(Debug)]
@@ -156,16 +187,25 @@ impl Write for RoutedStream {
 /// What a user can do about the proxy failure in `error`'s chain, said after the error's own
 /// words in the 502; `key_prefix` is the config table of the endpoint's `proxy_url`.
 pub(super) fn advice(error: &(dyn StdError + 'static), key_prefix: &str) -> Option<String> {
-    let key = format!("`{key_prefix}.proxy_url`");
+    // Which of the settings applied is not known here; all of them are named.
+    let key = format!(
+        "`{key_prefix}.proxy_url` (without it, the HTTPS_PROXY, HTTP_PROXY or ALL_PROXY variable)"
+    );
     let mut cause = Some(error);
     while let Some(error) = cause {
         if let Some(tunnel) = opened::<TunnelError>(error) {
             return tunnel_advice(tunnel, &key);
         }
+        if opened::<TunnelTimedOut>(error).is_some() {
+            return Some(format!(
+                "The proxy accepted the connection but did not answer the CONNECT: check that \
+                 {key} names an HTTP proxy that allows this host; `upstream.connect_timeout` \
+                 bounds the wait"
+            ));
+        }
         if opened::<ProxyUnreachable>(error).is_some() {
             return Some(format!(
-                "The proxy itself cannot be reached: check the address in {key} (or \
-                 HTTP_PROXY)"
+                "The proxy itself cannot be reached: check the address in {key}"
             ));
         }
         cause = error.source();
@@ -189,15 +229,16 @@ fn opened<'a, T: StdError + 'static>(mut error: &'a (dyn StdError + 'static)) ->
 fn credentials_wanted(key: &str) -> String {
     format!(
         "The proxy wants credentials it was not given or did not accept (407): put them in \
-         {key} as `http://user:password@host:port` (or in HTTPS_PROXY / HTTP_PROXY, when the \
-         proxy comes from the environment)"
+         {key} as `http://user:password@host:port`"
     )
 }
 
 /// What a client is told when the forward proxy of a plain-http endpoint (whose keys live in
 /// `table`) answers 407: that answer is the proxy's, not the upstream's, so it is not passed on.
 pub(super) fn forward_proxy_wants_credentials(table: &str) -> String {
-    credentials_wanted(&format!("`{table}.proxy_url`"))
+    credentials_wanted(&format!(
+        "`{table}.proxy_url` (without it, the HTTP_PROXY or ALL_PROXY variable)"
+    ))
 }
 
 fn tunnel_advice(error: &TunnelError, key: &str) -> Option<String> {
@@ -205,17 +246,17 @@ fn tunnel_advice(error: &TunnelError, key: &str) -> Option<String> {
         TunnelError::ProxyAuthRequired => credentials_wanted(key),
         TunnelError::TunnelUnsuccessful => format!(
             "The proxy refused to open a tunnel (CONNECT) to the upstream; its policy may not \
-             allow this host or port: check {key} (or HTTPS_PROXY), or add the upstream's host \
-             to NO_PROXY if it is reachable without the proxy"
+             allow this host or port: check {key}, or add the upstream's host to NO_PROXY if it \
+             is reachable without the proxy"
         ),
-        TunnelError::ConnectFailed(_) => format!(
-            "The proxy itself cannot be reached: check the address in {key} (or HTTPS_PROXY)"
-        ),
+        TunnelError::ConnectFailed(_) => {
+            format!("The proxy itself cannot be reached: check the address in {key}")
+        }
         TunnelError::TunnelUnexpectedEof
         | TunnelError::ProxyHeadersTooLong
         | TunnelError::Io(_) => format!(
-            "The proxy did not answer the CONNECT as an HTTP proxy does: check that {key} (or \
-             HTTPS_PROXY) names an HTTP proxy that allows CONNECT"
+            "The proxy did not answer the CONNECT as an HTTP proxy does: check that {key} names \
+             an HTTP proxy that allows CONNECT"
         ),
         _ => return None,
     };
@@ -248,6 +289,9 @@ mod tests {
         assert!(advice(&unreachable, "fuser")
             .unwrap()
             .contains("`fuser.proxy_url`"));
+        let silent = TunnelTimedOut(Duration::from_secs(10));
+        let text = advice(&silent, key).unwrap();
+        assert!(text.contains("did not answer the CONNECT"), "{text}");
         let forward = ProxyUnreachable("refused".into());
         assert!(advice(&forward, key).unwrap().contains("cannot be reached"));
         assert!(advice(&io::Error::other("dns error"), key).is_none());
