@@ -172,29 +172,28 @@ fn tracer_provider(config: &Config) -> Result<SdkTracerProvider, TelemetryError>
             "`telemetry.otlp_endpoint`: cannot set up {what}: {e}"
         ))
     };
-    let config_telemetry = &config.telemetry;
-    let client =
-        crate::upstream::collector_client(&config.upstream, &config_telemetry.otlp_endpoint)
-            .map_err(|e| fail("its client", &e))?;
-    let config = config_telemetry;
+    let telemetry = &config.telemetry;
+    let client = crate::upstream::collector_client(&config.upstream, &telemetry.otlp_endpoint)
+        .map_err(|e| fail("its client", &e))?;
     let runtime = tokio::runtime::Handle::try_current().map_err(|e| fail("exports", &e))?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .with_endpoint(config.traces_url())
+        .with_endpoint(telemetry.traces_url())
         .with_timeout(EXPORT_TIMEOUT)
         .with_http_client(export::RuntimeClient::new(client, runtime, EXPORT_TIMEOUT))
         .build()
         .map_err(|e| fail("the exporter", &e))?;
-    let attributes = config
+    let attributes = telemetry
         .resource_attributes
         .iter()
         .map(|(key, value)| KeyValue::new(key.clone(), value.clone()));
     let resource = Resource::builder()
-        .with_service_name(config.service_name.clone())
+        .with_service_name(telemetry.service_name.clone())
         .with_attributes(attributes)
         .build();
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio)));
+    let sampler =
+        Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(telemetry.sample_ratio)));
     Ok(SdkTracerProvider::builder()
         .with_span_processor(BatchSpanProcessor::builder(export::Counting(exporter)).build())
         .with_sampler(sampler)

@@ -206,11 +206,10 @@ impl std::fmt::Debug for Upstream {
 pub(crate) fn collector_client(
     config: &UpstreamConfig,
     endpoint: &str,
-) -> Result<HttpsClient, ClientSetupError> {
+) -> Result<RoutedClient, ClientSetupError> {
     let mut transport = crate::config::TransportKeys::default().over(&config.transport());
     transport.proxy_url.clear();
-    let routed = Clients::new(config).client(&transport, "upstream", endpoint)?;
-    Ok(routed.client)
+    Clients::new(config).client(&transport, "upstream", endpoint)
 }
 
 impl Upstream {

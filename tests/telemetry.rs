@@ -417,3 +417,36 @@ async fn json_logs_write_one_access_line_per_request_without_secrets_or_text() {
     assert!(!everything.contains(UPSTREAM_SECRET));
     assert!(!everything.contains("unladen"), "no prompt text in logs");
 }
+
+/// A collector reached through the environment's forward proxy (an `http://` endpoint that only
+/// the proxy can resolve) gets the spans, and the proxy gets its credentials with each export.
+#[tokio::test]
+async fn spans_reach_a_collector_behind_a_forward_proxy_with_its_credentials() {
+    use common::connect_proxy::{basic, ConnectProxy, Mode};
+    let collector = Collector::start().await;
+    let proxy = ConnectProxy::start(
+        Mode::require_auth("otel", "collector-pass"),
+        &[("collector.test", collector.addr.ip())],
+    )
+    .await;
+    let mock = MockUpstream::start().await;
+    let endpoint = format!("http://collector.test:{}", collector.addr.port());
+    let served = Serve::plain()
+        .config(&traced(&mock, &endpoint, ""))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("HTTP_PROXY", &proxy.url_with("otel", "collector-pass"))
+        .start_async()
+        .await;
+    best_of_3(&served.proxy(), &[]).await.expect_ok();
+
+    collector
+        .wait_for(1, |s| s.attr("http.route").is_some())
+        .await;
+    let seen = proxy.authorizations();
+    let expected = Some(basic("otel", "collector-pass"));
+    assert!(
+        !seen.is_empty() && seen.iter().all(|a| *a == expected),
+        "{seen:?}"
+    );
+    assert_eq!(mock.calls().len(), 4, "the loopback upstream went direct");
+}

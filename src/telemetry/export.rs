@@ -17,7 +17,9 @@ use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
-use crate::upstream::HttpsClient;
+use http::header::{HeaderValue, PROXY_AUTHORIZATION};
+
+use crate::upstream::{HttpsClient, RoutedClient};
 
 /// Spans exported in batches that failed (a collector down, slow or refusing).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -33,14 +35,17 @@ pub fn dropped_spans() -> u64 {
 /// The exporter's HTTP client: the proxy's hyper client, driven on the proxy's runtime.
 pub(super) struct RuntimeClient {
     client: HttpsClient,
+    /// A forward proxy's credentials (an `http://` collector behind a proxy that wants them).
+    proxy_authorization: Option<HeaderValue>,
     runtime: tokio::runtime::Handle,
     timeout: Duration,
 }
 
 impl RuntimeClient {
-    pub fn new(client: HttpsClient, runtime: tokio::runtime::Handle, timeout: Duration) -> Self {
+    pub fn new(routed: RoutedClient, runtime: tokio::runtime::Handle, timeout: Duration) -> Self {
         RuntimeClient {
-            client,
+            proxy_authorization: routed.route.proxy_authorization().cloned(),
+            client: routed.client,
             runtime,
             timeout,
         }
@@ -59,8 +64,12 @@ impl fmt::Debug for RuntimeClient {
 impl HttpClient for RuntimeClient {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let (client, timeout) = (self.client.clone(), self.timeout);
+        let proxy_authorization = self.proxy_authorization.clone();
         let exchange = async move {
-            let request = request.map(crate::body::full);
+            let mut request = request.map(crate::body::full);
+            if let Some(value) = proxy_authorization {
+                request.headers_mut().insert(PROXY_AUTHORIZATION, value);
+            }
             let response = tokio::time::timeout(timeout, client.request(request))
                 .await
                 .map_err(|_| format!("the collector did not answer within {timeout:?}"))??;
