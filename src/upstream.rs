@@ -78,6 +78,9 @@ pub enum UpstreamError {
     Timeout(Duration),
     /// Could not connect, or the connection broke before the response head.
     Unreachable(String),
+    /// The outbound proxy refused the call (407, or a refused CONNECT): asking again would
+    /// only be refused again, and may lock the account out.
+    ProxyRefused(String),
     /// The answer began but did not complete (or exceeded the size bound).
     Interrupted(String),
     /// The client's own request body failed while it was being sent on (too slow, too large).
@@ -91,6 +94,7 @@ impl std::fmt::Display for UpstreamError {
         match self {
             UpstreamError::Timeout(d) => write!(f, "no answer within {d:?}"),
             UpstreamError::Unreachable(why) => write!(f, "unreachable: {why}"),
+            UpstreamError::ProxyRefused(why) => write!(f, "refused by the proxy: {why}"),
             UpstreamError::Interrupted(why) => write!(f, "interrupted: {why}"),
             UpstreamError::ClientBody(error) => write!(f, "client body failed: {error}"),
             UpstreamError::Overloaded { max, waited } => {
@@ -107,10 +111,12 @@ impl UpstreamError {
             UpstreamError::Timeout(d) => ApiError::gateway_timeout(format!(
                 "The upstream did not answer within {d:?} (upstream.timeout)."
             )),
-            UpstreamError::Unreachable(why) => ApiError::bad_gateway(
-                "upstream_unreachable",
-                format!("The upstream could not be reached: {why}."),
-            ),
+            UpstreamError::Unreachable(why) | UpstreamError::ProxyRefused(why) => {
+                ApiError::bad_gateway(
+                    "upstream_unreachable",
+                    format!("The upstream could not be reached: {why}."),
+                )
+            }
             UpstreamError::Interrupted(why) => ApiError::bad_gateway(
                 "upstream_interrupted",
                 format!("The upstream's answer broke off: {why}."),
@@ -259,12 +265,22 @@ impl Upstream {
         }
     }
 
+    /// The error of a call that got no answer: refused by the proxy, or unreachable.
+    fn unreachable(&self, error: &hyper_util::client::legacy::Error) -> UpstreamError {
+        let text = describe(error, &self.table);
+        if connector::is_refusal(error) {
+            UpstreamError::ProxyRefused(text)
+        } else {
+            UpstreamError::Unreachable(text)
+        }
+    }
+
     /// A 407 through a forward proxy is the proxy asking for credentials: a 502 saying where
     /// they go, not an answer of the upstream's to pass on.
     fn check_proxy_answer(&self, status: StatusCode) -> Result<(), UpstreamError> {
         if self.forward_proxy && status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
             let advice = connector::forward_proxy_wants_credentials(&self.table);
-            return Err(UpstreamError::Unreachable(format!(
+            return Err(UpstreamError::ProxyRefused(format!(
                 "the outbound proxy answered 407 Proxy Authentication Required. {advice}"
             )));
         }
@@ -309,8 +325,7 @@ impl Upstream {
                 self.check_proxy_answer(response.status())?;
                 Ok((response, place))
             }
-            Ok(Err(e)) => Err(client_body_error(&e)
-                .unwrap_or_else(|| UpstreamError::Unreachable(describe(&e, &self.table)))),
+            Ok(Err(e)) => Err(client_body_error(&e).unwrap_or_else(|| self.unreachable(&e))),
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
         }
     }
@@ -338,6 +353,7 @@ impl Upstream {
             let retryable = match &outcome {
                 Ok(reply) => is_retryable_status(reply.status),
                 Err(UpstreamError::Unreachable(_)) => true,
+                Err(UpstreamError::ProxyRefused(_)) => false,
                 // The upstream may have done (and billed) the work: do not ask twice.
                 Err(UpstreamError::Interrupted(_)) | Err(UpstreamError::Timeout(_)) => false,
                 Err(UpstreamError::ClientBody(_)) => false,
@@ -384,7 +400,7 @@ impl Upstream {
             .client
             .request(request)
             .await
-            .map_err(|e| UpstreamError::Unreachable(describe(&e, &self.table)))?;
+            .map_err(|e| self.unreachable(&e))?;
         self.check_proxy_answer(response.status())?;
         let (parts, incoming) = response.into_parts();
         let body = Limited::new(incoming, MAX_JSON_ANSWER_BYTES)

@@ -180,12 +180,15 @@ async fn a_proxy_wanting_credentials_gets_them_from_the_url_and_they_never_show(
 }
 
 /// A proxy that refuses the CONNECT (403): a 502 as for any unreachable upstream, saying the
-/// proxy refused and which settings to look at; nothing reached the upstream.
+/// proxy refused and which settings to look at, asked once per call (a refusal is not
+/// retried); nothing reached the upstream.
 #[tokio::test]
 async fn a_proxy_refusing_the_connect_gets_a_502_naming_the_setting() {
     let https = Https::start().await;
     let proxy = ConnectProxy::start(Mode::Refuse, &[(HOST, LOOPBACK)]).await;
-    let served = serve(&https.config(), &[("HTTPS_PROXY", &proxy.url())]).await;
+    // Retries allowed: a refusal must still be asked once per call, not max_retries + 1 times.
+    let toml = https.config().replace("max_retries = 0", "max_retries = 2");
+    let served = serve(&toml, &[("HTTPS_PROXY", &proxy.url())]).await;
 
     let answer = post_chat(&served.proxy(), &[], chat_body("Hi")).await;
     let message = unreachable_message(&answer);
@@ -198,7 +201,13 @@ async fn a_proxy_refusing_the_connect_gets_a_502_naming_the_setting() {
     let best = post_chat(&served.proxy(), &[("x-best-of-n", "3")], chat_body("Hi")).await;
     best.expect_error(502);
 
-    assert_eq!(proxy.connects().first(), Some(&https.target()));
+    let connects = proxy.connects();
+    assert_eq!(connects.first(), Some(&https.target()));
+    assert_eq!(
+        connects.len(),
+        1 + 3,
+        "one CONNECT per call, none retried: {connects:?}"
+    );
     assert_eq!(https.upstream.connections(), 0);
 }
 

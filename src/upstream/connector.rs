@@ -213,6 +213,22 @@ pub(super) fn advice(error: &(dyn StdError + 'static), key_prefix: &str) -> Opti
     None
 }
 
+/// True when `error`'s chain holds a proxy's refusal of the tunnel (407 or another status):
+/// a call it would refuse again.
+pub(super) fn is_refusal(error: &(dyn StdError + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(tunnel) = opened::<TunnelError>(error) {
+            return matches!(
+                tunnel,
+                TunnelError::ProxyAuthRequired | TunnelError::TunnelUnsuccessful
+            );
+        }
+        cause = error.source();
+    }
+    false
+}
+
 /// `error` as a `T`, looking inside `io::Error` wrappers, whose `source()` skips the error
 /// they carry.
 fn opened<'a, T: StdError + 'static>(mut error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
