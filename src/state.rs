@@ -103,6 +103,11 @@ impl AppState {
         let metrics = Metrics::new();
         let (judges, fuser) = build_deciders(&config, &secrets, &main, &mut clients, &metrics)
             .map_err(|e| e.to_string())?;
+        // What each client trusts, presents and goes through, credentials masked: the first
+        // thing to check when an upstream cannot be reached.
+        for connection in clients.describe() {
+            tracing::info!(%connection, "upstream client");
+        }
         // One Redis link, for the cache's shared tier and the keys' shared limits.
         let redis = (!config.cache.redis_url.is_empty())
             .then(|| {

@@ -1,6 +1,7 @@
-//! The upstream: one pooled hyper client (HTTP and HTTPS via rustls), URL mapping, auth,
-//! header hygiene, timeouts and retries. The roots its TLS trusts are in `tls`; whether its
-//! calls go through an outbound HTTP proxy is in `route`.
+//! An upstream endpoint (the upstream, or a judge's or the fuser's own): URL mapping, auth,
+//! header hygiene, timeouts and retries. Its pooled hyper client is one of `clients` (one per
+//! way of reaching an endpoint); the roots its TLS trusts are in `tls`; whether its calls go
+//! through an outbound HTTP proxy is decided in `route` and done by `connector`.
 //!
 //! Two kinds of call go through here. Passthrough hands over a streaming request and gets the
 //! streaming response back as soon as its head arrives, so bodies are never buffered. Candidate
@@ -22,19 +23,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 
 use crate::body::{Body, SharedJson};
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
 use crate::redact::{redact_url, Redactor};
 
+pub use clients::HttpsClient;
 pub(crate) use clients::{ClientSetupError, Clients, RoutedClient};
-/// Named by [`HttpsClient`], so public with it.
-pub use connector::RoutedConnector;
 pub use tls::TlsSetupError;
-
-pub type HttpsClient = Client<hyper_rustls::HttpsConnector<RoutedConnector>, Body>;
 
 /// An API key. Its `Debug` never shows the value, so it cannot reach a log line by accident.
 #[derive(Clone)]

@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use crate::redact::redact_url;
 
 /// Which certificate authorities an endpoint's TLS trusts, before `ca_file` adds its own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -28,7 +29,7 @@ pub enum TlsRoots {
 
 /// The connection keys one table sets, as written: an empty string (or no `tls_roots`) means
 /// the table left the key out.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct TransportKeys {
     pub ca_file: String,
     pub tls_roots: Option<TlsRoots>,
@@ -39,7 +40,7 @@ pub struct TransportKeys {
 
 /// One endpoint's connection settings, complete: what its HTTP client is built from. Two
 /// endpoints with equal settings share one client and its connection pool.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Transport {
     /// A PEM bundle of CA certificates trusted besides `tls_roots`; empty: none.
     pub ca_file: String,
@@ -52,6 +53,43 @@ pub struct Transport {
     /// The outbound HTTP proxy (`http://[user:password@]host:port`); empty: the environment's
     /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY`, if any.
     pub proxy_url: String,
+}
+
+// Written out so that a proxy URL's credentials never reach a log line through `{:?}`.
+impl std::fmt::Debug for TransportKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (cert, key) = (&self.client_cert_file, &self.client_key_file);
+        let roots: &dyn std::fmt::Debug = &self.tls_roots;
+        let mut out = f.debug_struct("TransportKeys");
+        debug_fields(&mut out, &self.ca_file, roots, cert, key, &self.proxy_url);
+        out.finish()
+    }
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (cert, key) = (&self.client_cert_file, &self.client_key_file);
+        let roots: &dyn std::fmt::Debug = &self.tls_roots;
+        let mut out = f.debug_struct("Transport");
+        debug_fields(&mut out, &self.ca_file, roots, cert, key, &self.proxy_url);
+        out.finish()
+    }
+}
+
+/// The five keys as `Debug` fields, the proxy URL's credentials masked.
+fn debug_fields(
+    out: &mut std::fmt::DebugStruct<'_, '_>,
+    ca_file: &str,
+    tls_roots: &dyn std::fmt::Debug,
+    client_cert_file: &str,
+    client_key_file: &str,
+    proxy_url: &str,
+) {
+    out.field("ca_file", &ca_file)
+        .field("tls_roots", tls_roots)
+        .field("client_cert_file", &client_cert_file)
+        .field("client_key_file", &client_key_file)
+        .field("proxy_url", &redact_url(proxy_url));
 }
 
 impl TransportKeys {
@@ -160,6 +198,16 @@ mod tests {
         assert!(keys("/ca.pem", None, "/me.pem", "")
             .validate("fuser", true)
             .is_ok());
+    }
+
+    #[test]
+    fn debug_never_shows_a_proxy_password() {
+        let keys = keys("", None, "", "http://u:hunter2-secret@p:3128");
+        let transport = keys.over(&Transport::default());
+        for text in [format!("{keys:?}"), format!("{transport:?}")] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("http://***@p:3128"), "{text}");
+        }
     }
 
     #[test]

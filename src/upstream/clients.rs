@@ -10,8 +10,11 @@ use hyper_util::rt::TokioExecutor;
 use super::connector::RoutedConnector;
 use super::route::{Route, RouteError};
 use super::tls::{self, TlsSetupError};
-use super::HttpsClient;
+use crate::body::Body;
 use crate::config::{Transport, UpstreamConfig};
+
+/// A pooled HTTP(S) client, over a routed connector.
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<RoutedConnector>, Body>;
 
 /// The clients built so far, with the pool settings of `[upstream]` that all of them share.
 pub(crate) struct Clients {

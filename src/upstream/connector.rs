@@ -26,7 +26,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 type TunnelError = <Tunnel<HttpConnector> as Service<Uri>>::Error;
 
 /// The upstream client's connector: opens each connection the way its [`Route`] says. For
-/// https, hyper-rustls wraps it and runs TLS over what it returns (inside the tunnel).
+/// https, hyper-rustls wraps it and runs TLS over what it returns (inside the tunnel). Public
+/// because the public `HttpsClient` type names it.
 #[derive(Clone)]
 pub struct RoutedConnector {
     http: HttpConnector,
