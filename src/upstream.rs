@@ -8,6 +8,7 @@
 //! and judge calls are small JSON POSTs whose whole answer is needed; they get a deadline for
 //! the complete body and are retried on transient failures.
 
+mod chain;
 mod clients;
 mod connector;
 mod route;

@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use super::chain;
 use super::route::Route;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -192,53 +193,29 @@ pub(super) fn advice(error: &(dyn StdError + 'static), key_prefix: &str) -> Opti
     let key = format!(
         "`{key_prefix}.proxy_url` (without it, the HTTPS_PROXY, HTTP_PROXY or ALL_PROXY variable)"
     );
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if let Some(tunnel) = opened::<TunnelError>(error) {
-            return tunnel_advice(tunnel, &key);
-        }
-        if opened::<TunnelTimedOut>(error).is_some() {
-            return Some(format!(
-                "The proxy accepted the connection but did not answer the CONNECT: check that \
-                 {key} names an HTTP proxy that allows this host; `upstream.connect_timeout` \
-                 bounds the wait"
-            ));
-        }
-        if opened::<ProxyUnreachable>(error).is_some() {
-            return Some(format!(
-                "The proxy itself cannot be reached: check the address in {key}"
-            ));
-        }
-        cause = error.source();
+    if let Some(tunnel) = chain::find::<TunnelError>(error) {
+        return tunnel_advice(tunnel, &key);
     }
-    None
+    if chain::find::<TunnelTimedOut>(error).is_some() {
+        return Some(format!(
+            "The proxy accepted the connection but did not answer the CONNECT: check that {key} \
+             names an HTTP proxy that allows this host; `upstream.connect_timeout` bounds the \
+             wait"
+        ));
+    }
+    chain::find::<ProxyUnreachable>(error)?;
+    Some(format!(
+        "The proxy itself cannot be reached: check the address in {key}"
+    ))
 }
 
 /// True when `error`'s chain holds a proxy's refusal of the tunnel (407 or another status):
 /// a call it would refuse again.
 pub(super) fn is_refusal(error: &(dyn StdError + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if let Some(tunnel) = opened::<TunnelError>(error) {
-            return matches!(
-                tunnel,
-                TunnelError::ProxyAuthRequired | TunnelError::TunnelUnsuccessful
-            );
-        }
-        cause = error.source();
-    }
-    false
-}
-
-/// `error` as a `T`, looking inside `io::Error` wrappers, whose `source()` skips the error
-/// they carry.
-fn opened<'a, T: StdError + 'static>(mut error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
-    loop {
-        if let Some(found) = error.downcast_ref::<T>() {
-            return Some(found);
-        }
-        error = error.downcast_ref::<io::Error>()?.get_ref()?;
-    }
+    matches!(
+        chain::find::<TunnelError>(error),
+        Some(TunnelError::ProxyAuthRequired | TunnelError::TunnelUnsuccessful)
+    )
 }
 
 /// The 502 message for a proxy that answered 407, a tunnel's or a forward proxy's; `key` is

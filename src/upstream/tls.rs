@@ -15,6 +15,7 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
+use super::chain;
 use crate::config::{TlsRoots, Transport};
 
 /// Why an endpoint's TLS could not be set up. `key` is the config key that names the file
@@ -291,25 +292,7 @@ fn pem_problem(error: &pem::Error) -> String {
 /// said after rustls's own words in the 502, naming the setting of `table` (the config table
 /// of the endpoint called) to change, or the fix.
 pub(super) fn advice(error: &(dyn std::error::Error + 'static), table: &str) -> Option<String> {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if let Some(found) = rustls_error(error) {
-            return advice_for(found, table);
-        }
-        cause = error.source();
-    }
-    None
-}
-
-/// The rustls error `error` is or wraps. tokio-rustls returns it inside an `io::Error`, which
-/// hyper-rustls wraps in another; `source()` looks past both, so they are opened here.
-fn rustls_error<'a>(mut error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    loop {
-        if let Some(found) = error.downcast_ref::<rustls::Error>() {
-            return Some(found);
-        }
-        error = error.downcast_ref::<std::io::Error>()?.get_ref()?;
-    }
+    advice_for(chain::find::<rustls::Error>(error)?, table)
 }
 
 fn advice_for(error: &rustls::Error, table: &str) -> Option<String> {
