@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 
 use common::mock::MockUpstream;
-use common::served::{Serve, BIN, BINARY_ENV};
+use common::served::{check_config_in, Serve};
 use common::tls_upstream::{Alpn, ClientAuth, ClientIdentity, TestCa, TlsUpstream};
 use common::{chat_body, post_chat};
 use tempfile::TempDir;
@@ -115,22 +114,10 @@ async fn a_client_certificate_of_another_ca_is_refused_with_a_502_saying_so() {
     assert!(upstream.calls().is_empty(), "{:?}", upstream.calls());
 }
 
-/// `bon-proxy check-config --config <dir>/proxy.toml` holding `toml`: success and stderr.
+/// `check-config` on `toml` in `dir`: success, stdout and stderr.
 fn check_config(dir: &Path, toml: &str) -> (bool, String, String) {
-    let path: PathBuf = dir.join("proxy.toml");
-    std::fs::write(&path, toml).expect("write the config");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("check-config")
-        .arg("--config")
-        .arg(&path)
-        .current_dir(dir)
-        .stdin(Stdio::null());
-    for name in BINARY_ENV {
-        cmd.env_remove(name);
-    }
-    let out = cmd.output().expect("run check-config");
-    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
-    (out.status.success(), text(out.stdout), text(out.stderr))
+    let checked = check_config_in(dir, toml, &[]);
+    (checked.ok, checked.stdout, checked.stderr)
 }
 
 #[test]

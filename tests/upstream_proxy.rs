@@ -19,8 +19,7 @@ use common::connect_proxy::{basic, ConnectProxy, Mode};
 use common::mock::MockUpstream;
 use common::served::{Serve, Served};
 use common::tls_upstream::{Alpn, TestCa, TlsUpstream, Validity};
-use common::{chat_body, post_chat, Answer};
-use serde_json::json;
+use common::{chat_body, post_chat, streaming_chat_body, Answer};
 use tempfile::TempDir;
 
 /// The upstream's name: only the test proxy resolves it.
@@ -89,15 +88,6 @@ fn unreachable_message(answer: &Answer) -> String {
     error["message"].as_str().unwrap_or_default().to_string()
 }
 
-fn streamed_chat(question: &str) -> String {
-    json!({
-        "model": "gpt-test",
-        "messages": [{"role": "user", "content": question}],
-        "stream": true,
-    })
-    .to_string()
-}
-
 /// Passthrough, best-of-3 and a streamed best-of-3 all answer 200 through the tunnel, whose
 /// connections the client pools.
 #[tokio::test]
@@ -118,7 +108,12 @@ async fn https_proxy_tunnels_passthrough_best_of_3_and_a_stream() {
     let best = post_chat(&client, &[("x-best-of-n", "3")], chat_body("Best of three")).await;
     best.expect_ok();
     assert_eq!(best.header("x-best-of-n"), Some("3"));
-    let streamed = post_chat(&client, &[("x-best-of-n", "3")], streamed_chat("Stream")).await;
+    let streamed = post_chat(
+        &client,
+        &[("x-best-of-n", "3")],
+        streaming_chat_body("Stream"),
+    )
+    .await;
     streamed.expect_ok();
     assert_eq!(streamed.header("content-type"), Some("text/event-stream"));
     assert!(
@@ -364,20 +359,9 @@ async fn proxy_url_in_the_config_carries_the_calls_and_is_masked_by_check_config
     assert!(!served.log().contains(PASSWORD), "{}", served.log());
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, &toml).expect("write the config");
-    let mut check = std::process::Command::new(common::served::BIN);
-    check.args(["check-config", "--config"]).arg(&path);
-    for name in common::served::BINARY_ENV {
-        check.env_remove(name);
-    }
-    let out = check.output().expect("run check-config");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let checked = common::served::check_config_in(dir.path(), &toml, &[]);
+    assert!(checked.ok, "{}", checked.stderr);
+    let stdout = checked.stdout;
     let port = proxy
         .url()
         .rsplit(':')

@@ -9,11 +9,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use common::served::{Serve, BIN, BINARY_ENV};
+use common::served::{check_config_in, Serve};
 use common::tls_upstream::{Alpn, TestCa, TlsUpstream, Validity};
-use common::{chat_body, post_chat};
+use common::{chat_body, post_chat, streaming_chat_body};
 use tempfile::TempDir;
 
 /// The CA's PEM in a temp dir of its own, as an operator would keep it beside the config.
@@ -37,16 +36,6 @@ fn config(upstream: &TlsUpstream, ca_file: Option<&str>) -> String {
     toml
 }
 
-/// A chat request asking for a stream.
-fn streaming_body(question: &str) -> String {
-    serde_json::json!({
-        "model": "gpt-test",
-        "stream": true,
-        "messages": [{"role": "user", "content": question}],
-    })
-    .to_string()
-}
-
 /// Passthrough, best-of-3 and a stream through `serve` with the CA trusted, against an upstream offering
 /// only `alpn`: both answer 200, and every upstream request came over that protocol.
 async fn ca_file_reaches_an_upstream_offering(alpn: Alpn) {
@@ -68,7 +57,7 @@ async fn ca_file_reaches_an_upstream_offering(alpn: Alpn) {
     assert_eq!(best.header("x-best-of-n"), Some("3"));
     assert!(best.content().starts_with("candidate answer"), "{best:?}");
 
-    let streamed = post_chat(&proxy, &[], streaming_body("Stream over TLS")).await;
+    let streamed = post_chat(&proxy, &[], streaming_chat_body("Stream over TLS")).await;
     streamed.expect_ok();
     assert!(
         streamed.streamed_content().starts_with("candidate answer"),
@@ -177,23 +166,10 @@ async fn a_certificate_not_valid_yet_gets_a_502_about_the_clocks() {
     assert!(message.contains("clocks"), "{message}");
 }
 
-/// `bon-proxy check-config --config <dir>/proxy.toml`, where the file holds `toml`: exit
-/// status, stdout and stderr.
+/// `check-config` on `toml` in `dir`: success, stdout and stderr.
 fn check_config(dir: &Path, toml: &str) -> (bool, String, String) {
-    let path = dir.join("proxy.toml");
-    std::fs::write(&path, toml).expect("write the config");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("check-config")
-        .arg("--config")
-        .arg(&path)
-        .current_dir(dir)
-        .stdin(Stdio::null());
-    for name in BINARY_ENV {
-        cmd.env_remove(name);
-    }
-    let out = cmd.output().expect("run check-config");
-    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
-    (out.status.success(), text(out.stdout), text(out.stderr))
+    let checked = check_config_in(dir, toml, &[]);
+    (checked.ok, checked.stdout, checked.stderr)
 }
 
 #[test]
@@ -255,23 +231,15 @@ fn check_config_refuses_system_roots_when_the_store_is_empty() {
     let dir = tempfile::tempdir().expect("temp dir");
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").expect("write");
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, "[upstream]\ntls_roots = \"system\"\n").expect("write the config");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["check-config", "--config"]).arg(&path);
-    for name in BINARY_ENV {
-        cmd.env_remove(name);
-    }
-    let out = cmd
-        .env("SSL_CERT_FILE", &empty)
-        .env("SSL_CERT_DIR", dir.path().join("none"))
-        .output()
-        .expect("run check-config");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "check-config accepted an empty store"
-    );
+    let none = dir.path().join("none");
+    let env = [
+        ("SSL_CERT_FILE", empty.to_str().unwrap_or_default()),
+        ("SSL_CERT_DIR", none.to_str().unwrap_or_default()),
+    ];
+    let toml = "[upstream]\ntls_roots = \"system\"\n";
+    let checked = check_config_in(dir.path(), toml, &env);
+    let stderr = checked.stderr;
+    assert!(!checked.ok, "check-config accepted an empty store");
     assert!(stderr.contains("`upstream.tls_roots`"), "{stderr}");
     assert!(stderr.contains("ca-certificates"), "{stderr}");
 }

@@ -222,6 +222,16 @@ pub async fn post_to(
     send(builder.body(Full::new(body.into())).expect("request")).await
 }
 
+/// A chat request asking for an SSE stream.
+pub fn streaming_chat_body(question: &str) -> String {
+    serde_json::json!({
+        "model": "gpt-test",
+        "stream": true,
+        "messages": [{"role": "user", "content": question}],
+    })
+    .to_string()
+}
+
 pub fn chat_body(question: &str) -> String {
     serde_json::json!({
         "model": "gpt-test",

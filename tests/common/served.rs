@@ -234,3 +234,34 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
         &format!("GET {path} HTTP/1.0\r\nhost: localhost\r\n\r\n"),
     )
 }
+
+/// What `check-config` did: its exit, stdout and stderr.
+pub struct Checked {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// `bon-proxy check-config --config <dir>/proxy.toml`, the file holding `toml`, run in `dir`
+/// (where relative file keys point) with `env` set and the caller's [`BINARY_ENV`] removed.
+pub fn check_config_in(dir: &std::path::Path, toml: &str, env: &[(&str, &str)]) -> Checked {
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, toml).expect("write the config");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    for name in BINARY_ENV {
+        cmd.env_remove(name);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().expect("run check-config");
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    Checked {
+        ok: out.status.success(),
+        stdout: text(out.stdout),
+        stderr: text(out.stderr),
+    }
+}
