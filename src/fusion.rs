@@ -83,13 +83,9 @@ impl Fuser {
             base_url: config.base_url.clone(),
             api_key_env: config.api_key_env.clone(),
             timeout: config.timeout,
-            ca_file: config.ca_file.clone(),
-            tls_roots: config.tls_roots,
-            client_cert_file: config.client_cert_file.clone(),
-            client_key_file: config.client_key_file.clone(),
-            proxy_url: config.proxy_url.clone(),
             ..JudgeConfig::default()
-        };
+        }
+        .with_transport_keys(config.transport_keys());
         Ok(Fuser {
             call: connect("fuser", &settings)?.counted_as("fuser"),
             template,

@@ -193,6 +193,27 @@ pub fn check_deciders(config: &Config, secrets: &Secrets) -> Result<Checked, Str
     })
 }
 
+/// The endpoint of a judge (or the fuser) with its own `base_url`, whose keys live in `table`.
+/// It uses only its own key (`key`): neither a client's credentials nor the upstream key may
+/// travel to a different host. Its connection keys are its own over `[upstream]`'s.
+fn own_endpoint(
+    config: &Config,
+    secrets: &Secrets,
+    clients: &mut Clients,
+    table: &str,
+    judge: &JudgeConfig,
+    key: Option<ApiKey>,
+) -> Result<Upstream, ConfigError> {
+    let mut settings = config.upstream.clone();
+    settings.forward_client_auth = false;
+    let transport = judge.transport_keys().over(&config.upstream.transport());
+    let routed = clients
+        .client(&transport, table, &judge.base_url)
+        .map_err(|e| ConfigError(e.to_string()))?;
+    let redactor = secrets.redactor_with(&routed.route.secrets());
+    Upstream::new(routed, table, &judge.base_url, key, &settings, redactor).map_err(ConfigError)
+}
+
 /// Builds every judge and the fuser, each reaching its model through the upstream or its own
 /// endpoint.
 pub(crate) fn build_deciders(
@@ -202,7 +223,6 @@ pub(crate) fn build_deciders(
     clients: &mut Clients,
     metrics: &Metrics,
 ) -> Result<(Judges, Fuser), ConfigError> {
-    let upstream_transport = config.upstream.transport();
     let clients = RefCell::new(clients);
     // Built-in judges share `[judge]`'s endpoint: warn about a missing key once per endpoint.
     let warned = RefCell::new(HashSet::new());
@@ -210,8 +230,6 @@ pub(crate) fn build_deciders(
         if judge.base_url.is_empty() {
             return Ok(JudgeCall::new(judge, main.clone(), true, metrics.clone()));
         }
-        // A judge with its own endpoint uses only its own key: neither the client's
-        // credentials nor the upstream key may travel to a different host.
         let key = secrets.judge_keys.get(&judge.api_key_env).cloned();
         if key.is_none() && warned.borrow_mut().insert(judge.base_url.clone()) {
             tracing::warn!(
@@ -219,23 +237,8 @@ pub(crate) fn build_deciders(
                 "a judge base_url is set but its api_key_env names no key: judge calls there go unauthenticated"
             );
         }
-        let mut judge_upstream = config.upstream.clone();
-        judge_upstream.forward_client_auth = false;
-        let transport = judge.transport_keys().over(&upstream_transport);
-        let routed = clients
-            .borrow_mut()
-            .client(&transport, table, &judge.base_url)
-            .map_err(|e| ConfigError(e.to_string()))?;
-        let redactor = secrets.redactor_with(&routed.route.secrets());
-        let endpoint = Upstream::new(
-            routed,
-            table,
-            &judge.base_url,
-            key,
-            &judge_upstream,
-            redactor,
-        )
-        .map_err(ConfigError)?;
+        let mut clients = clients.borrow_mut();
+        let endpoint = own_endpoint(config, secrets, &mut clients, table, judge, key)?;
         Ok(JudgeCall::new(judge, endpoint, false, metrics.clone()))
     };
     let judges = Judges::build(config, &connect)?;

@@ -221,6 +221,19 @@ impl JudgeConfig {
         }
     }
 
+    /// These settings reaching their endpoint as `keys` say: how the fuser lends its own
+    /// connection keys to the judge-shaped call it makes.
+    pub fn with_transport_keys(self, keys: TransportKeys) -> JudgeConfig {
+        JudgeConfig {
+            ca_file: keys.ca_file,
+            tls_roots: keys.tls_roots,
+            client_cert_file: keys.client_cert_file,
+            client_key_file: keys.client_key_file,
+            proxy_url: keys.proxy_url,
+            ..self
+        }
+    }
+
     /// Makes the relative file keys relative to the directory of the config file.
     pub(super) fn resolve_paths(&mut self, base: &Path) {
         let files = [
