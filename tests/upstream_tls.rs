@@ -243,3 +243,22 @@ fn check_config_refuses_system_roots_when_the_store_is_empty() {
     assert!(stderr.contains("`upstream.tls_roots`"), "{stderr}");
     assert!(stderr.contains("ca-certificates"), "{stderr}");
 }
+
+/// The fuser's and a named judge's own endpoints read their own files at start, and a mistake
+/// names their key, not `[upstream]`'s.
+#[test]
+fn check_config_reads_the_files_of_judge_and_fuser_endpoints() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for table in ["fuser", "judges.rm"] {
+        let mut toml = format!(
+            "[{table}]\nbase_url = \"https://models.internal/v1\"\nca_file = \"missing.pem\"\n"
+        );
+        if table == "judges.rm" {
+            toml.push_str("strategy = \"reward_model\"\n");
+        }
+        let (ok, _, stderr) = check_config(dir.path(), &toml);
+        assert!(!ok, "{table}: check-config accepted a missing CA file");
+        assert!(stderr.contains(&format!("`{table}.ca_file`")), "{stderr}");
+        assert!(stderr.contains("missing.pem"), "{stderr}");
+    }
+}
