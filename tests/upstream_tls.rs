@@ -262,3 +262,43 @@ fn check_config_reads_the_files_of_judge_and_fuser_endpoints() {
         assert!(stderr.contains("missing.pem"), "{stderr}");
     }
 }
+
+/// `upstream.http2_only` against an h2 upstream: a best-of-16 on a cold pool opens one
+/// connection (one handshake) and carries all 17 calls on it, where ALPN alone lets each racing
+/// call open its own.
+#[tokio::test]
+async fn http2_only_fans_out_on_one_connection_from_a_cold_pool() {
+    let ca = TestCa::new();
+    let upstream = TlsUpstream::start(&ca, Alpn::H2).await;
+    let (_ca_dir, path) = ca_file(&ca);
+    let toml = format!("{}http2_only = true\n", config(&upstream, Some(&path)));
+    let served = Serve::plain().config(&toml).start_async().await;
+    let best = post_chat(
+        &served.proxy(),
+        &[("x-best-of-n", "16")],
+        chat_body("Sixteen"),
+    )
+    .await;
+    best.expect_ok();
+    assert_eq!(upstream.calls().len(), 16 + 1, "16 candidates and a judge");
+    assert_eq!(upstream.connections(), 1, "{}", served.log());
+    assert_eq!(upstream.handshakes(), 1);
+    assert!(upstream.versions().iter().all(|v| *v == Alpn::H2.version()));
+}
+
+/// `http2_only` against an upstream that speaks only HTTP/1.1: a 502 saying to remove the key.
+#[tokio::test]
+async fn http2_only_against_an_http1_upstream_gets_a_502_naming_the_key() {
+    let ca = TestCa::new();
+    let upstream = TlsUpstream::start(&ca, Alpn::Http1).await;
+    let (_ca_dir, path) = ca_file(&ca);
+    let toml = format!("{}http2_only = true\n", config(&upstream, Some(&path)));
+    let served = Serve::plain().config(&toml).start_async().await;
+    let error = post_chat(&served.proxy(), &[], chat_body("Hi"))
+        .await
+        .expect_error(502);
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("does not speak HTTP/2"), "{message}");
+    assert!(message.contains("`upstream.http2_only`"), "{message}");
+    assert!(upstream.calls().is_empty());
+}

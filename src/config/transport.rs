@@ -53,6 +53,9 @@ pub struct Transport {
     /// The outbound HTTP proxy (`http://[user:password@]host:port`); empty: the environment's
     /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY`, if any.
     pub proxy_url: String,
+    /// Only HTTP/2 (`upstream.http2_only`); another host's endpoint never inherits it, as it
+    /// may not speak HTTP/2.
+    pub http2_only: bool,
 }
 
 // Written out so that a proxy URL's credentials never reach a log line through `{:?}`.
@@ -72,7 +75,7 @@ impl std::fmt::Debug for Transport {
         let roots: &dyn std::fmt::Debug = &self.tls_roots;
         let mut out = f.debug_struct("Transport");
         debug_fields(&mut out, &self.ca_file, roots, cert, key, &self.proxy_url);
-        out.finish()
+        out.field("http2_only", &self.http2_only).finish()
     }
 }
 
@@ -108,6 +111,7 @@ impl TransportKeys {
             client_cert_file: self.client_cert_file.clone(),
             client_key_file: self.client_key_file.clone(),
             proxy_url: or(&self.proxy_url, &inherited.proxy_url),
+            http2_only: false,
         }
     }
 

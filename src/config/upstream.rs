@@ -38,6 +38,10 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
+    /// Speak only HTTP/2 to `base_url` (ALPN offers only h2; h2c by prior knowledge over plain
+    /// http), so that the calls of a fan-out share one connection from the first request. By
+    /// default ALPN picks, and calls racing on a cold pool each open a connection.
+    pub http2_only: bool,
     /// A PEM bundle of CA certificates trusted besides `tls_roots`, for a private upstream
     /// whose certificate a private CA signed; empty: none. Every file key is read when the
     /// client is built (`upstream::Clients`), so a bad file stops the start.
@@ -67,6 +71,7 @@ impl Default for UpstreamConfig {
             max_connections_wait: Duration::from_secs(1),
             pool_max_idle_per_host: 256,
             pool_idle_timeout: Duration::from_secs(90),
+            http2_only: false,
             ca_file: String::new(),
             tls_roots: TlsRoots::Webpki,
             client_cert_file: String::new(),
@@ -77,9 +82,12 @@ impl Default for UpstreamConfig {
 }
 
 impl UpstreamConfig {
-    /// How the upstream is reached: its TLS and proxy keys.
+    /// How the upstream is reached: its TLS and proxy keys, and its HTTP version.
     pub fn transport(&self) -> Transport {
-        self.transport_keys().over(&Transport::default())
+        Transport {
+            http2_only: self.http2_only,
+            ..self.transport_keys().over(&Transport::default())
+        }
     }
 
     fn transport_keys(&self) -> TransportKeys {

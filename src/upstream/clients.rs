@@ -80,7 +80,7 @@ impl Clients {
         }
         let (tls, trust) = tls::client_config(transport, table).map_err(ClientSetupError::Tls)?;
         let routed = RoutedClient {
-            client: build(&self.pool, tls, route.clone()),
+            client: build(&self.pool, tls, route.clone(), transport.http2_only),
             route,
         };
         self.built.push(Built {
@@ -97,21 +97,35 @@ impl Clients {
     }
 }
 
-/// A pooled HTTP(S) client with `tls`, offering h2 and http/1.1 over TLS, opening connections
-/// the way `route` says (over a tunnel, TLS runs inside it).
-fn build(pool: &UpstreamConfig, tls: rustls::ClientConfig, route: Route) -> HttpsClient {
+/// A pooled HTTP(S) client with `tls`, opening connections the way `route` says (over a
+/// tunnel, TLS runs inside it). It offers h2 and http/1.1 over TLS, or with `http2_only` h2
+/// alone: then the pool knows before connecting that one connection carries every call, and
+/// calls racing on a cold pool wait for it instead of each opening one.
+fn build(
+    pool: &UpstreamConfig,
+    tls: rustls::ClientConfig,
+    route: Route,
+    http2_only: bool,
+) -> HttpsClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(pool.connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    let connector = RoutedConnector::new(http, route, pool.connect_timeout);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(RoutedConnector::new(http, route, pool.connect_timeout));
+        .https_or_http();
+    let https = if http2_only {
+        builder.enable_http2().wrap_connector(connector)
+    } else {
+        builder
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector)
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(pool.pool_idle_timeout)
         .pool_max_idle_per_host(pool.pool_max_idle_per_host)
+        .http2_only(http2_only)
         .build(https)
 }

@@ -323,6 +323,10 @@ fn advice_for(error: &rustls::Error, table: &str) -> Option<String> {
             "The upstream asks for a client certificate (mutual TLS), and this proxy presents \
              none: set `{table}.client_cert_file` and `{table}.client_key_file`"
         ),
+        Error::AlertReceived(Alert::NoApplicationProtocol) => format!(
+            "The upstream does not speak HTTP/2 (it refused the only protocol offered): remove \
+             `{table}.http2_only`"
+        ),
         // rustls answers a client certificate it cannot verify with DecryptError, other
         // servers with one of the certificate alerts.
         Error::AlertReceived(

@@ -2,8 +2,9 @@
 //! keeps handshakes and connections down.
 //!
 //! The upstream is the bench's own (`upstream`): one server per variant, plaintext HTTP/1.1,
-//! TLS offering only http/1.1 and TLS offering only h2, behind a throwaway CA that the TLS
-//! proxies trust through `upstream.ca_file`; one fresh proxy per variant. In order:
+//! TLS offering only http/1.1, TLS offering only h2, and TLS offering only h2 to a proxy with
+//! `upstream.http2_only`, behind a throwaway CA that the TLS proxies trust through
+//! `upstream.ca_file`; one fresh proxy per variant. In order:
 //! 1. best-of-16 on the fresh pools, four requests at a time: the connections each variant
 //!    opened and used (h2 should multiplex the 17 calls of a request on few connections);
 //! 2. passthrough CPU per request of each proxy (user+sys from procfs) in interleaved windows
@@ -39,9 +40,13 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
         .variants
         .iter()
         .map(|u| {
-            let extra = if u.wire == Wire::Plain { "" } else { &ca_file };
+            let extra = match u.wire {
+                Wire::Plain => String::new(),
+                Wire::TlsHttp1 | Wire::TlsH2 => ca_file.clone(),
+                Wire::TlsH2Only => format!("{ca_file}http2_only = true\n"),
+            };
             let name = format!("proxy-{}", slug(u.wire));
-            fleet.proxy_at(load, &name, &u.base_url(), extra)
+            fleet.proxy_at(load, &name, &u.base_url(), &extra)
         })
         .collect();
     let best_of_16 = best_of_16(load, &upstreams.variants, &proxies, settings);
@@ -60,6 +65,7 @@ fn slug(wire: Wire) -> &'static str {
         Wire::Plain => "plain",
         Wire::TlsHttp1 => "tls-h1",
         Wire::TlsH2 => "tls-h2",
+        Wire::TlsH2Only => "tls-h2-only",
     }
 }
 

@@ -36,6 +36,9 @@ pub enum Wire {
     TlsHttp1,
     /// TLS offering only h2 in ALPN.
     TlsH2,
+    /// The same server, and a proxy with `upstream.http2_only`: its pool knows before the
+    /// first call that one connection carries them all.
+    TlsH2Only,
 }
 
 impl Wire {
@@ -44,6 +47,7 @@ impl Wire {
             Wire::Plain => "plaintext http/1.1",
             Wire::TlsHttp1 => "TLS, ALPN http/1.1",
             Wire::TlsH2 => "TLS, ALPN h2",
+            Wire::TlsH2Only => "TLS, h2, http2_only",
         }
     }
 }
@@ -155,13 +159,13 @@ impl Upstreams {
             .expect("cannot start the TLS upstream's runtime");
         let ca_dir = tempfile::tempdir().expect("cannot create a temporary directory");
         let certs = Certificates::new(&ca_dir.path().join("bench-ca.pem"));
-        let variants = [Wire::Plain, Wire::TlsHttp1, Wire::TlsH2]
+        let variants = [Wire::Plain, Wire::TlsHttp1, Wire::TlsH2, Wire::TlsH2Only]
             .into_iter()
             .map(|wire| {
                 let acceptor = match wire {
                     Wire::Plain => None,
                     Wire::TlsHttp1 => Some(certs.acceptor(b"http/1.1")),
-                    Wire::TlsH2 => Some(certs.acceptor(b"h2")),
+                    Wire::TlsH2 | Wire::TlsH2Only => Some(certs.acceptor(b"h2")),
                 };
                 let listener = runtime
                     .block_on(TcpListener::bind("127.0.0.1:0"))
