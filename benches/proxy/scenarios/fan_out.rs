@@ -106,7 +106,7 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
          waves (its pool cold, then warm); RSS over both",
         settings.fan_out_spread.as_secs_f64()
     );
-    let after = format!("{} s after MiB", settings.large_after.as_secs());
+    let after = format!("{} s after MiB", settings.large_after.as_secs_f64());
     let header = [
         "load",
         "pool",
@@ -148,7 +148,7 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
         "peak_rss_kib": peak_kib,
         "peak_bound_mib": PEAK_BOUND_MIB,
         "peak_within_bound": peak_kib < PEAK_BOUND_MIB * 1024,
-        "after_s": settings.large_after.as_secs(),
+        "after_s": settings.large_after.as_secs_f64(),
         "rss_after_kib": after_kib,
         "demo_peak_rss_kib": vm_hwm_kib(demo.pid),
         "logs": fleet.log_summary(),

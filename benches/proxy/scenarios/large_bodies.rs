@@ -150,7 +150,7 @@ pub fn run(load: &Load, services: &Services, settings: &Settings) -> Value {
         body_bytes as f64 / 1e6,
         LARGE_SAMPLE_EVERY.as_millis()
     );
-    let after = format!("{} s after MiB", settings.large_after.as_secs());
+    let after = format!("{} s after MiB", settings.large_after.as_secs_f64());
     let bound = format!("peak<{LARGE_PEAK_BOUND_MIB}MiB");
     let header = [
         "config",
@@ -169,7 +169,7 @@ pub fn run(load: &Load, services: &Services, settings: &Settings) -> Value {
         "n": LARGE_N,
         "timeout_s": LARGE_TIMEOUT.as_secs(),
         "sample_every_ms": LARGE_SAMPLE_EVERY.as_millis() as u64,
-        "after_s": settings.large_after.as_secs(),
+        "after_s": settings.large_after.as_secs_f64(),
         "peak_bound_mib": LARGE_PEAK_BOUND_MIB,
         "expected_statuses": LARGE_EXPECTED,
         "configs": out,
