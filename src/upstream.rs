@@ -32,7 +32,6 @@ use crate::redact::{redact_url, Redactor};
 
 pub use clients::HttpsClient;
 pub(crate) use clients::{ClientSetupError, Clients, RoutedClient};
-pub use tls::TlsSetupError;
 
 /// An API key. Its `Debug` never shows the value, so it cannot reach a log line by accident.
 #[derive(Clone)]
