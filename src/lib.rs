@@ -9,7 +9,7 @@
 //! `main.rs` is only the command line; tests and benches use this library directly.
 
 pub(crate) mod admission;
-pub(crate) mod allocator;
+pub mod allocator;
 pub mod answer;
 pub mod auth;
 pub mod best_of_n;

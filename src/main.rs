@@ -100,11 +100,13 @@ struct EvalArgs {
 }
 
 // Requests allocate many small JSON values; mimalloc serves them faster than the system
-// allocator and keeps the heap compact under many open streams.
+// allocator and keeps the heap compact under many open streams (with huge pages off: see
+// `allocator`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    bon_proxy::allocator::keep_pages_small();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs {
         config: PathBuf::from("proxy.toml"),

@@ -25,7 +25,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_bon-proxy");
 /// Variables the binary reads; removed from every child so the caller's shell cannot skew a
 /// test (a test sets the ones it needs). The proxy variables too: a CI machine's egress proxy
 /// must not carry the calls to the default (non-loopback) upstream, nor refuse them.
-pub const BINARY_ENV: [&str; 13] = [
+pub const BINARY_ENV: [&str; 14] = [
     "BON_CONFIG",
     "BON_LISTEN",
     "BON_UPSTREAM_BASE_URL",
@@ -39,6 +39,7 @@ pub const BINARY_ENV: [&str; 13] = [
     "all_proxy",
     "NO_PROXY",
     "no_proxy",
+    "MIMALLOC_ALLOW_THP",
 ];
 
 /// Upper bound on the proxy's start and on one HTTP exchange with it.
