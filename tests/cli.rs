@@ -539,6 +539,34 @@ async fn serve_demo_answers_the_quick_start_and_stops_gracefully_on_sigterm() {
     assert!(proxy.stderr().contains("shutdown signal received"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_demo_with_http2_only_fans_out_over_h2c_to_the_demo() {
+    // `upstream.http2_only` against an `http://` base URL speaks h2c with prior knowledge: the
+    // demo must accept it, so a proxy set up for an HTTP/2 upstream can be tried on the demo
+    // (and the benchmark multiplexes thousands of calls on it).
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let addr = free_port();
+    let config = write_config(&cwd, "[upstream]\nhttp2_only = true\n");
+    let mut cmd = bon(cwd.path(), &["serve", "--demo", "--config", path_str(&config)]);
+    cmd.env("BON_LISTEN", addr.to_string());
+    let mut proxy = Proc::spawn(cmd);
+    let base = format!("http://{addr}");
+    wait_ready(&mut proxy, &format!("{base}/healthz")).await;
+    let url = format!("{base}/v1/chat/completions");
+
+    let answer = post_json(&url, &[("x-best-of-n", "16")], &quick_start_body()).await;
+    assert_chat_completion(&answer);
+    assert_eq!(answer.header("x-best-of-n"), Some("16"), "{}", proxy.stderr());
+
+    let mut streamed = quick_start_body();
+    streamed["stream"] = json!(true);
+    let answer = post_json(&url, &[], &streamed).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", shown_to_client(&answer));
+    let text = String::from_utf8_lossy(&answer.body);
+    assert!(text.contains("chat.completion.chunk"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+}
+
 /// The `THP_enabled` line of a running process's `/proc/PID/status`.
 fn huge_pages_enabled(proc: &Proc) -> String {
     let status = std::fs::read_to_string(format!("/proc/{}/status", proc.child.id()))

@@ -1,4 +1,5 @@
-//! Built-in demo upstream: a small in-process OpenAI-compatible HTTP/1.1 server.
+//! Built-in demo upstream: a small in-process OpenAI-compatible server, over HTTP/1.1 or
+//! HTTP/2 without TLS (h2c with prior knowledge, as a proxy with `upstream.http2_only` speaks).
 //!
 //! It lets `bon-proxy serve --demo` work without network or API key, and is the cheap,
 //! predictable upstream of the benchmarks: hence no regex, no logging and few allocations per
@@ -55,8 +56,9 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::{net::TcpListener, task::JoinSet};
 
 pub use chat::DemoOptions;
@@ -64,7 +66,13 @@ use chat::{chat, State};
 use embeddings::{embeddings, models};
 use wire::*;
 
-/// Serves the demo upstream on `listener` until the task is dropped/aborted. Each connection on its own task, keep-alive on.
+/// Streams one HTTP/2 connection may carry at once. hyper's default (200) would queue a
+/// benchmark's thousands of held streams or a best-of-16 fan-out at scale behind each other;
+/// the demo answers them all at once, as it does over one HTTP/1.1 connection each.
+const MAX_CONCURRENT_STREAMS: u32 = 1 << 16;
+
+/// Serves the demo upstream on `listener` until the task is dropped/aborted. Each connection on
+/// its own task, keep-alive on.
 ///
 /// Accept errors (such as running out of file descriptors) are transient, so they are retried
 /// after a short pause rather than returned. Connections belong to this future: dropping it
@@ -90,8 +98,11 @@ pub async fn serve(listener: TcpListener, options: DemoOptions) -> std::io::Resu
         let state = Arc::clone(&state);
         connections.spawn(async move {
             let service = service_fn(move |req| handle(Arc::clone(&state), req));
-            let mut builder = http1::Builder::new();
-            builder.keep_alive(true);
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().keep_alive(true);
+            builder
+                .http2()
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(err) = connection.await {
                 tracing::debug!(%err, "demo upstream: connection ended with an error");
