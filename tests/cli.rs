@@ -547,7 +547,10 @@ async fn serve_demo_with_http2_only_fans_out_over_h2c_to_the_demo() {
     let cwd = tempfile::tempdir().expect("temp dir");
     let addr = free_port();
     let config = write_config(&cwd, "[upstream]\nhttp2_only = true\n");
-    let mut cmd = bon(cwd.path(), &["serve", "--demo", "--config", path_str(&config)]);
+    let mut cmd = bon(
+        cwd.path(),
+        &["serve", "--demo", "--config", path_str(&config)],
+    );
     cmd.env("BON_LISTEN", addr.to_string());
     let mut proxy = Proc::spawn(cmd);
     let base = format!("http://{addr}");
@@ -556,12 +559,22 @@ async fn serve_demo_with_http2_only_fans_out_over_h2c_to_the_demo() {
 
     let answer = post_json(&url, &[("x-best-of-n", "16")], &quick_start_body()).await;
     assert_chat_completion(&answer);
-    assert_eq!(answer.header("x-best-of-n"), Some("16"), "{}", proxy.stderr());
+    assert_eq!(
+        answer.header("x-best-of-n"),
+        Some("16"),
+        "{}",
+        proxy.stderr()
+    );
 
     let mut streamed = quick_start_body();
     streamed["stream"] = json!(true);
     let answer = post_json(&url, &[], &streamed).await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", shown_to_client(&answer));
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "{}",
+        shown_to_client(&answer)
+    );
     let text = String::from_utf8_lossy(&answer.body);
     assert!(text.contains("chat.completion.chunk"), "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");

@@ -88,6 +88,30 @@ impl Fleet {
     /// scenario's own); `extra` follows the `[upstream]` keys, so it may add to them before
     /// starting sections of its own.
     pub fn proxy_at(&mut self, load: &Load, name: &str, base_url: &str, extra: &str) -> Service {
+        self.proxy_configured(load, name, base_url, "", extra)
+    }
+
+    /// [`Fleet::proxy_with`] whose `[server]` table ends with `server` (TOML keys).
+    pub fn proxy_with_server(
+        &mut self,
+        load: &Load,
+        name: &str,
+        upstream: &Service,
+        server: &str,
+        extra: &str,
+    ) -> Service {
+        let base_url = format!("http://{}/v1", upstream.addr);
+        self.proxy_configured(load, name, &base_url, server, extra)
+    }
+
+    fn proxy_configured(
+        &mut self,
+        load: &Load,
+        name: &str,
+        base_url: &str,
+        server: &str,
+        extra: &str,
+    ) -> Service {
         let addr = free_addr();
         let config = self.config_dir.path().join(format!("{name}.toml"));
         // BON_BENCH_PROXY_THREADS sets the proxy's worker threads, for comparing runtimes.
@@ -98,7 +122,7 @@ impl Fleet {
             false => "pool_max_idle_per_host = 4096\n",
         };
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\nmax_inflight = 1000000\nworker_threads = {threads}\n\n\
+            "[server]\nlisten = \"{addr}\"\nmax_inflight = 1000000\nworker_threads = {threads}\n{server}\n\
              [upstream]\nbase_url = \"{base_url}\"\nmax_retries = 0\n{pool}{extra}"
         );
         fs::write(&config, text)

@@ -31,6 +31,8 @@ pub struct Settings {
     pub slow_latency_ms: u64,
     pub held_streams: usize,
     pub held_best_of_5: usize,
+    /// Streams held open through a proxy whose upstream calls share one h2c connection.
+    pub held_streams_h2: usize,
     pub cpu_passthrough: u64,
     pub cpu_passthrough_rate: f64,
     /// Interleaved windows per proxy when CPU per passthrough request is compared between
@@ -85,6 +87,7 @@ impl Settings {
             slow_latency_ms: 4000,
             held_streams: 1000,
             held_best_of_5: 200,
+            held_streams_h2: 10_000,
             cpu_passthrough: 20_000,
             cpu_passthrough_rate: 4000.0,
             cpu_rounds: 4,
@@ -120,6 +123,7 @@ impl Settings {
             slow_latency_ms: 1000,
             held_streams: 200,
             held_best_of_5: 40,
+            held_streams_h2: 1000,
             cpu_passthrough: 2000,
             cpu_rounds: 1,
             cpu_best_of_5: 200,

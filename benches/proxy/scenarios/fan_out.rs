@@ -7,7 +7,9 @@
 //! their own (the floor is two upstream rounds, 4 s); the proxy's own time from its
 //! `bon_overhead_seconds` histogram (the share of requests within 5 ms, read from the bucket
 //! at 5 ms); the peak of open file descriptors (client connections plus upstream ones); and
-//! RSS idle, at peak and some seconds after, against 300 MiB.
+//! RSS idle, at peak and some seconds after, against 300 MiB. All of it twice, with a fresh
+//! proxy and demo each time: over HTTP/1.1 (a connection per call in flight) and over h2c
+//! with `upstream.http2_only` (every call multiplexed on one connection).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,13 +45,12 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
     if let Some(nofile) = nofile_limit().filter(|&limit| limit < needed) {
         println!("\n  WARNING: open-file limit {nofile} is below the ~{needed} this needs");
     }
-    // Its own fleet: the demos and the proxy are stopped when the scenario is done.
-    let mut fleet = Fleet::new();
     let timeout = Duration::from_millis(4 * latency_ms + 30_000);
     // The ideal: the same rounds of calls made directly to a demo of their own, by a load
     // generator of their own (its pool keeps every connection) that is gone before the proxy's
     // turn.
     let direct: Vec<Vec<(Outcome, Duration)>> = {
+        let mut fleet = Fleet::new();
         let demo = fleet.demo(load, "demo-fan-out-direct", latency_ms);
         let rounds = best_of_n::ideal_rounds(n as usize, "listwise");
         let targets = vec![Target::fan_out("fan-out direct", &demo, rounds); requests];
@@ -63,52 +64,29 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
             })
             .collect()
     };
-    let demo = fleet.demo(load, "demo-fan-out", latency_ms);
     // The pool keeps every connection of the first wave for the second; every best-of-N
     // default (the memory budget among them) stays as shipped.
-    let pool = format!("pool_max_idle_per_host = {}\n", needed);
-    let proxy = fleet.proxy_with(load, "proxy-fan-out", &demo, &pool);
-    settle(Duration::from_millis(300));
-    let idle_kib = rss_kib(proxy.pid);
-    let sampler = RssSampler::with_fds(proxy.pid, Duration::from_millis(20));
-    let waves: Vec<Wave> = (WAVES.iter().zip(&direct))
-        .map(|(name, direct)| {
-            let targets = distinct_best_of(&proxy, requests, n, name);
-            let before = overhead_buckets(&scrape(load, &proxy));
-            let outcomes = load.spread(&targets, settings.fan_out_spread, timeout);
-            let scraped = scrape(load, &proxy);
-            settle(Duration::from_millis(300));
-            Wave::new(name, outcomes, direct, &scraped, &before)
+    let pool = format!("pool_max_idle_per_host = {needed}\n");
+    let variants: Vec<Variant> = UPSTREAMS
+        .iter()
+        .map(|&(upstream, extra)| {
+            let config = format!("{pool}{extra}");
+            Variant::measure(load, settings, upstream, &config, &direct, timeout)
         })
         .collect();
-    let peak = sampler.peaks();
-    settle(settings.large_after);
-    let after_kib = rss_kib(proxy.pid);
-    let peak_kib = peak.rss_kib.max(vm_hwm_kib(proxy.pid).unwrap_or(0));
 
-    let mib = |kib: Option<u64>| kib.map_or("?".into(), kib_to_mib);
-    let rows: Vec<Vec<String>> = (waves.iter())
-        .map(|wave| {
-            let mut row = wave.row(&format!("{requests} x best-of-{n}"));
-            row.extend([
-                peak.fds.to_string(),
-                mib(idle_kib),
-                kib_to_mib(peak_kib),
-                mib(after_kib),
-            ]);
-            row
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = variants.iter().flat_map(|v| v.rows(requests, n)).collect();
     let floor_ms = 2 * latency_ms;
     let title = format!(
         "9. Fan-out at scale: {requests} distinct best-of-{n} requests within {:.2} s, upstream \
-         {latency_ms} ms (floor {floor_ms} ms: candidates, then the judge); a fresh proxy, two \
-         waves (its pool cold, then warm); RSS over both",
+         {latency_ms} ms (floor {floor_ms} ms: candidates, then the judge); a fresh proxy per \
+         upstream protocol, two waves each (its pool cold, then warm); RSS over both",
         settings.fan_out_spread.as_secs_f64()
     );
     let after = format!("{} s after MiB", settings.large_after.as_secs_f64());
     let header = [
         "load",
+        "upstream",
         "pool",
         "answers",
         "direct",
@@ -123,17 +101,9 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
         after.as_str(),
     ];
     print_table(&title, &header, &rows);
-    for wave in &waves {
-        wave.print_notes();
+    for variant in &variants {
+        variant.print_notes();
     }
-    println!(
-        "    peak RSS {} the {PEAK_BOUND_MIB} MiB bound",
-        if peak_kib < PEAK_BOUND_MIB * 1024 {
-            "within"
-        } else {
-            "OVER"
-        },
-    );
     json!({
         "requests": requests,
         "n": n,
@@ -141,18 +111,119 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
         "upstream_calls_per_wave": requests * (n as usize + 1),
         "spread_s": settings.fan_out_spread.as_secs_f64(),
         "latency_floor_ms": floor_ms,
-        "waves": waves.iter().map(Wave::to_json).collect::<Vec<_>>(),
-        "peak_open_fds": peak.fds,
-        "idle_rss_kib": idle_kib,
-        "sampled_peak_rss_kib": peak.rss_kib,
-        "peak_rss_kib": peak_kib,
         "peak_bound_mib": PEAK_BOUND_MIB,
-        "peak_within_bound": peak_kib < PEAK_BOUND_MIB * 1024,
         "after_s": settings.large_after.as_secs_f64(),
-        "rss_after_kib": after_kib,
-        "demo_peak_rss_kib": vm_hwm_kib(demo.pid),
-        "logs": fleet.log_summary(),
+        "variants": variants.iter().map(Variant::to_json).collect::<Vec<_>>(),
     })
+}
+
+/// The upstream protocols measured, with what each adds to the proxy's `[upstream]`: one
+/// HTTP/1.1 connection per call in flight, or every call multiplexed on one h2c connection.
+const UPSTREAMS: [(&str, &str); 2] = [("HTTP/1.1", ""), ("h2c, http2_only", "http2_only = true\n")];
+
+/// Both waves through one fresh proxy (and a demo of its own), and its memory over them.
+struct Variant {
+    upstream: &'static str,
+    waves: Vec<Wave>,
+    peak_fds: usize,
+    idle_kib: Option<u64>,
+    peak_kib: u64,
+    after_kib: Option<u64>,
+    demo_peak_kib: Option<u64>,
+    logs: Value,
+}
+
+impl Variant {
+    fn measure(
+        load: &Load,
+        settings: &Settings,
+        upstream: &'static str,
+        config: &str,
+        direct: &[Vec<(Outcome, Duration)>],
+        timeout: Duration,
+    ) -> Variant {
+        // Its own fleet: the demo and the proxy (with its pooled connections) are stopped
+        // before the next variant starts.
+        let mut fleet = Fleet::new();
+        let demo = fleet.demo(load, "demo-fan-out", settings.fan_out_latency_ms);
+        let proxy = fleet.proxy_with(load, "proxy-fan-out", &demo, config);
+        settle(Duration::from_millis(300));
+        let idle_kib = rss_kib(proxy.pid);
+        let sampler = RssSampler::with_fds(proxy.pid, Duration::from_millis(20));
+        let waves: Vec<Wave> = (WAVES.iter().zip(direct))
+            .map(|(name, direct)| {
+                let targets =
+                    distinct_best_of(&proxy, settings.fan_out_requests, settings.fan_out_n, name);
+                let before = overhead_buckets(&scrape(load, &proxy));
+                let outcomes = load.spread(&targets, settings.fan_out_spread, timeout);
+                let scraped = scrape(load, &proxy);
+                settle(Duration::from_millis(300));
+                Wave::new(name, outcomes, direct, &scraped, &before)
+            })
+            .collect();
+        let peak = sampler.peaks();
+        settle(settings.large_after);
+        let after_kib = rss_kib(proxy.pid);
+        Variant {
+            upstream,
+            waves,
+            peak_fds: peak.fds,
+            idle_kib,
+            peak_kib: peak.rss_kib.max(vm_hwm_kib(proxy.pid).unwrap_or(0)),
+            after_kib,
+            demo_peak_kib: vm_hwm_kib(demo.pid),
+            logs: fleet.log_summary(),
+        }
+    }
+
+    fn within_bound(&self) -> bool {
+        self.peak_kib < PEAK_BOUND_MIB * 1024
+    }
+
+    fn rows(&self, requests: usize, n: u32) -> Vec<Vec<String>> {
+        let mib = |kib: Option<u64>| kib.map_or("?".into(), kib_to_mib);
+        (self.waves.iter())
+            .map(|wave| {
+                let mut row = wave.row(&format!("{requests} x best-of-{n}"), self.upstream);
+                row.extend([
+                    self.peak_fds.to_string(),
+                    mib(self.idle_kib),
+                    kib_to_mib(self.peak_kib),
+                    mib(self.after_kib),
+                ]);
+                row
+            })
+            .collect()
+    }
+
+    fn print_notes(&self) {
+        for wave in &self.waves {
+            wave.print_notes(self.upstream);
+        }
+        let verdict = if self.within_bound() {
+            "within"
+        } else {
+            "OVER"
+        };
+        println!(
+            "    {}: peak RSS {verdict} the {PEAK_BOUND_MIB} MiB bound",
+            self.upstream
+        );
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "upstream": self.upstream,
+            "waves": self.waves.iter().map(Wave::to_json).collect::<Vec<_>>(),
+            "peak_open_fds": self.peak_fds,
+            "idle_rss_kib": self.idle_kib,
+            "peak_rss_kib": self.peak_kib,
+            "peak_within_bound": self.within_bound(),
+            "rss_after_kib": self.after_kib,
+            "demo_peak_rss_kib": self.demo_peak_kib,
+            "logs": self.logs,
+        })
+    }
 }
 
 /// The two waves: the first opens every upstream connection, the second finds them pooled.
@@ -196,12 +267,13 @@ impl Wave {
         Wave::at(&self.latency, q) - Wave::at(&self.ideal, q)
     }
 
-    fn row(&self, load: &str) -> Vec<String> {
+    fn row(&self, load: &str, upstream: &str) -> Vec<String> {
         let pair =
             |h: &Histogram<u64>| format!("{:.0} / {:.0}", Wave::at(h, 0.5), Wave::at(h, 0.99));
         let within = self.own.share_within(OVERHEAD_BOUND_S);
         vec![
             load.to_string(),
+            upstream.to_string(),
             self.name.to_string(),
             self.answers.cell(),
             self.direct_answers.cell(),
@@ -213,8 +285,8 @@ impl Wave {
         ]
     }
 
-    fn print_notes(&self) {
-        let name = self.name;
+    fn print_notes(&self, upstream: &str) {
+        let name = format!("{upstream}, {}", self.name);
         println!(
             "    {name}: mean upstream call, ms, by kind (cumulative): {:?}",
             self.upstream_ms

@@ -1,12 +1,17 @@
-//! Scenario 5: a proxy's RSS while it holds many slow requests open (streams, then best-of-5),
-//! each phase against a proxy that was idle until then.
+//! Scenario 5: a proxy's RSS while it holds many slow requests open (streams, then best-of-5,
+//! then ten times as many streams whose upstream calls share one h2c connection), each phase
+//! against a proxy that was idle until then.
+//!
+//! The last phase is how 10,000 held streams fit under this machine's open-file limit (20,000
+//! per process): over HTTP/1.1 each stream holds two sockets in the proxy, a client's and an
+//! upstream one; with `upstream.http2_only` the upstream calls are streams of one connection.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::fleet::{Service, Services};
+use crate::fleet::{Fleet, Service, Services};
 use crate::load::{settle, Limits, Load};
 use crate::procfs::{nofile_limit, rss_kib, RssSampler};
 use crate::recorder::{round2, Recorder};
@@ -16,13 +21,29 @@ use crate::settings::Settings;
 
 pub fn run(load: &Load, services: &Services, settings: &Settings) -> Value {
     let nofile = nofile_limit();
-    let needed = (settings.held_streams + 5 * settings.held_best_of_5) as u64 * 2 + 200;
+    let needed = ((settings.held_streams + 5 * settings.held_best_of_5) * 2)
+        .max(settings.held_streams_h2) as u64
+        + 200;
     if nofile.is_some_and(|n| n < needed) {
         println!("\n  WARNING: open-file limit {nofile:?} is below the ~{needed} this needs");
     }
     let latency = settings.slow_latency_ms;
     let streams = &services.proxy_slow;
     let bo5 = &services.proxy_slow_bo5;
+    // Its own fleet: a proxy with room for the many client connections, in front of the same
+    // slow demo over h2c.
+    let mut fleet = Fleet::new();
+    let server = format!(
+        "max_connections = {}\nmax_connections_per_ip = 0\n",
+        settings.held_streams_h2 + 1000
+    );
+    let streams_h2 = &fleet.proxy_with_server(
+        load,
+        "proxy-slow-h2c",
+        &services.demo_slow,
+        &server,
+        "http2_only = true\n",
+    );
     let phases = [
         (
             Target::chat("streams", streams, true),
@@ -33,6 +54,11 @@ pub fn run(load: &Load, services: &Services, settings: &Settings) -> Value {
             Target::best_of("best-of-5", bo5, 5, false).shared(),
             settings.held_best_of_5,
             bo5,
+        ),
+        (
+            Target::chat("streams, h2c upstream", streams_h2, true),
+            settings.held_streams_h2,
+            streams_h2,
         ),
     ];
     let mut rows = Vec::new();
