@@ -12,14 +12,36 @@
 //! mimalloc also keeps freed pages for reuse and returns them to the system only when it is
 //! next used. After a burst of large best-of-N requests an idle proxy would go on holding
 //! hundreds of MiB that nothing uses (measured: 214 MiB ten seconds after eight 30 MB
-//! best-of-16 requests, against 17 MiB idle). So when a large share of the memory budget is
-//! released, the proxy asks mimalloc, once, shortly after, to collect.
+//! best-of-16 requests, against 17 MiB idle), and the same after a burst of many small ones.
+//! So when a large share of the memory budget is released, or when a burst of requests in
+//! flight has ebbed, the proxy asks mimalloc to collect: once shortly after, on one thread,
+//! and on every runtime worker the next time it runs out of work (mimalloc collects only the
+//! calling thread's heap, and a worker with nothing to do is the cheapest place to do it).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// A collection is already on its way; more releases meanwhile need no other.
 static SCHEDULED: AtomicBool = AtomicBool::new(false);
+
+/// How many collections have been asked for; each worker collects when it has not seen the
+/// latest.
+static ASKED: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The last of [`ASKED`] this thread collected for.
+    static COLLECTED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Requests in flight across the process, watched for the end of bursts.
+static REQUESTS: BurstWatch = BurstWatch::new();
+
+/// Requests at once from which a burst leaves enough freed memory to be worth collecting.
+const BURST: usize = 256;
+
+/// A burst has ebbed when the requests in flight are down to this share of its peak.
+const EBBED_DIVISOR: usize = 8;
 
 /// Lets the memory of the work that just ended be freed first.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -43,8 +65,68 @@ pub fn keep_pages_small() {
     }
 }
 
+/// For the runtime's `on_thread_park`: collects this worker's heap when a collection was
+/// asked for since it last did. Otherwise one atomic load: workers park all the time.
+pub fn collect_if_asked() {
+    let asked = ASKED.load(Ordering::Acquire);
+    if COLLECTED.get() != asked {
+        COLLECTED.set(asked);
+        collect();
+    }
+}
+
+/// One request in flight, counted until dropped (when its answer has been sent).
+pub(crate) struct InFlight(());
+
+/// Counts a request in flight; when a burst of them ebbs, memory is given back.
+pub(crate) fn in_flight() -> InFlight {
+    REQUESTS.start();
+    InFlight(())
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if REQUESTS.finish() {
+            release_soon();
+        }
+    }
+}
+
+/// Requests in flight and the most at once since the last burst ended.
+struct BurstWatch {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl BurstWatch {
+    const fn new() -> BurstWatch {
+        BurstWatch {
+            now: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    fn start(&self) {
+        let now = self.now.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// True once per burst: when a peak of at least [`BURST`] requests is down to an
+    /// [`EBBED_DIVISOR`]th. Steady traffic, however heavy, never ebbs that far.
+    fn finish(&self) -> bool {
+        let now = self.now.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        let peak = self.peak.load(Ordering::Acquire);
+        peak >= BURST
+            && now <= peak / EBBED_DIVISOR
+            && (self.peak)
+                .compare_exchange(peak, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+}
+
 /// Asks the allocator to return free memory to the system, soon and once for a burst.
 pub(crate) fn release_soon() {
+    ASKED.fetch_add(1, Ordering::AcqRel);
     if SCHEDULED.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -67,4 +149,70 @@ fn collect() {
     // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time;
     // where mimalloc is not the global allocator (tests, benches) it has nothing to free.
     unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_reported_once_when_it_has_ebbed() {
+        let watch = BurstWatch::new();
+        for _ in 0..1000 {
+            watch.start();
+        }
+        let ended: Vec<usize> = (0..1000)
+            .filter(|_| watch.finish())
+            .map(|_| watch.now.load(Ordering::Acquire))
+            .collect();
+        // 1,000 at the peak: reported when 125 are left, and not again on the way down.
+        assert_eq!(ended, vec![125]);
+    }
+
+    #[test]
+    fn small_or_steady_traffic_is_no_burst() {
+        let watch = BurstWatch::new();
+        // Requests one after another, and a few hundred fewer than a burst at once.
+        for _ in 0..10_000 {
+            watch.start();
+            assert!(!watch.finish());
+        }
+        for _ in 0..BURST - 1 {
+            watch.start();
+        }
+        assert!((0..BURST - 1).all(|_| !watch.finish()));
+        // Heavy but steady: 300 in flight, one ends and another starts, for a long time.
+        for _ in 0..300 {
+            watch.start();
+        }
+        for _ in 0..10_000 {
+            assert!(!watch.finish());
+            watch.start();
+        }
+    }
+
+    #[test]
+    fn a_second_burst_after_the_first_is_reported_again() {
+        let watch = BurstWatch::new();
+        for round in 0..2 {
+            (0..400).for_each(|_| watch.start());
+            let reported = (0..400).filter(|_| watch.finish()).count();
+            assert_eq!(reported, 1, "round {round}");
+        }
+    }
+
+    #[test]
+    fn each_thread_collects_once_per_ask() {
+        release_soon();
+        collect_if_asked();
+        assert_eq!(COLLECTED.get(), ASKED.load(Ordering::Acquire));
+        let other = std::thread::spawn(|| {
+            let before = COLLECTED.get();
+            collect_if_asked();
+            (before, COLLECTED.get())
+        });
+        let (before, after) = other.join().expect("the other thread");
+        assert_eq!(before, 0);
+        assert!(after >= 1);
+    }
 }

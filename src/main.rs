@@ -151,6 +151,8 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
     }
     builder
         .enable_all()
+        // A worker out of work gives back what a finished burst freed in its heap.
+        .on_thread_park(bon_proxy::allocator::collect_if_asked)
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }

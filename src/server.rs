@@ -307,7 +307,7 @@ async fn route(
         return refusal;
     }
     let started = Instant::now();
-    let inflight = state.metrics.inflight();
+    let inflight = (state.metrics.inflight(), crate::allocator::in_flight());
     let route = metrics::route_label(request.uri().path());
     let head = plan::read_head(
         request.method(),
