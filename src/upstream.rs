@@ -185,6 +185,9 @@ pub struct Upstream {
     proxy_authorization: Option<HeaderValue>,
     /// The route is a forward proxy: a 407 is the proxy's answer, not the upstream's.
     forward_proxy: bool,
+    /// Calls go out as h2c (`http2_only` to an `http://` endpoint), which an HTTP/1.1 server
+    /// answers by closing the connection: nothing in the error says why.
+    h2c: bool,
 }
 
 /// A call's place under `upstream.max_connections`, held until its answer has been read (a
@@ -226,12 +229,14 @@ impl Upstream {
         config: &UpstreamConfig,
         redactor: Redactor,
     ) -> Result<Upstream, String> {
+        let base = BaseUrl::parse(base_url)?;
         Ok(Upstream {
+            h2c: routed.http2_only && base.scheme == http::uri::Scheme::HTTP,
             client: routed.client,
             proxy_authorization: routed.route.proxy_authorization().cloned(),
             forward_proxy: routed.route.is_forward(),
             table: table.into(),
-            base: BaseUrl::parse(base_url)?,
+            base,
             key,
             forward_client_auth: config.forward_client_auth,
             timeout: config.timeout,
@@ -264,7 +269,14 @@ impl Upstream {
 
     /// The error of a call that got no answer: refused by the proxy, or unreachable.
     fn unreachable(&self, error: &hyper_util::client::legacy::Error) -> UpstreamError {
-        let text = describe(error, &self.table);
+        let mut text = describe(error, &self.table);
+        if self.h2c && !error.is_connect() {
+            text.push_str(&format!(
+                ". The upstream closed the connection before answering: if it does not speak \
+                 HTTP/2 without TLS (h2c), remove `{}.http2_only`",
+                self.table
+            ));
+        }
         if connector::is_refusal(error) {
             UpstreamError::ProxyRefused(text)
         } else {

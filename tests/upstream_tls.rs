@@ -4,12 +4,13 @@
 //! HTTP/1.1 and over HTTP/2 (the upstream offers only one of them in ALPN; it records which one
 //! each request came over), for passthrough, streaming and best-of-3; without it the
 //! certificate is not trusted and the client gets a 502 naming the key; a file that is not PEM
-//! stops `check-config`, naming the key.
+//! stops `check-config`, naming the key. Also `upstream.http2_only`, over TLS and over h2c.
 
 mod common;
 
 use std::path::Path;
 
+use common::mock::MockUpstream;
 use common::served::{check_config_in, Serve};
 use common::tls_upstream::{Alpn, TestCa, TlsUpstream, Validity};
 use common::{chat_body, post_chat, streaming_chat_body};
@@ -301,4 +302,29 @@ async fn http2_only_against_an_http1_upstream_gets_a_502_naming_the_key() {
     assert!(message.contains("does not speak HTTP/2"), "{message}");
     assert!(message.contains("`upstream.http2_only`"), "{message}");
     assert!(upstream.calls().is_empty());
+}
+
+/// `http2_only` to an `http://` upstream that speaks only HTTP/1.1 (h2c's preface is not a
+/// request it knows): a 502 that says the key may be why, where hyper's words alone do not.
+#[tokio::test]
+async fn http2_only_against_an_http1_upstream_without_tls_gets_a_502_naming_the_key() {
+    let upstream = MockUpstream::start().await;
+    let toml = format!(
+        "[upstream]\nbase_url = \"{}\"\nmax_retries = 0\nhttp2_only = true\n",
+        upstream.base_url()
+    );
+    let served = Serve::plain().config(&toml).start_async().await;
+    let error = post_chat(&served.proxy(), &[], chat_body("Hi"))
+        .await
+        .expect_error(502);
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("HTTP/2 without TLS (h2c)"), "{message}");
+    assert!(message.contains("`upstream.http2_only`"), "{message}");
+
+    // Without the key the same upstream answers: the advice is about the key, not the host.
+    let toml = toml.replace("http2_only = true\n", "");
+    let served = Serve::plain().config(&toml).start_async().await;
+    post_chat(&served.proxy(), &[], chat_body("Hi"))
+        .await
+        .expect_ok();
 }

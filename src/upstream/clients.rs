@@ -27,6 +27,8 @@ pub(crate) struct Clients {
 pub(crate) struct RoutedClient {
     pub client: HttpsClient,
     pub route: Route,
+    /// It speaks only HTTP/2 (`http2_only`): to an `http://` endpoint, h2c.
+    pub http2_only: bool,
 }
 
 struct Built {
@@ -82,6 +84,7 @@ impl Clients {
         let routed = RoutedClient {
             client: build(&self.pool, tls, route.clone(), transport.http2_only),
             route,
+            http2_only: transport.http2_only,
         };
         self.built.push(Built {
             transport: transport.clone(),
