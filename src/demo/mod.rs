@@ -76,7 +76,8 @@ const MAX_CONCURRENT_STREAMS: u32 = 1 << 16;
 ///
 /// Accept errors (such as running out of file descriptors) are transient, so they are retried
 /// after a short pause rather than returned. Connections belong to this future: dropping it
-/// closes them too.
+/// closes them too (an HTTP/2 stream's handler runs on a task of its own, and finishes its
+/// sleep before it finds its connection gone).
 pub async fn serve(listener: TcpListener, options: DemoOptions) -> std::io::Result<()> {
     let state = Arc::new(State {
         options,

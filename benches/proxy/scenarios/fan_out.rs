@@ -69,9 +69,10 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
     let pool = format!("pool_max_idle_per_host = {needed}\n");
     let variants: Vec<Variant> = UPSTREAMS
         .iter()
-        .map(|&(upstream, extra)| {
+        .map(|&(upstream, short, extra)| {
             let config = format!("{pool}{extra}");
-            Variant::measure(load, settings, upstream, &config, &direct, timeout)
+            let names = (upstream, short);
+            Variant::measure(load, settings, names, &config, &direct, timeout)
         })
         .collect();
 
@@ -119,7 +120,10 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
 
 /// The upstream protocols measured, with what each adds to the proxy's `[upstream]`: one
 /// HTTP/1.1 connection per call in flight, or every call multiplexed on one h2c connection.
-const UPSTREAMS: [(&str, &str); 2] = [("HTTP/1.1", ""), ("h2c, http2_only", "http2_only = true\n")];
+const UPSTREAMS: [(&str, &str, &str); 2] = [
+    ("HTTP/1.1", "h1", ""),
+    ("h2c, http2_only", "h2c", "http2_only = true\n"),
+];
 
 /// Both waves through one fresh proxy (and a demo of its own), and its memory over them.
 struct Variant {
@@ -137,7 +141,7 @@ impl Variant {
     fn measure(
         load: &Load,
         settings: &Settings,
-        upstream: &'static str,
+        (upstream, short): (&'static str, &str),
         config: &str,
         direct: &[Vec<(Outcome, Duration)>],
         timeout: Duration,
@@ -145,8 +149,10 @@ impl Variant {
         // Its own fleet: the demo and the proxy (with its pooled connections) are stopped
         // before the next variant starts.
         let mut fleet = Fleet::new();
-        let demo = fleet.demo(load, "demo-fan-out", settings.fan_out_latency_ms);
-        let proxy = fleet.proxy_with(load, "proxy-fan-out", &demo, config);
+        let demo_name = format!("demo-fan-out-{short}");
+        let demo = fleet.demo(load, &demo_name, settings.fan_out_latency_ms);
+        let proxy_name = format!("proxy-fan-out-{short}");
+        let proxy = fleet.proxy_with(load, &proxy_name, &demo, config);
         settle(Duration::from_millis(300));
         let idle_kib = rss_kib(proxy.pid);
         let sampler = RssSampler::with_fds(proxy.pid, Duration::from_millis(20));
