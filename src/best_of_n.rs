@@ -235,7 +235,9 @@ fn answer(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Ready, Fa
         let compute = compute(state.clone(), job.clone());
         let (result, outcome) = match (&state.cache, job.key) {
             (Some(cache), Some(key)) => {
-                let (result, outcome) = cache.get_or_compute(key, job.plan.cache, compute).await;
+                let (result, outcome) = cache
+                    .get_or_compute(key, job.plan.cache, job.plan.debug, compute)
+                    .await;
                 (result, Some(outcome))
             }
             _ => (compute.await, None),
@@ -264,7 +266,8 @@ fn answer(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Ready, Fa
 fn fuse_live(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Streamed, Failed>> {
     async move {
         if let (Some(cache), Some(key)) = (&state.cache, job.key) {
-            if let Some((mut ready, outcome)) = cache.lookup(key.store, job.plan.cache).await {
+            if let Some((mut ready, outcome)) = cache.lookup(key.store, job.plan.cache, false).await
+            {
                 cache::set_outcome_header(&mut ready.headers, outcome);
                 return Ok(Streamed::Ready(Box::new(ready)));
             }

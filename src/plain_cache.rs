@@ -49,7 +49,7 @@ pub async fn handle(
     if request.get("stream") == Some(&Value::Bool(true)) {
         let include_usage =
             request.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
-        if let Some((hit, outcome)) = cache.lookup(key, policy).await {
+        if let Some((hit, outcome)) = cache.lookup(key, policy, false).await {
             let mut response =
                 streaming::events_response(hit.headers.clone(), hit.sse_events(include_usage));
             cache::set_outcome_header(response.headers_mut(), outcome);
@@ -65,7 +65,7 @@ pub async fn handle(
         return response;
     }
     let compute = fetch(state.clone(), target, parts.headers, bytes);
-    let (result, outcome) = cache.get_or_compute(key, policy, compute).await;
+    let (result, outcome) = cache.get_or_compute(key, policy, false, compute).await;
     match result {
         Ok(mut ready) => {
             cache::set_outcome_header(&mut ready.headers, outcome);

@@ -47,6 +47,30 @@ async fn second_identical_request_is_a_free_hit() {
 }
 
 #[tokio::test]
+async fn a_hit_carries_the_breakdown_exactly_when_the_client_asks_for_it() {
+    // Memory keeps answers serialized and decodes the breakdown only when it is wanted: the
+    // one a hit shows must be the one the miss showed, and no client gets it unasked.
+    let mock = MockUpstream::with_handler(numbered).await;
+    let proxy = start_proxy(config_for(&mock)).await;
+    let debug = [("x-best-of-n-debug", "1")];
+    let first = bon(&proxy, &debug, &chat_body("Why?")).await;
+    assert_eq!(first.header("x-cache"), Some("miss"));
+    let breakdown = first.json()["best_of_n"].clone();
+    assert_eq!(breakdown["n"], 3, "{breakdown}");
+
+    let plain = bon(&proxy, &[], &chat_body("Why?")).await;
+    assert_eq!(plain.header("x-cache"), Some("hit"));
+    assert!(plain.json().get("best_of_n").is_none(), "{}", plain.json());
+    assert_eq!(plain.content(), first.content());
+
+    let asked = bon(&proxy, &debug, &chat_body("Why?")).await;
+    assert_eq!(asked.header("x-cache"), Some("hit"));
+    assert_eq!(asked.json()["best_of_n"], breakdown);
+    assert_eq!(asked.content(), first.content());
+    assert_eq!(mock.calls().len(), 4, "both hits cost no upstream call");
+}
+
+#[tokio::test]
 async fn other_parameters_n_judge_or_tenant_miss() {
     let mock = MockUpstream::with_handler(numbered).await;
     let proxy = start_proxy(config_for(&mock)).await;

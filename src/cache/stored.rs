@@ -9,7 +9,7 @@
 //! upstream sent, whatever it is, which a schema-bound binary format would not, and it can be
 //! read with `redis-cli`. The format's version is in the key (`bon:v1:`), so a replica that
 //! writes another format never misreads these entries; an entry that does not decode is a
-//! miss.
+//! miss. The memory tier keeps answers in the same form (see `Entry` in `cache`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -58,23 +58,55 @@ pub(crate) fn encode(ready: &Ready) -> Vec<u8> {
     serde_json::to_vec(&stored).unwrap_or_default()
 }
 
+/// What [`decode_without_debug`] reads: the `debug` object, not a field here, is skipped
+/// (its syntax checked, nothing built).
+#[derive(Deserialize)]
+struct StoredAnswerHead<'a> {
+    api: Api,
+    completion: ChatCompletion,
+    #[serde(default)]
+    native: Option<Value>,
+    #[serde(default, borrow)]
+    headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
 /// An answer the Redis tier stored; `None` when the bytes are not one (another format, a
 /// truncated write), which the caller treats as a miss.
 pub(crate) fn decode(bytes: &[u8]) -> Option<Ready> {
     let stored: StoredAnswer<'_> = serde_json::from_slice(bytes).ok()?;
-    let mut headers = HeaderMap::new();
-    for (name, value) in &stored.headers {
-        let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
-        headers.append(name, HeaderValue::from_str(value).ok()?);
-    }
     Some(Ready {
         completion: stored.completion.into_owned(),
         api: stored.api,
         native: stored.native.map(|n| Arc::new(n.into_owned())),
-        headers,
+        headers: proxy_headers(&stored.headers)?,
         debug: stored.debug.map(|d| Arc::new(d.into_owned())),
         cacheable: true,
     })
+}
+
+/// [`decode`] for a client that did not ask for the `best_of_n` breakdown: the answer
+/// without it. Building the breakdown was most of the cost of a hit (a best-of-5's is about
+/// five times the size of its completion).
+pub(crate) fn decode_without_debug(bytes: &[u8]) -> Option<Ready> {
+    let stored: StoredAnswerHead<'_> = serde_json::from_slice(bytes).ok()?;
+    Some(Ready {
+        completion: stored.completion,
+        api: stored.api,
+        native: stored.native.map(Arc::new),
+        headers: proxy_headers(&stored.headers)?,
+        debug: None,
+        cacheable: true,
+    })
+}
+
+/// The stored `x-best-of-n-*` headers as a header map; `None` if one is not a header.
+fn proxy_headers(stored: &[(Cow<'_, str>, Cow<'_, str>)]) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in stored {
+        let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        headers.append(name, HeaderValue::from_str(value).ok()?);
+    }
+    Some(headers)
 }
 
 #[cfg(test)]
@@ -121,6 +153,24 @@ mod tests {
         assert_eq!(back.debug, ready.debug);
         assert_eq!(back.headers.len(), 1);
         assert_eq!(back.headers["x-best-of-n-winner"], "2");
+    }
+
+    #[test]
+    fn an_answer_reads_back_without_its_breakdown_when_not_wanted() {
+        let ready = answer();
+        let back = decode_without_debug(&encode(&ready)).expect("decodes");
+        assert_eq!(
+            serde_json::to_value(&back.completion).unwrap(),
+            serde_json::to_value(&ready.completion).unwrap()
+        );
+        assert_eq!((back.api, &back.native), (Api::Responses, &ready.native));
+        assert_eq!(back.debug, None);
+        assert_eq!(back.headers.len(), 1);
+        // A breakdown that is not JSON is not an answer either way.
+        let broken = String::from_utf8(encode(&ready))
+            .unwrap()
+            .replace(r#""debug":{"n":3}"#, r#""debug":{"n":}"#);
+        assert!(decode_without_debug(broken.as_bytes()).is_none());
     }
 
     #[test]
