@@ -33,6 +33,9 @@ pub struct Settings {
     pub held_best_of_5: usize,
     /// Streams held open through a proxy whose upstream calls share one h2c connection.
     pub held_streams_h2: usize,
+    /// How long a memory phase takes to start its requests, and the pause after it.
+    pub hold_window: Duration,
+    pub hold_settle: Duration,
     pub cpu_passthrough: u64,
     pub cpu_passthrough_rate: f64,
     /// Interleaved windows per proxy when CPU per passthrough request is compared between
@@ -88,6 +91,8 @@ impl Settings {
             held_streams: 1000,
             held_best_of_5: 200,
             held_streams_h2: 10_000,
+            hold_window: ms(1000),
+            hold_settle: ms(500),
             cpu_passthrough: 20_000,
             cpu_passthrough_rate: 4000.0,
             cpu_rounds: 4,
@@ -123,7 +128,9 @@ impl Settings {
             slow_latency_ms: 1000,
             held_streams: 200,
             held_best_of_5: 40,
-            held_streams_h2: 1000,
+            held_streams_h2: 500,
+            hold_window: ms(250),
+            hold_settle: ms(200),
             cpu_passthrough: 2000,
             cpu_rounds: 1,
             cpu_best_of_5: 200,
@@ -131,8 +138,8 @@ impl Settings {
             tls_best_of_16: 8,
             large_after: ms(500),
             fan_out_requests: 100,
-            fan_out_latency_ms: 300,
-            fan_out_spread: ms(150),
+            fan_out_latency_ms: 200,
+            fan_out_spread: ms(100),
             closed_loop_window: ms(1000),
             closed_loop_rounds: 1,
             ..full

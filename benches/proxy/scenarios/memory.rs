@@ -64,11 +64,11 @@ pub fn run(load: &Load, services: &Services, settings: &Settings) -> Value {
     let mut rows = Vec::new();
     let mut out = Vec::new();
     for (target, count, proxy) in phases {
-        let held = hold_open(load, &target, count, proxy, latency);
+        let held = hold_open(load, &target, (count, settings.hold_window), proxy, latency);
         rows.push(held.row(&target.label, count));
         print_errors(&target.label, &held.result);
         out.push(held.to_json(&target.label, count));
-        settle(Duration::from_millis(500));
+        settle(settings.hold_settle);
     }
     let title = format!(
         "5. Held-open requests, upstream {latency} ms, a fresh proxy per row (nofile {})",
@@ -101,12 +101,13 @@ struct Held {
     after_kib: Option<u64>,
 }
 
-/// Starts `count` requests within one second (each lasts at least the demo's latency, so all
-/// are open at once) and samples the proxy's RSS every 100 ms until they are done.
+/// Starts `count` requests within `window` (each lasts at least the demo's latency, longer
+/// than the window, so all are open at once) and samples the proxy's RSS every 100 ms until
+/// they are done.
 fn hold_open(
     load: &Load,
     target: &Arc<Target>,
-    count: usize,
+    (count, window): (usize, Duration),
     proxy: &Service,
     latency_ms: u64,
 ) -> Held {
@@ -116,7 +117,8 @@ fn hold_open(
     };
     let idle_kib = rss_kib(proxy.pid);
     let sampler = RssSampler::start(proxy.pid);
-    let result = load.window(target, count as f64, Duration::from_secs(1), limits);
+    let rate = count as f64 / window.as_secs_f64();
+    let result = load.window(target, rate, window, limits);
     Held {
         result,
         idle_kib,
