@@ -232,11 +232,13 @@ impl Timing {
 fn answer(state: Arc<AppState>, job: Job) -> BoxFuture<'static, Result<Ready, Failed>> {
     async move {
         let job = Arc::new(job);
+        // A stream never shows the breakdown: a hit for one need not decode it.
+        let debug = job.plan.debug && !job.request.is_stream();
         let compute = compute(state.clone(), job.clone());
         let (result, outcome) = match (&state.cache, job.key) {
             (Some(cache), Some(key)) => {
                 let (result, outcome) = cache
-                    .get_or_compute(key, job.plan.cache, job.plan.debug, compute)
+                    .get_or_compute(key, job.plan.cache, debug, compute)
                     .await;
                 (result, Some(outcome))
             }

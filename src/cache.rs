@@ -142,11 +142,12 @@ impl Entry {
     /// The answer as a hit, with its `best_of_n` breakdown when `debug`; `None` if it does
     /// not decode, which `encode` rules out.
     fn hit(&self, debug: bool) -> Option<Ready> {
-        match debug {
-            true => stored::decode(&self.answer),
-            false => stored::decode_without_debug(&self.answer),
-        }
-        .map(as_hit)
+        let ready = if debug {
+            stored::decode(&self.answer)
+        } else {
+            stored::decode_without_debug(&self.answer)
+        };
+        ready.map(as_hit)
     }
 }
 

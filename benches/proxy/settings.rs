@@ -33,8 +33,9 @@ pub struct Settings {
     pub held_best_of_5: usize,
     /// Streams held open through a proxy whose upstream calls share one h2c connection.
     pub held_streams_h2: usize,
-    /// How long a memory phase takes to start its requests, and the pause after it.
+    /// How long a memory phase takes to start its requests.
     pub hold_window: Duration,
+    /// The pause after a memory phase, before the next proxy is measured.
     pub hold_settle: Duration,
     pub cpu_passthrough: u64,
     pub cpu_passthrough_rate: f64,

@@ -15,20 +15,23 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::answer::Ready;
 use crate::openai::{Api, ChatCompletion};
 
+/// One stored answer. `Debug` is what its `best_of_n` breakdown is read as: the object, or
+/// [`IgnoredAny`] for a client that did not ask for it (checked, nothing built).
 #[derive(Serialize, Deserialize)]
-struct StoredAnswer<'a> {
+struct StoredAnswer<'a, Debug = Cow<'a, Value>> {
     api: Api,
     completion: Cow<'a, ChatCompletion>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     native: Option<Cow<'a, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    debug: Option<Cow<'a, Value>>,
+    debug: Option<Debug>,
     #[serde(default)]
     headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
@@ -40,10 +43,10 @@ pub(crate) fn encode(ready: &Ready) -> Vec<u8> {
         .iter()
         .filter(|(name, _)| name.as_str().starts_with("x-best-of-n"))
         .filter_map(|(name, value)| {
-            Some((
-                Cow::Borrowed(name.as_str()),
-                Cow::Borrowed(value.to_str().ok()?),
-            ))
+            // Not `to_str`, which takes ASCII only: the proxy's headers may carry UTF-8 (a
+            // model's name in `x-best-of-n-models`), and the decode writes it back as sent.
+            let value = std::str::from_utf8(value.as_bytes()).ok()?;
+            Some((Cow::Borrowed(name.as_str()), Cow::Borrowed(value)))
         })
         .collect();
     let stored = StoredAnswer {
@@ -56,18 +59,6 @@ pub(crate) fn encode(ready: &Ready) -> Vec<u8> {
     // Serialising values that came from JSON into a Vec cannot fail; an empty value would
     // read back as a miss.
     serde_json::to_vec(&stored).unwrap_or_default()
-}
-
-/// What [`decode_without_debug`] reads: the `debug` object, not a field here, is skipped
-/// (its syntax checked, nothing built).
-#[derive(Deserialize)]
-struct StoredAnswerHead<'a> {
-    api: Api,
-    completion: ChatCompletion,
-    #[serde(default)]
-    native: Option<Value>,
-    #[serde(default, borrow)]
-    headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
 /// An answer the Redis tier stored; `None` when the bytes are not one (another format, a
@@ -88,11 +79,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Ready> {
 /// without it. Building the breakdown was most of the cost of a hit (a best-of-5's is about
 /// five times the size of its completion).
 pub(crate) fn decode_without_debug(bytes: &[u8]) -> Option<Ready> {
-    let stored: StoredAnswerHead<'_> = serde_json::from_slice(bytes).ok()?;
+    let stored: StoredAnswer<'_, IgnoredAny> = serde_json::from_slice(bytes).ok()?;
     Some(Ready {
-        completion: stored.completion,
+        completion: stored.completion.into_owned(),
         api: stored.api,
-        native: stored.native.map(Arc::new),
+        native: stored.native.map(|n| Arc::new(n.into_owned())),
         headers: proxy_headers(&stored.headers)?,
         debug: None,
         cacheable: true,
@@ -171,6 +162,19 @@ mod tests {
             .unwrap()
             .replace(r#""debug":{"n":3}"#, r#""debug":{"n":}"#);
         assert!(decode_without_debug(broken.as_bytes()).is_none());
+    }
+
+    #[test]
+    fn a_header_in_utf8_reads_back_as_it_was_sent() {
+        let mut ready = answer();
+        let models = HeaderValue::from_str("modèle-a,gpt-4o").unwrap();
+        ready.headers.insert("x-best-of-n-models", models.clone());
+        for back in [
+            decode(&encode(&ready)),
+            decode_without_debug(&encode(&ready)),
+        ] {
+            assert_eq!(back.expect("decodes").headers["x-best-of-n-models"], models);
+        }
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub fn run(load: &Load, services: &Services, settings: &Settings) -> Value {
     let mut rows = Vec::new();
     let mut out = Vec::new();
     for (target, count, proxy) in phases {
-        let held = hold_open(load, &target, (count, settings.hold_window), proxy, latency);
+        let held = hold_open(load, &target, count, settings.hold_window, proxy, latency);
         rows.push(held.row(&target.label, count));
         print_errors(&target.label, &held.result);
         out.push(held.to_json(&target.label, count));
@@ -107,7 +107,8 @@ struct Held {
 fn hold_open(
     load: &Load,
     target: &Arc<Target>,
-    (count, window): (usize, Duration),
+    count: usize,
+    window: Duration,
     proxy: &Service,
     latency_ms: u64,
 ) -> Held {
