@@ -64,15 +64,9 @@ pub(crate) fn encode(ready: &Ready) -> Vec<u8> {
 /// An answer the Redis tier stored; `None` when the bytes are not one (another format, a
 /// truncated write), which the caller treats as a miss.
 pub(crate) fn decode(bytes: &[u8]) -> Option<Ready> {
-    let stored: StoredAnswer<'_> = serde_json::from_slice(bytes).ok()?;
-    Some(Ready {
-        completion: stored.completion.into_owned(),
-        api: stored.api,
-        native: stored.native.map(|n| Arc::new(n.into_owned())),
-        headers: proxy_headers(&stored.headers)?,
-        debug: stored.debug.map(|d| Arc::new(d.into_owned())),
-        cacheable: true,
-    })
+    let mut stored: StoredAnswer<'_> = serde_json::from_slice(bytes).ok()?;
+    let debug = stored.debug.take().map(|d| Arc::new(d.into_owned()));
+    into_ready(stored, debug)
 }
 
 /// [`decode`] for a client that did not ask for the `best_of_n` breakdown: the answer
@@ -80,12 +74,17 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Ready> {
 /// five times the size of its completion).
 pub(crate) fn decode_without_debug(bytes: &[u8]) -> Option<Ready> {
     let stored: StoredAnswer<'_, IgnoredAny> = serde_json::from_slice(bytes).ok()?;
+    into_ready(stored, None)
+}
+
+/// The answer `stored` holds, with `debug` as its breakdown (read, or left out, by the caller).
+fn into_ready<D>(stored: StoredAnswer<'_, D>, debug: Option<Arc<Value>>) -> Option<Ready> {
     Some(Ready {
         completion: stored.completion.into_owned(),
         api: stored.api,
         native: stored.native.map(|n| Arc::new(n.into_owned())),
         headers: proxy_headers(&stored.headers)?,
-        debug: None,
+        debug,
         cacheable: true,
     })
 }
