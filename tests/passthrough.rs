@@ -335,3 +335,35 @@ async fn request_id_reaches_the_upstream() {
     assert_eq!(calls[0].headers["x-request-id"], "trace-7");
     assert_eq!(calls[1].headers["x-request-id"], made.as_str());
 }
+
+/// `upstream.pool_idle_timeout` closes pooled connections that stay idle, without waiting for
+/// a next call to find them stale: after a fan-out, thousands of them would otherwise stay
+/// open (and hold the proxy's memory and the upstream's sockets) until the upstream closed
+/// them. The mock never closes an idle connection itself.
+#[tokio::test]
+async fn idle_upstream_connections_close_after_pool_idle_timeout() {
+    let mock = MockUpstream::start().await;
+    let mut config = config_for(&mock);
+    config.upstream.pool_idle_timeout = Duration::from_millis(500);
+    let proxy = start_proxy(config).await;
+    let header = [("x-best-of-n", "3")];
+    let answer = post_chat(&proxy, &header, chat_body("fan out")).await;
+    assert_eq!(answer.status, 200);
+    mock.wait_for_calls(4, WAIT).await;
+    assert!(
+        mock.open_connections() >= 1,
+        "the calls' connections are pooled"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while mock.open_connections() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} idle connections still open 5 s after a 0.5 s pool_idle_timeout",
+            mock.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The pool is empty, not broken: the next call opens a new connection.
+    let answer = post_chat(&proxy, &[], chat_body("again")).await;
+    assert_eq!(answer.status, 200);
+}

@@ -5,7 +5,7 @@
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::connector::RoutedConnector;
 use super::route::{Route, RouteError};
@@ -126,7 +126,12 @@ fn build(
             .enable_http2()
             .wrap_connector(connector)
     };
+    // The timer is what makes the pool close connections idle past `pool_idle_timeout`:
+    // without one, hyper-util checks the timeout only when a call looks for a connection, and
+    // the thousands a fan-out opened would stay open (and hold their memory) until the
+    // upstream closed them.
     Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(pool.pool_idle_timeout)
         .pool_max_idle_per_host(pool.pool_max_idle_per_host)
         .http2_only(http2_only)

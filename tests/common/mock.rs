@@ -15,7 +15,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,6 +37,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 struct Shared {
     calls: Mutex<Vec<Call>>,
     handler: Mutex<Handler>,
+    /// Connections open now: accepted and not yet closed by either side.
+    open: AtomicUsize,
 }
 
 /// Locks ignoring poisoning, so one panicking test thread does not cascade.
@@ -66,6 +68,7 @@ impl MockUpstream {
         let shared = Arc::new(Shared {
             calls: Mutex::new(Vec::new()),
             handler: Mutex::new(Arc::new(h)),
+            open: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         MockUpstream {
@@ -87,6 +90,11 @@ impl MockUpstream {
     /// e.g. `"http://127.0.0.1:PORT/v1"`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// TCP connections open now; the mock itself never closes an idle one.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
     }
 
     /// Snapshot of every request received so far, in arrival order.
@@ -137,12 +145,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         while conns.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        shared.open.fetch_add(1, Ordering::SeqCst);
         conns.spawn(async move {
+            let counted = shared.clone();
             let svc = service_fn(move |req| handle(shared.clone(), req));
             // Errors here are client disconnects or deliberate hangups.
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
+            counted.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
