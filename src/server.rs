@@ -132,8 +132,10 @@ impl Server {
                     };
                     let served = conn::serve(stream, builder.clone(), handler, patience, closing_seen.clone());
                     tokio::spawn(async move {
-                        // The connection's place in the limits is held until it closes.
+                        // The connection's place in the limits is held until it closes, and
+                        // it is counted for giving memory back after a burst of connections.
                         let _slot: ConnectionSlot = slot;
+                        let _open = crate::allocator::connection_open();
                         served.await;
                     });
                 }

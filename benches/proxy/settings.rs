@@ -59,6 +59,9 @@ pub struct Settings {
     pub fan_out_n: u32,
     pub fan_out_latency_ms: u64,
     pub fan_out_spread: Duration,
+    /// The fan-out proxies' `upstream.pool_idle_timeout`: longer than the pause between the
+    /// two waves, short enough for the pool to close its connections within the run.
+    pub fan_out_pool_idle: Duration,
     /// Table 1d: wrk's window per run and the rounds per target.
     pub closed_loop_window: Duration,
     pub closed_loop_rounds: usize,
@@ -107,6 +110,7 @@ impl Settings {
             fan_out_n: 16,
             fan_out_latency_ms: 2000,
             fan_out_spread: ms(1000),
+            fan_out_pool_idle: ms(6000),
             closed_loop_window: ms(5000),
             closed_loop_rounds: 3,
         };
@@ -117,11 +121,11 @@ impl Settings {
             window: ms(250),
             rounds: 1,
             overhead_rates: vec![500.0, 2000.0],
-            step: ms(500),
+            step: ms(400),
             ladder: vec![1000.0, 4000.0],
             stream_window: ms(300),
             stream_rounds: 1,
-            bon_window: ms(250),
+            bon_window: ms(150),
             bon_rounds: 1,
             cache_window: ms(250),
             cache_rounds: 1,
@@ -141,6 +145,7 @@ impl Settings {
             fan_out_requests: 100,
             fan_out_latency_ms: 200,
             fan_out_spread: ms(100),
+            fan_out_pool_idle: ms(700),
             closed_loop_window: ms(1000),
             closed_loop_rounds: 1,
             ..full

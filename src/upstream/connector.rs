@@ -19,6 +19,7 @@ use tower_service::Service;
 
 use super::chain;
 use super::route::Route;
+use crate::allocator::Counted;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -132,11 +133,18 @@ impl StdError for ProxyUnreachable {
 pub struct RoutedStream {
     io: TokioIo<TcpStream>,
     forwarded: bool,
+    /// Counted while open: the pool lets thousands go at once after a fan-out, and what
+    /// their connections held is worth giving back then.
+    _open: Counted,
 }
 
 impl RoutedStream {
     fn new(io: TokioIo<TcpStream>, forwarded: bool) -> RoutedStream {
-        RoutedStream { io, forwarded }
+        RoutedStream {
+            io,
+            forwarded,
+            _open: crate::allocator::connection_open(),
+        }
     }
 }
 

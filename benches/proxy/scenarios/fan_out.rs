@@ -7,7 +7,9 @@
 //! their own (the floor is two upstream rounds, 4 s); the proxy's own time from its
 //! `bon_overhead_seconds` histogram (the share of requests within 5 ms, read from the bucket
 //! at 5 ms); the peak of open file descriptors (client connections plus upstream ones); and
-//! RSS idle, at peak and some seconds after, against 300 MiB. All of it twice, with a fresh
+//! RSS idle, at peak, and after: the clients gone (their connections closed) and the pool's
+//! connections idle long enough for `upstream.pool_idle_timeout` to close them (set short
+//! here, so that it happens within the run). All of it twice, with a fresh
 //! proxy and demo each time: over HTTP/1.1 (a connection per call in flight) and over h2c
 //! with `upstream.http2_only` (every call multiplexed on one connection).
 
@@ -64,9 +66,13 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
             })
             .collect()
     };
-    // The pool keeps every connection of the first wave for the second; every best-of-N
-    // default (the memory budget among them) stays as shipped.
-    let pool = format!("pool_max_idle_per_host = {needed}\n");
+    // The pool keeps every connection of the first wave for the second, and closes them once
+    // idle past the run's own timeout; every best-of-N default (the memory budget among them)
+    // stays as shipped.
+    let pool = format!(
+        "pool_max_idle_per_host = {needed}\npool_idle_timeout = \"{}ms\"\n",
+        settings.fan_out_pool_idle.as_millis()
+    );
     let variants: Vec<Variant> = UPSTREAMS
         .iter()
         .map(|&(upstream, short, extra)| {
@@ -84,7 +90,7 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
          upstream protocol, two waves each (its pool cold, then warm); RSS over both",
         settings.fan_out_spread.as_secs_f64()
     );
-    let after = format!("{} s after MiB", settings.large_after.as_secs_f64());
+    let after = format!("{} s after MiB", measured_after(settings).as_secs_f64());
     let header = [
         "load",
         "upstream",
@@ -113,9 +119,17 @@ pub fn run(load: &Load, _services: &Services, settings: &Settings) -> Value {
         "spread_s": settings.fan_out_spread.as_secs_f64(),
         "latency_floor_ms": floor_ms,
         "peak_bound_mib": PEAK_BOUND_MIB,
-        "after_s": settings.large_after.as_secs_f64(),
+        "after_s": measured_after(settings).as_secs_f64(),
+        "pool_idle_timeout_s": settings.fan_out_pool_idle.as_secs_f64(),
         "variants": variants.iter().map(Variant::to_json).collect::<Vec<_>>(),
     })
+}
+
+/// When, after the last answer and the clients' leaving, memory is measured again: the pool
+/// looks for idle connections once per `pool_idle_timeout`, so one idle for the whole timeout
+/// is closed within two of them.
+fn measured_after(settings: &Settings) -> Duration {
+    settings.fan_out_pool_idle * 2 + Duration::from_millis(500)
 }
 
 /// The upstream protocols measured, with what each adds to the proxy's `[upstream]`: one
@@ -156,19 +170,22 @@ impl Variant {
         settle(Duration::from_millis(300));
         let idle_kib = rss_kib(proxy.pid);
         let sampler = RssSampler::with_fds(proxy.pid, Duration::from_millis(20));
+        // The clients: a pool of their own, so that they can leave at the end.
+        let clients = Load::new();
         let waves: Vec<Wave> = (WAVES.iter().zip(direct))
             .map(|(name, direct)| {
                 let targets =
                     distinct_best_of(&proxy, settings.fan_out_requests, settings.fan_out_n, name);
                 let before = overhead_buckets(&scrape(load, &proxy));
-                let outcomes = load.spread(&targets, settings.fan_out_spread, timeout);
+                let outcomes = clients.spread(&targets, settings.fan_out_spread, timeout);
                 let scraped = scrape(load, &proxy);
                 settle(Duration::from_millis(300));
                 Wave::new(name, outcomes, direct, &scraped, &before)
             })
             .collect();
         let peak = sampler.peaks();
-        settle(settings.large_after);
+        drop(clients);
+        settle(measured_after(settings));
         let after_kib = rss_kib(proxy.pid);
         Variant {
             upstream,
