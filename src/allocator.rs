@@ -17,10 +17,10 @@
 //! best-of-16 requests, against 17 MiB idle), and the same after a burst of many small ones.
 //! So when a large share of the memory budget is released, or when a burst of requests in
 //! flight or of open connections (client and upstream) has ebbed, the proxy asks mimalloc to
-//! collect, shortly after (at most once per [`SETTLE`]) and once more a second later, for what
-//! the last of the burst freed after the first: on one thread at once, and on each runtime
-//! worker the next time it runs out of work. mimalloc collects only the calling thread's heap,
-//! and a worker about to park has nothing better to do; one already parked is woken for it.
+//! collect, shortly after ([`SETTLE`]) and once more a second later, for what the last of the
+//! burst freed after the first: on one thread at once, and on each runtime worker the next
+//! time it runs out of work. mimalloc collects only the calling thread's heap, and a worker
+//! about to park has nothing better to do; workers already parked are woken for it.
 //! Threads that never park (the blocking pool) keep what they hold.
 //!
 //! Connections are watched apart from requests because they outlive them: clients keep theirs
@@ -31,18 +31,22 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A collection is already on its way; more releases meanwhile need no other.
 static SCHEDULED: AtomicBool = AtomicBool::new(false);
 
 /// How many collections have been asked for; each worker collects when it has not seen the
-/// latest. Raised only after [`SETTLE`], so workers collect at most once per period.
+/// latest. Raised [`SETTLE`] after a release and a second after that, so a worker collects a
+/// few times per burst, not per request.
 static ASKED: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// The last of [`ASKED`] this thread collected for.
     static COLLECTED: Cell<u64> = const { Cell::new(0) };
+    /// The last of [`ASKED`] for which this thread ran one of [`wake_idle_workers`]' tasks.
+    static WOKEN_FOR: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Requests in flight across the process, watched for the end of bursts.
@@ -60,6 +64,10 @@ const EBBED_DIVISOR: usize = 8;
 
 /// Lets the memory of the work that just ended be freed first.
 const SETTLE: Duration = Duration::from_millis(100);
+
+/// How long the tasks that wake idle workers go on yielding for the last worker to join; they
+/// stop as soon as every worker has run one.
+const WAKE_PATIENCE: Duration = Duration::from_millis(50);
 
 /// mimalloc's own switch for huge pages; when the operator sets it, mimalloc has acted on it
 /// at its start, before `main`.
@@ -187,21 +195,43 @@ pub(crate) fn release_soon() {
     }
 }
 
-/// Collects this thread's heap now and asks every worker to collect its own when it parks.
-fn collect_everywhere() {
-    ASKED.fetch_add(1, Ordering::AcqRel);
+/// Collects this thread's heap now and asks every worker to collect its own when it parks;
+/// returns the ask's number.
+fn collect_everywhere() -> u64 {
+    let ask = ASKED.fetch_add(1, Ordering::AcqRel) + 1;
+    COLLECTED.set(ask);
     collect();
-    wake_idle_workers();
+    wake_idle_workers(ask);
+    ask
 }
 
 /// A worker already parked with nothing to do would not park again, and so not collect, until
-/// traffic came back. Empty tasks spawned from a worker make the runtime wake an idle one to
-/// steal them; finding nothing, it parks again and collects.
-fn wake_idle_workers() {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        for _ in 0..=runtime.metrics().num_workers() {
-            runtime.spawn(async {});
-        }
+/// traffic came back. tokio wakes a parked worker when another has tasks queued and none is
+/// already looking for work; a woken worker that finds a task wakes the next. So one task per
+/// worker, each yielding (and so staying queued, there to be stolen) until every worker has
+/// run one, wakes them all; each then finds nothing more, parks and collects. Best effort:
+/// four workers on two cores all did every time, eight on two cores six or seven of eight
+/// (threads waiting for a core may miss the [`WAKE_PATIENCE`]).
+fn wake_idle_workers(ask: u64) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let workers = runtime.metrics().num_workers();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + WAKE_PATIENCE;
+    for _ in 0..workers {
+        let reached = reached.clone();
+        runtime.spawn(async move {
+            loop {
+                if WOKEN_FOR.replace(ask) != ask {
+                    reached.fetch_add(1, Ordering::AcqRel);
+                }
+                if reached.load(Ordering::Acquire) >= workers || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
     }
 }
 
@@ -274,13 +304,16 @@ mod tests {
     #[test]
     fn idle_workers_wake_to_collect() {
         use std::collections::HashMap;
-        use std::sync::{Arc, Mutex};
+        use std::sync::Mutex;
         use std::thread::ThreadId;
 
+        // More workers than one woken worker wakes by chance, and more than this machine's
+        // two cores.
+        const WORKERS: usize = 4;
         let collected: Arc<Mutex<HashMap<ThreadId, u64>>> = Arc::default();
         let record = collected.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(WORKERS)
             .enable_all()
             .on_thread_park(move || {
                 collect_if_asked();
@@ -289,16 +322,13 @@ mod tests {
             })
             .build()
             .expect("a runtime");
-        // Which worker runs the asking task, and whether the other wakes by chance, varies;
-        // five rounds leave chance little room.
+        // Which worker runs the asking task, and whether others wake by chance, varies; five
+        // rounds leave chance little room.
         for round in 0..5 {
             // Both workers find nothing to do and park.
             std::thread::sleep(Duration::from_millis(100));
             let asked = runtime.block_on(async {
-                let asking = tokio::spawn(async {
-                    collect_everywhere();
-                    ASKED.load(Ordering::Acquire)
-                });
+                let asking = tokio::spawn(async { collect_everywhere() });
                 asking.await.expect("the asking task")
             });
             // Nothing else will ever wake them: each must have collected within a few
@@ -306,7 +336,7 @@ mod tests {
             let every_worker_collected = || {
                 let seen = collected.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 (
-                    seen.len() == 2 && seen.values().all(|&last| last >= asked),
+                    seen.len() == WORKERS && seen.values().all(|&last| last >= asked),
                     seen,
                 )
             };

@@ -350,10 +350,7 @@ async fn idle_upstream_connections_close_after_pool_idle_timeout() {
     let answer = post_chat(&proxy, &header, chat_body("fan out")).await;
     assert_eq!(answer.status, 200);
     mock.wait_for_calls(4, WAIT).await;
-    assert!(
-        mock.open_connections() >= 1,
-        "the calls' connections are pooled"
-    );
+    assert!(mock.accepted_connections() >= 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while mock.open_connections() > 0 {
         assert!(

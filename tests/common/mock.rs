@@ -39,6 +39,8 @@ struct Shared {
     handler: Mutex<Handler>,
     /// Connections open now: accepted and not yet closed by either side.
     open: AtomicUsize,
+    /// Connections accepted since the start.
+    accepted: AtomicUsize,
 }
 
 /// Locks ignoring poisoning, so one panicking test thread does not cascade.
@@ -69,6 +71,7 @@ impl MockUpstream {
             calls: Mutex::new(Vec::new()),
             handler: Mutex::new(Arc::new(h)),
             open: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         MockUpstream {
@@ -95,6 +98,11 @@ impl MockUpstream {
     /// TCP connections open now; the mock itself never closes an idle one.
     pub fn open_connections(&self) -> usize {
         self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted since the start.
+    pub fn accepted_connections(&self) -> usize {
+        self.shared.accepted.load(Ordering::SeqCst)
     }
 
     /// Snapshot of every request received so far, in arrival order.
@@ -146,6 +154,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         shared.open.fetch_add(1, Ordering::SeqCst);
+        shared.accepted.fetch_add(1, Ordering::SeqCst);
         conns.spawn(async move {
             let counted = shared.clone();
             let svc = service_fn(move |req| handle(shared.clone(), req));
